@@ -1,0 +1,351 @@
+//! The bounded queue in front of the expensive operation: one admission object shared by every request.
+//!
+//! A request is *admitted* (it enters the queue) or rejected by the circuit breaker. Admitted requests run
+//! in FIFO order, at most `concurrency` at a time; the others are *waiting*. Because the queue is FIFO and a
+//! freed slot passes straight to the next waiter, waiting and in-flight counts follow from one counter of
+//! admitted requests, so the breaker decision, the readiness verdict and the metrics can never disagree.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// The queue's shape: how many operations run at once and where backpressure and the breaker start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Operations that run at the same time (`CONCURRENCY`), at least 1.
+    pub concurrency: usize,
+    /// Readiness fails when more than `readiness_factor × concurrency` tasks wait.
+    pub readiness_factor: usize,
+    /// The breaker rejects a request that would make more than `breaker_factor × concurrency` tasks wait.
+    pub breaker_factor: usize,
+}
+
+impl QueueLimits {
+    /// Most tasks that may wait while readiness still answers 200.
+    pub fn readiness_limit(&self) -> usize {
+        self.readiness_factor * self.concurrency
+    }
+
+    /// Most tasks that may wait; a request that would add one more is rejected.
+    pub fn breaker_limit(&self) -> usize {
+        self.breaker_factor * self.concurrency
+    }
+
+    /// Tasks waiting for a slot when `admitted` tasks are in the queue.
+    pub fn waiting(&self, admitted: usize) -> usize {
+        admitted.saturating_sub(self.concurrency)
+    }
+
+    /// Tasks running when `admitted` tasks are in the queue.
+    pub fn in_flight(&self, admitted: usize) -> usize {
+        admitted.min(self.concurrency)
+    }
+}
+
+/// What happens to a new `/expensive-op` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The request joins the queue.
+    Admit,
+    /// The queue is full: the circuit is open and the request is answered 503 at once.
+    CircuitOpen,
+}
+
+/// The admission rule: admit unless the waiting tasks already fill the breaker limit.
+pub fn decide(admitted: usize, limits: &QueueLimits) -> Decision {
+    if limits.waiting(admitted) >= limits.breaker_limit() {
+        Decision::CircuitOpen
+    } else {
+        Decision::Admit
+    }
+}
+
+/// What `/readiness` reports for the current queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Route traffic here.
+    Ready,
+    /// Backpressure: more tasks wait than the readiness limit allows.
+    Overloaded,
+    /// Shutdown has begun; this pod is going away.
+    ShuttingDown,
+}
+
+/// The readiness rule: overloaded when more than the readiness limit are waiting.
+pub fn readiness(admitted: usize, draining: bool, limits: &QueueLimits) -> Readiness {
+    if draining {
+        Readiness::ShuttingDown
+    } else if limits.waiting(admitted) > limits.readiness_limit() {
+        Readiness::Overloaded
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The breaker limit is reached.
+    CircuitOpen,
+    /// The service is draining for shutdown and takes no new work.
+    ShuttingDown,
+}
+
+impl Rejection {
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::CircuitOpen => "circuit_open",
+            Rejection::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A point-in-time view of the queue, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub waiting: usize,
+    pub in_flight: usize,
+    pub concurrency: usize,
+}
+
+impl QueueSnapshot {
+    /// Waiting tasks per unit of concurrency: the `queue_ratio` the autoscaler targets.
+    pub fn queue_ratio(&self) -> f64 {
+        self.waiting as f64 / self.concurrency as f64
+    }
+}
+
+/// The shared queue: counts admitted requests and hands out execution slots in FIFO order.
+#[derive(Debug)]
+pub struct Admission {
+    limits: QueueLimits,
+    admitted: AtomicUsize,
+    slots: Arc<Semaphore>,
+    draining: AtomicBool,
+    drained: Notify,
+}
+
+impl Admission {
+    /// A new, empty queue.
+    pub fn new(limits: QueueLimits) -> Self {
+        assert!(limits.concurrency >= 1, "concurrency must be at least 1");
+        Self {
+            limits,
+            admitted: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(limits.concurrency)),
+            draining: AtomicBool::new(false),
+            drained: Notify::new(),
+        }
+    }
+
+    /// The limits this queue was built with.
+    pub fn limits(&self) -> &QueueLimits {
+        &self.limits
+    }
+
+    /// Admits a request into the queue, or says why not. The returned ticket holds the place in the queue
+    /// until it is dropped, whether the operation finished or the client went away.
+    pub fn try_admit(self: &Arc<Self>) -> Result<Ticket, Rejection> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Rejection::ShuttingDown);
+        }
+        // The check and the increment are one atomic step, so concurrent requests cannot overshoot the limit.
+        self.admitted
+            .fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |admitted| match decide(admitted, &self.limits) {
+                    Decision::Admit => Some(admitted + 1),
+                    Decision::CircuitOpen => None,
+                },
+            )
+            .map_err(|_| Rejection::CircuitOpen)?;
+        Ok(Ticket {
+            admission: Arc::clone(self),
+        })
+    }
+
+    /// The current readiness verdict.
+    pub fn readiness(&self) -> Readiness {
+        readiness(
+            self.admitted.load(Ordering::Acquire),
+            self.draining.load(Ordering::Acquire),
+            &self.limits,
+        )
+    }
+
+    /// Counts for metrics.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let admitted = self.admitted.load(Ordering::Acquire);
+        QueueSnapshot {
+            waiting: self.limits.waiting(admitted),
+            in_flight: self.limits.in_flight(admitted),
+            concurrency: self.limits.concurrency,
+        }
+    }
+
+    /// Stops admitting: readiness turns to `ShuttingDown` and new requests are rejected.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no admitted request is left (waiting or running).
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a wake-up between the check and the await is not lost.
+            notified.as_mut().enable();
+            if self.admitted.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A request's place in the queue. Dropping it leaves the queue (and frees its slot if it was running).
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+}
+
+impl Ticket {
+    /// Waits, in FIFO order, for one of the `concurrency` execution slots.
+    pub async fn run_slot(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.admission.slots)
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed")
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.admission.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.admission.drained.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: QueueLimits = QueueLimits {
+        concurrency: 1,
+        readiness_factor: 2,
+        breaker_factor: 4,
+    };
+
+    #[test]
+    fn seed_limits_admit_until_four_wait() {
+        // admitted = 1 running + n waiting
+        assert_eq!(decide(0, &SEED), Decision::Admit);
+        assert_eq!(decide(1, &SEED), Decision::Admit);
+        assert_eq!(
+            decide(4, &SEED),
+            Decision::Admit,
+            "3 waiting: the 4th may join"
+        );
+        assert_eq!(decide(5, &SEED), Decision::CircuitOpen, "4 waiting: full");
+        assert_eq!(decide(6, &SEED), Decision::CircuitOpen);
+    }
+
+    #[test]
+    fn seed_readiness_fails_above_two_waiting() {
+        assert_eq!(readiness(0, false, &SEED), Readiness::Ready);
+        assert_eq!(
+            readiness(3, false, &SEED),
+            Readiness::Ready,
+            "2 waiting is inclusive"
+        );
+        assert_eq!(
+            readiness(4, false, &SEED),
+            Readiness::Overloaded,
+            "3 waiting"
+        );
+        assert_eq!(readiness(5, false, &SEED), Readiness::Overloaded);
+    }
+
+    #[test]
+    fn draining_wins_over_every_queue_state() {
+        assert_eq!(readiness(0, true, &SEED), Readiness::ShuttingDown);
+        assert_eq!(readiness(5, true, &SEED), Readiness::ShuttingDown);
+    }
+
+    #[test]
+    fn limits_scale_with_concurrency() {
+        let limits = QueueLimits {
+            concurrency: 3,
+            readiness_factor: 2,
+            breaker_factor: 4,
+        };
+        // 3 running; readiness allows 6 waiting, the breaker 12.
+        assert_eq!(readiness(9, false, &limits), Readiness::Ready);
+        assert_eq!(readiness(10, false, &limits), Readiness::Overloaded);
+        assert_eq!(decide(14, &limits), Decision::Admit);
+        assert_eq!(decide(15, &limits), Decision::CircuitOpen);
+        assert_eq!(limits.waiting(2), 0);
+        assert_eq!(limits.in_flight(2), 2);
+        assert_eq!(limits.in_flight(15), 3);
+    }
+
+    #[test]
+    fn equal_factors_put_readiness_and_breaker_at_one_edge() {
+        let limits = QueueLimits {
+            concurrency: 2,
+            readiness_factor: 3,
+            breaker_factor: 3,
+        };
+        // 6 waiting: ready (inclusive), and the breaker is closed for nobody else.
+        assert_eq!(readiness(8, false, &limits), Readiness::Ready);
+        assert_eq!(decide(8, &limits), Decision::CircuitOpen);
+        assert_eq!(decide(7, &limits), Decision::Admit);
+    }
+
+    #[test]
+    fn tickets_count_and_release_places() {
+        let admission = Arc::new(Admission::new(SEED));
+        let tickets: Vec<_> = (0..5).map(|_| admission.try_admit().unwrap()).collect();
+        assert_eq!(admission.try_admit().unwrap_err(), Rejection::CircuitOpen);
+        let snapshot = admission.snapshot();
+        assert_eq!((snapshot.waiting, snapshot.in_flight), (4, 1));
+        assert_eq!(snapshot.queue_ratio(), 4.0);
+        drop(tickets);
+        assert_eq!(admission.snapshot().waiting, 0);
+        assert!(admission.try_admit().is_ok());
+    }
+
+    #[test]
+    fn draining_rejects_new_work() {
+        let admission = Arc::new(Admission::new(SEED));
+        admission.start_draining();
+        assert_eq!(admission.try_admit().unwrap_err(), Rejection::ShuttingDown);
+        assert_eq!(admission.readiness(), Readiness::ShuttingDown);
+    }
+
+    #[tokio::test]
+    async fn drained_resolves_when_the_last_ticket_goes() {
+        let admission = Arc::new(Admission::new(SEED));
+        let ticket = admission.try_admit().unwrap();
+        let waiter = tokio::spawn({
+            let admission = Arc::clone(&admission);
+            async move { admission.drained().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(ticket);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("drained() must resolve")
+            .unwrap();
+    }
+}

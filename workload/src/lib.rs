@@ -1,0 +1,13 @@
+//! The performance-sandbox workload: an HTTP service whose expensive operation sits behind a bounded queue.
+//!
+//! - [`admission`]: the queue and its rules (circuit breaker, backpressure), as pure functions.
+//! - [`config`]: environment and flags.
+//! - [`routes`]: `fn app(state) -> Router`.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`server`]: serving and draining on shutdown.
+
+pub mod admission;
+pub mod config;
+pub mod metrics;
+pub mod routes;
+pub mod server;

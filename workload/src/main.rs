@@ -1,0 +1,77 @@
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use workload::config::Config;
+use workload::server::{self, Shutdown};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_sources(std::env::args(), |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err((message, ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)) => {
+            println!("{message}");
+            return ExitCode::SUCCESS;
+        }
+        Err((message, _)) => {
+            let message = message.to_string();
+            // clap's own usage errors already start with "error:".
+            match message.starts_with("error:") {
+                true => eprintln!("{message}"),
+                false => eprintln!("error: {message}"),
+            }
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+
+    match run(config).await {
+        Ok(Shutdown::Drained) => {
+            tracing::info!("drained, exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(Shutdown::GraceExpired { abandoned }) => {
+            tracing::warn!(
+                abandoned,
+                "grace period over, exiting with operations unfinished"
+            );
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<Shutdown, String> {
+    let addr = config.listen_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|err| format!("cannot listen on {addr} (HOST/PORT): {err}"))?;
+    let local = listener.local_addr().map_err(|err| err.to_string())?;
+    let state =
+        server::state_for(&config).map_err(|err| format!("cannot set up metrics: {err}"))?;
+    tracing::info!(
+        address = %local,
+        concurrency = config.concurrency,
+        operation_duration_ms = config.operation_duration_ms,
+        readiness_limit = config.queue_limits().readiness_limit(),
+        breaker_limit = config.queue_limits().breaker_limit(),
+        "listening"
+    );
+    server::serve(
+        listener,
+        state,
+        server::termination_signal(),
+        config.shutdown_grace(),
+    )
+    .await
+    .map_err(|err| format!("server failed: {err}"))
+}

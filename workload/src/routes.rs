@@ -1,0 +1,140 @@
+//! The HTTP routes: `/expensive-op` behind the shared queue, the two probes and `/metrics`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::admission::{Admission, Readiness};
+use crate::metrics::Metrics;
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The one queue every `/expensive-op` request goes through.
+    pub admission: Arc<Admission>,
+    /// Registry behind `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// How long the simulated operation takes.
+    pub operation_duration: Duration,
+}
+
+/// Route label for requests that matched no route, so unknown paths cannot blow up label cardinality.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Builds the service's router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/expensive-op", get(expensive_op))
+        .route("/readiness", get(readiness))
+        .route("/liveness", get(liveness))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request_duration,
+        ))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn expensive_op(State(state): State<AppState>) -> Response {
+    let ticket = match state.admission.try_admit() {
+        Ok(ticket) => ticket,
+        Err(reason) => {
+            state.metrics.operation_rejected(reason);
+            tracing::debug!(reason = reason.as_str(), "expensive operation rejected");
+            let retry_after = state.operation_duration.as_secs().max(1);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, HeaderValue::from(retry_after))],
+                Json(json!({
+                    "error": "Service Unavailable",
+                    "reason": reason.as_str(),
+                    "retryAfterSeconds": retry_after,
+                })),
+            )
+                .into_response();
+        }
+    };
+    // If the client goes away, hyper drops this future: the ticket and the slot go with it.
+    let started = Instant::now();
+    let _slot = ticket.run_slot().await;
+    let queued_ms = started.elapsed().as_millis() as u64;
+    tokio::time::sleep(state.operation_duration).await;
+    state.metrics.operation_completed();
+    tracing::debug!(queued_ms, "expensive operation completed");
+    Json(json!({
+        "status": "done",
+        "queuedMs": queued_ms,
+        "durationMs": state.operation_duration.as_millis() as u64,
+    }))
+    .into_response()
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    match state.admission.readiness() {
+        Readiness::Ready => (StatusCode::OK, "OK").into_response(),
+        Readiness::Overloaded => {
+            (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response()
+        }
+        Readiness::ShuttingDown => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Shutting Down").into_response()
+        }
+    }
+}
+
+async fn liveness() -> &'static str {
+    "OK"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.metrics.render(state.admission.snapshot()) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(prometheus::TEXT_FORMAT),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot render metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot render metrics").into_response()
+        }
+    }
+}
+
+async fn not_found(State(state): State<AppState>, request: Request) -> StatusCode {
+    state.metrics.observe_request(
+        request.method().as_str(),
+        UNMATCHED_ROUTE,
+        StatusCode::NOT_FOUND.as_str(),
+        0.0,
+    );
+    StatusCode::NOT_FOUND
+}
+
+/// Observes `http_request_duration_seconds` by matched route (a route layer only runs for matched routes).
+async fn record_request_duration(
+    State(state): State<AppState>,
+    matched: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_request(
+        method.as_str(),
+        matched.as_str(),
+        response.status().as_str(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

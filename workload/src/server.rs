@@ -1,0 +1,116 @@
+//! Serving and draining.
+//!
+//! On shutdown the service keeps listening while it drains, so Kubernetes sees `/readiness` answer 503 and
+//! new `/expensive-op` requests are refused with 503 instead of a connection error. Once every accepted
+//! operation has answered, the listener closes and open connections finish; if that takes longer than the
+//! grace period, the service stops anyway.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::routes::{AppState, app};
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Every accepted operation completed and was answered.
+    Drained,
+    /// The grace period ran out with operations still queued or running.
+    GraceExpired {
+        /// Operations that were cut off.
+        abandoned: usize,
+    },
+}
+
+/// The state for a configuration: an empty queue and fresh metrics.
+pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
+    Ok(AppState {
+        admission: Arc::new(Admission::new(config.queue_limits())),
+        metrics: Arc::new(Metrics::new()?),
+        operation_duration: config.operation_duration(),
+    })
+}
+
+/// Serves `state` on `listener` until `shutdown_signal` resolves, then drains for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown_signal: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<Shutdown> {
+    let admission = Arc::clone(&state.admission);
+    let (close_listener, listener_closed) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(async move {
+                // Either a send or a dropped sender means "stop".
+                let _ = listener_closed.await;
+            })
+            .into_future(),
+    );
+
+    shutdown_signal.await;
+    admission.start_draining();
+    let waiting = admission.snapshot();
+    tracing::info!(
+        waiting = waiting.waiting,
+        in_flight = waiting.in_flight,
+        grace_ms = grace.as_millis() as u64,
+        "shutdown requested: draining accepted operations"
+    );
+
+    let deadline = tokio::time::Instant::now() + grace;
+    let outcome = match tokio::time::timeout_at(deadline, admission.drained()).await {
+        Ok(()) => Shutdown::Drained,
+        Err(_) => {
+            let left = admission.snapshot();
+            Shutdown::GraceExpired {
+                abandoned: left.waiting + left.in_flight,
+            }
+        }
+    };
+    drop(close_listener);
+    if outcome == Shutdown::Drained {
+        // Let the last responses reach their clients, still within the grace period.
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(joined) => joined.map_err(std::io::Error::other)??,
+            Err(_) => tracing::warn!("connections still open when the grace period ended"),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,228 @@
+//! Test harness: the service on a real socket, a closed-loop load like autocannon's, and a spawned binary.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use workload::admission::{Admission, QueueLimits};
+use workload::metrics::Metrics;
+use workload::routes::AppState;
+use workload::server::{self, Shutdown};
+
+/// The seed's limits: concurrency 1, readiness above 2 waiting, breaker at 4 waiting.
+pub const SEED_LIMITS: QueueLimits = QueueLimits {
+    concurrency: 1,
+    readiness_factor: 2,
+    breaker_factor: 4,
+};
+
+/// The service running in this process on 127.0.0.1 with a random port.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<Shutdown>>,
+}
+
+impl Service {
+    pub async fn start(limits: QueueLimits, operation: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState {
+            admission: Arc::new(Admission::new(limits)),
+            metrics: Arc::new(Metrics::new().unwrap()),
+            operation_duration: operation,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            listener,
+            state,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(30),
+        ));
+        Self {
+            addr,
+            client: client(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn status(&self, path: &str) -> u16 {
+        get_status(&self.client, &self.url(path)).await
+    }
+
+    /// Reads one sample from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sample(&body, name).unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+    }
+
+    /// Waits until `name` reads `value`, failing after `within`.
+    pub async fn wait_for_metric(&self, name: &str, value: f64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) -> Shutdown {
+        drop(self.stop.take());
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+/// A client that opens a fresh connection per request, as a probe or a manual `curl` does.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+pub async fn get_status(client: &reqwest::Client, url: &str) -> u16 {
+    client.get(url).send().await.unwrap().status().as_u16()
+}
+
+/// The value of the first sample of `name` (with or without labels) in a Prometheus text body.
+pub fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A closed-loop load like `autocannon -c N`: N connections, each sending the next request as soon as the
+/// previous one is answered.
+pub struct Load {
+    running: Arc<AtomicBool>,
+    statuses: Arc<Mutex<BTreeMap<u16, u64>>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: String, connections: usize) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let statuses = Arc::new(Mutex::new(BTreeMap::new()));
+        let workers = (0..connections)
+            .map(|_| {
+                let (url, running, statuses) = (url.clone(), running.clone(), statuses.clone());
+                tokio::spawn(async move {
+                    // One keep-alive connection per worker, like autocannon's.
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .build()
+                        .unwrap();
+                    while running.load(Ordering::Relaxed) {
+                        let status = get_status(&client, &url).await;
+                        *statuses.lock().await.entry(status).or_default() += 1;
+                        if status != 200 {
+                            // A 503 comes back at once; yield so the loop does not starve the runtime.
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            running,
+            statuses,
+            workers,
+        }
+    }
+
+    /// Counts so far, by status code.
+    pub async fn statuses(&self) -> BTreeMap<u16, u64> {
+        self.statuses.lock().await.clone()
+    }
+
+    /// Stops sending and waits for every outstanding request to be answered.
+    pub async fn stop(self) -> BTreeMap<u16, u64> {
+        self.running.store(false, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        self.statuses.lock().await.clone()
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (released before returning, so a child process can bind it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `workload` binary with the given environment, stdout and stderr captured.
+pub fn workload_command(env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_workload"));
+    command
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_until_listening(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process exited before listening"
+        );
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends a signal to a child process with the `kill` command.
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
