@@ -1,12 +1,21 @@
 //! Prometheus metrics: the queue gauges the autoscaler reads, operation counters, request durations and
 //! process metrics.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::admission::{QueueSnapshot, Rejection};
+
+/// How often process metrics are re-read from `/proc`. Reading them costs more than the rest of a scrape
+/// together, and a second's resolution is far finer than any scrape interval.
+const PROCESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// The service's metrics, registered in their own registry.
 #[derive(Debug, Clone)]
@@ -18,6 +27,9 @@ pub struct Metrics {
     concurrency: IntGauge,
     completed: IntCounter,
     rejected: IntCounterVec,
+    // The two reasons' children, resolved once: the rejection path is the hot path under overload.
+    rejected_circuit_open: IntCounter,
+    rejected_shutting_down: IntCounter,
     request_duration: HistogramVec,
 }
 
@@ -25,6 +37,13 @@ impl Metrics {
     /// Creates and registers every metric, including the process collector where the platform has one.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "expensive_operations_rejected_total",
+                "Expensive operation requests answered 503 without entering the queue",
+            ),
+            &["reason"],
+        )?;
         let metrics = Self {
             queue_ratio: Gauge::new(
                 "queue_ratio",
@@ -37,13 +56,10 @@ impl Metrics {
                 "expensive_operations_completed_total",
                 "Expensive operations that ran to completion",
             )?,
-            rejected: IntCounterVec::new(
-                Opts::new(
-                    "expensive_operations_rejected_total",
-                    "Expensive operation requests answered 503 without entering the queue",
-                ),
-                &["reason"],
-            )?,
+            // Both reasons appear from the start, so rate() works before the first rejection.
+            rejected_circuit_open: rejected.with_label_values(&[Rejection::CircuitOpen.as_str()]),
+            rejected_shutting_down: rejected.with_label_values(&[Rejection::ShuttingDown.as_str()]),
+            rejected,
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "http_request_duration_seconds",
@@ -67,14 +83,11 @@ impl Metrics {
         ] {
             metrics.registry.register(collector)?;
         }
-        // Both reasons appear from the start, so rate() works before the first rejection.
-        for reason in [Rejection::CircuitOpen, Rejection::ShuttingDown] {
-            metrics.rejected.with_label_values(&[reason.as_str()]);
-        }
         #[cfg(target_os = "linux")]
-        metrics.registry.register(Box::new(
+        metrics.registry.register(Box::new(RefreshLimited::new(
             prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+            PROCESS_REFRESH,
+        )))?;
         Ok(metrics)
     }
 
@@ -85,7 +98,10 @@ impl Metrics {
 
     /// Counts a request the queue turned away.
     pub fn operation_rejected(&self, reason: Rejection) {
-        self.rejected.with_label_values(&[reason.as_str()]).inc();
+        match reason {
+            Rejection::CircuitOpen => self.rejected_circuit_open.inc(),
+            Rejection::ShuttingDown => self.rejected_shutting_down.inc(),
+        }
     }
 
     /// Records one HTTP request. `route` is the matched route template, never the raw path.
@@ -101,8 +117,113 @@ impl Metrics {
         self.waiting.set(queue.waiting as i64);
         self.in_flight.set(queue.in_flight as i64);
         self.concurrency.set(queue.concurrency as i64);
-        let mut buffer = Vec::with_capacity(8 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
-        String::from_utf8(buffer).map_err(|err| prometheus::Error::Msg(err.to_string()))
+        // Room for a typical scrape (about 9 KiB), so the buffer is not regrown while encoding.
+        let mut text = String::with_capacity(16 * 1024);
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text)?;
+        Ok(text)
+    }
+}
+
+/// A collector whose samples are re-collected at most once per `refresh`; scrapes in between get the last.
+struct RefreshLimited<C> {
+    inner: C,
+    refresh: Duration,
+    last: Mutex<Option<(Instant, Vec<MetricFamily>)>>,
+}
+
+impl<C: Collector> RefreshLimited<C> {
+    fn new(inner: C, refresh: Duration) -> Self {
+        Self {
+            inner,
+            refresh,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl<C: Collector> Collector for RefreshLimited<C> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*last {
+            Some((at, families)) if at.elapsed() < self.refresh => families.clone(),
+            _ => {
+                let families = self.inner.collect();
+                *last = Some((Instant::now(), families.clone()));
+                families
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A collector that counts how often it is asked.
+    struct Counting {
+        calls: AtomicU64,
+        gauge: IntGauge,
+    }
+
+    impl Collector for Counting {
+        fn desc(&self) -> Vec<&Desc> {
+            self.gauge.desc()
+        }
+        fn collect(&self) -> Vec<MetricFamily> {
+            let calls = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            self.gauge.set(calls as i64);
+            self.gauge.collect()
+        }
+    }
+
+    fn value(families: &[MetricFamily]) -> f64 {
+        families[0].get_metric()[0].get_gauge().value()
+    }
+
+    #[test]
+    fn refresh_limited_collects_again_only_after_the_interval() {
+        let counting = Counting {
+            calls: AtomicU64::new(0),
+            gauge: IntGauge::new("calls", "collect calls").unwrap(),
+        };
+        let limited = RefreshLimited::new(counting, Duration::from_millis(50));
+        assert_eq!(value(&limited.collect()), 1.0);
+        assert_eq!(
+            value(&limited.collect()),
+            1.0,
+            "served from the last collection"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(value(&limited.collect()), 2.0);
+    }
+
+    #[test]
+    fn render_reports_the_queue_at_scrape_time() {
+        let metrics = Metrics::new().unwrap();
+        let queue = |waiting| QueueSnapshot {
+            waiting,
+            in_flight: 2,
+            concurrency: 2,
+        };
+        assert!(
+            metrics
+                .render(queue(3))
+                .unwrap()
+                .contains("\nqueue_ratio 1.5\n")
+        );
+        assert!(
+            metrics
+                .render(queue(0))
+                .unwrap()
+                .contains("\nqueue_ratio 0\n")
+        );
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -11,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::admission::{Admission, Readiness};
+use crate::admission::{Admission, QueueLimits, Readiness, Rejection};
 use crate::metrics::Metrics;
 
 /// Everything the handlers share.
@@ -23,6 +24,68 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// How long the simulated operation takes.
     pub operation_duration: Duration,
+    rejections: Arc<RejectionResponses>,
+}
+
+impl AppState {
+    /// State for a fresh queue with the given limits.
+    pub fn new(limits: QueueLimits, metrics: Metrics, operation_duration: Duration) -> Self {
+        Self {
+            admission: Arc::new(Admission::new(limits)),
+            metrics: Arc::new(metrics),
+            operation_duration,
+            rejections: Arc::new(RejectionResponses::new(operation_duration)),
+        }
+    }
+}
+
+/// The 503 answers, rendered once: under overload nearly every request takes this path.
+#[derive(Debug)]
+struct RejectionResponses {
+    retry_after: HeaderValue,
+    circuit_open: Bytes,
+    shutting_down: Bytes,
+}
+
+impl RejectionResponses {
+    fn new(operation_duration: Duration) -> Self {
+        // A place frees up roughly once per operation.
+        let retry_after = operation_duration.as_secs().max(1);
+        let body = |reason: Rejection| {
+            Bytes::from(
+                json!({
+                    "error": "Service Unavailable",
+                    "reason": reason.as_str(),
+                    "retryAfterSeconds": retry_after,
+                })
+                .to_string(),
+            )
+        };
+        Self {
+            retry_after: HeaderValue::from(retry_after),
+            circuit_open: body(Rejection::CircuitOpen),
+            shutting_down: body(Rejection::ShuttingDown),
+        }
+    }
+
+    fn response(&self, reason: Rejection) -> Response {
+        let body = match reason {
+            Rejection::CircuitOpen => self.circuit_open.clone(),
+            Rejection::ShuttingDown => self.shutting_down.clone(),
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::RETRY_AFTER, self.retry_after.clone()),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+            ],
+            body,
+        )
+            .into_response()
+    }
 }
 
 /// Route label for requests that matched no route, so unknown paths cannot blow up label cardinality.
@@ -49,17 +112,7 @@ async fn expensive_op(State(state): State<AppState>) -> Response {
         Err(reason) => {
             state.metrics.operation_rejected(reason);
             tracing::debug!(reason = reason.as_str(), "expensive operation rejected");
-            let retry_after = state.operation_duration.as_secs().max(1);
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, HeaderValue::from(retry_after))],
-                Json(json!({
-                    "error": "Service Unavailable",
-                    "reason": reason.as_str(),
-                    "retryAfterSeconds": retry_after,
-                })),
-            )
-                .into_response();
+            return state.rejections.response(reason);
         }
     };
     // If the client goes away, hyper drops this future: the ticket and the slot go with it.

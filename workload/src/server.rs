@@ -12,7 +12,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routes::{AppState, app};
@@ -31,11 +30,11 @@ pub enum Shutdown {
 
 /// The state for a configuration: an empty queue and fresh metrics.
 pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
-    Ok(AppState {
-        admission: Arc::new(Admission::new(config.queue_limits())),
-        metrics: Arc::new(Metrics::new()?),
-        operation_duration: config.operation_duration(),
-    })
+    Ok(AppState::new(
+        config.queue_limits(),
+        Metrics::new()?,
+        config.operation_duration(),
+    ))
 }
 
 /// Serves `state` on `listener` until `shutdown_signal` resolves, then drains for at most `grace`.

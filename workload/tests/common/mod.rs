@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
-use workload::admission::{Admission, QueueLimits};
+use workload::admission::QueueLimits;
 use workload::metrics::Metrics;
 use workload::routes::AppState;
 use workload::server::{self, Shutdown};
@@ -35,11 +35,7 @@ impl Service {
     pub async fn start(limits: QueueLimits, operation: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState {
-            admission: Arc::new(Admission::new(limits)),
-            metrics: Arc::new(Metrics::new().unwrap()),
-            operation_duration: operation,
-        };
+        let state = AppState::new(limits, Metrics::new().unwrap(), operation);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,

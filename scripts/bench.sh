@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Benchmarks the release `workload` with wrk against a bare axum "OK" route built in the same run
+# (workload/examples/bare_ok.rs), and prints every figure beside its ratio to that baseline.
+#
+#   scripts/bench.sh              # 3 interleaved rounds of 5 s per scenario
+#   BENCH_SECONDS=10 BENCH_ROUNDS=5 scripts/bench.sh
+#   scripts/bench.sh --strict     # exit 1 when a target is missed
+#
+# Targets (issue 2): /readiness >= 0.9x bare; /metrics >= 15,000 req/s; overloaded /expensive-op
+# (CONCURRENCY=1, 256 connections, almost all 503) >= 0.8x bare with p99 < 5 ms and RSS <= 15 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
+STRICT=${1:-}
+WORKLOAD_PORT=3100
+BARE_PORT=3101
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+
+cargo build --release -p workload --bin workload --example bare_ok --quiet
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_listening() {
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1$2" && return 0; sleep 0.05; done
+  echo "nothing listening on $1" >&2; exit 1
+}
+
+PORT=$BARE_PORT target/release/examples/bare_ok & pids+=($!)
+HOST=127.0.0.1 PORT=$WORKLOAD_PORT CONCURRENCY=1 RUST_LOG=warn target/release/workload & workload_pid=$!; pids+=($workload_pid)
+wait_listening $BARE_PORT /
+wait_listening $WORKLOAD_PORT /liveness
+
+# wrk figures: requests/s and p99 in milliseconds.
+run_wrk() { # connections url
+  local out
+  out=$(wrk -t2 -c"$1" -d"${SECONDS_PER_RUN}s" --timeout 15s --latency "$2")
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  p99=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 } print v }' <<<"$out")
+  local non2xx; non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' <<<"$out")
+  echo "$rps ${p99:-nan} ${non2xx:-0}"
+}
+rss_mb() { awk -v k="$2" '$1 == k":" { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+# Scenarios: name connections url. Rounds interleave them, so a burst of noise from the shared machine
+# hits every scenario alike; each figure is the median over the rounds.
+scenarios=(
+  "bare64 64 http://127.0.0.1:$BARE_PORT/"
+  "ready 64 http://127.0.0.1:$WORKLOAD_PORT/readiness"
+  "live 64 http://127.0.0.1:$WORKLOAD_PORT/liveness"
+  "metrics 64 http://127.0.0.1:$WORKLOAD_PORT/metrics"
+  "bare256 256 http://127.0.0.1:$BARE_PORT/"
+  "over 256 http://127.0.0.1:$WORKLOAD_PORT/expensive-op"
+)
+printf 'wrk -t2, %ss per scenario, %s interleaved rounds (median), on %s cores\n\n' "$SECONDS_PER_RUN" "$ROUNDS" "$(nproc)"
+declare -A rps_runs p99_runs
+over_non2xx=0
+for round in $(seq "$ROUNDS"); do
+  for scenario in "${scenarios[@]}"; do
+    read -r name connections url <<<"$scenario"
+    read -r rps p99 non2xx <<<"$(run_wrk "$connections" "$url")"
+    rps_runs[$name]+="$rps "; p99_runs[$name]+="$p99 "
+    [ "$name" = over ] && over_non2xx=$((over_non2xx + non2xx))
+  done
+  echo "  round $round done"
+done
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for name in bare64 ready live metrics bare256 over; do
+  printf -v "${name}_rps" '%s' "$(median "${rps_runs[$name]}")"
+  printf -v "${name}_p99" '%s' "$(median "${p99_runs[$name]}")"
+done
+over_rss=$(rss_mb "$workload_pid" VmRSS)
+over_hwm=$(rss_mb "$workload_pid" VmHWM)
+metrics_bytes=$(curl -s "http://127.0.0.1:$WORKLOAD_PORT/metrics" | wc -c)
+echo
+
+ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+printf '%-34s %12s %9s %8s\n' scenario "req/s" "p99 ms" "ratio"
+printf '%-34s %12.0f %9s %8s\n' "bare axum OK (64 conn)" "$bare64_rps" "$bare64_p99" "1.00"
+printf '%-34s %12.0f %9s %8s\n' "GET /readiness (64 conn)" "$ready_rps" "$ready_p99" "$(ratio "$ready_rps" "$bare64_rps")"
+printf '%-34s %12.0f %9s %8s\n' "GET /liveness (64 conn)" "$live_rps" "$live_p99" "$(ratio "$live_rps" "$bare64_rps")"
+printf '%-34s %12.0f %9s %8s\n' "GET /metrics (64 conn, ${metrics_bytes} B)" "$metrics_rps" "$metrics_p99" "$(ratio "$metrics_rps" "$bare64_rps")"
+printf '%-34s %12.0f %9s %8s\n' "bare axum OK (256 conn)" "$bare256_rps" "$bare256_p99" "1.00"
+printf '%-34s %12.0f %9s %8s\n' "GET /expensive-op overloaded (256)" "$over_rps" "$over_p99" "$(ratio "$over_rps" "$bare256_rps")"
+printf '  overloaded: %s non-2xx responses; workload RSS %s MB now, %s MB peak\n\n' "$over_non2xx" "$over_rss" "$over_hwm"
+
+missed=0
+target() { # description condition
+  if awk "BEGIN { exit !($2) }"; then echo "  met     $1"; else echo "  MISSED  $1"; missed=$((missed + 1)); fi
+}
+echo "targets:"
+target "/readiness >= 0.9x bare ($(ratio "$ready_rps" "$bare64_rps")x)" "$ready_rps >= 0.9 * $bare64_rps"
+target "/metrics >= 15000 req/s ($(printf '%.0f' "$metrics_rps"))" "$metrics_rps >= 15000"
+target "overloaded 503 path >= 0.8x bare ($(ratio "$over_rps" "$bare256_rps")x)" "$over_rps >= 0.8 * $bare256_rps"
+target "overloaded p99 < 5 ms (${over_p99} ms)" "$over_p99 < 5"
+target "RSS under overload <= 15 MB (peak ${over_hwm} MB)" "$over_hwm <= 15"
+if [ "$STRICT" = --strict ] && [ "$missed" -gt 0 ]; then exit 1; fi

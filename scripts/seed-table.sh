@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs the seed's acceptance table against the release binary with autocannon, exactly as the README's
+# walkthrough does, and fails on any mismatch.
+#
+#   scripts/seed-table.sh            # 2 s operations, as the seed (about a minute)
+#   OPERATION_DURATION_MS=1000 DURATION=6 scripts/seed-table.sh
+#
+# For each row: start a fresh `workload` (CONCURRENCY=1), run `autocannon -t 60 -c N` against
+# /expensive-op, and half-way through an operation probe /readiness and send one manual /expensive-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OPERATION_DURATION_MS=${OPERATION_DURATION_MS:-2000}
+DURATION=${DURATION:-10}
+PORT=${PORT:-3000}
+BIN=target/release/workload
+
+command -v autocannon >/dev/null || { echo "autocannon not found: npm install -g autocannon" >&2; exit 1; }
+cargo build --release -p workload --quiet
+[ -x "$BIN" ] || { echo "$BIN missing after build" >&2; exit 1; }
+
+work=$(mktemp -d)
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_listening() {
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/liveness" >/dev/null && return 0; sleep 0.05; done
+  echo "workload did not start on port $PORT" >&2; return 1
+}
+json() { node -e "const r=require('$1'); console.log($2)"; }
+
+failures=0
+check() { # what expected actual
+  if [ "$2" = "$3" ]; then printf '  ok    %-38s %s\n' "$1" "$3"
+  else printf '  FAIL  %-38s expected %s, got %s\n' "$1" "$2" "$3"; failures=$((failures + 1)); fi
+}
+
+# connections  readiness  manual  load (the seed's table)
+rows=(
+  "3 200 200 all-ok"
+  "4 429 200 all-ok"
+  "5 429 503 all-ok"
+  "6 429 503 mostly-503"
+)
+half_op=$(awk "BEGIN { print $OPERATION_DURATION_MS / 2000 }")
+for row in "${rows[@]}"; do
+  read -r c want_ready want_manual want_load <<<"$row"
+  echo "autocannon http://127.0.0.1:$PORT/expensive-op -t 60 -c $c -d $DURATION"
+  HOST=127.0.0.1 PORT=$PORT CONCURRENCY=1 OPERATION_DURATION_MS=$OPERATION_DURATION_MS RUST_LOG=warn "$BIN" &
+  server_pid=$!
+  wait_listening
+  start=$(date +%s.%N)
+  autocannon "http://127.0.0.1:$PORT/expensive-op" -t 60 -c "$c" -d "$DURATION" --json >"$work/c$c.json" 2>/dev/null &
+  cannon_pid=$!
+  # Wait until the first connection is answered, then to the middle of the second operation: the queue is
+  # full and no operation is finishing.
+  until curl -fs "http://127.0.0.1:$PORT/metrics" | grep -q '^expensive_operations_completed_total [1-9]'; do sleep 0.02; done
+  sleep "$half_op"
+  ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readiness")
+  manual=$(curl -s -o /dev/null -m 60 -w '%{http_code}' "http://127.0.0.1:$PORT/expensive-op")
+  wait "$cannon_pid"
+  kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=""
+
+  r="$work/c$c.json"
+  ok=$(json "$r" "r['2xx']"); non2xx=$(json "$r" "r.non2xx"); errors=$(json "$r" "r.errors + r.timeouts")
+  check "-c $c  GET /readiness" "$want_ready" "$ready"
+  check "-c $c  GET /expensive-op (manual)" "$want_manual" "$manual"
+  check "-c $c  autocannon errors+timeouts" 0 "$errors"
+  if [ "$want_load" = all-ok ]; then
+    check "-c $c  autocannon non-2xx" 0 "$non2xx"
+  else
+    mostly=$([ "$non2xx" -gt "$ok" ] && [ "$ok" -gt 0 ] && echo yes || echo no)
+    check "-c $c  autocannon mostly 503, some 200" yes "$mostly"
+  fi
+  printf '        autocannon: %s 2xx, %s non-2xx in %ss (%.1fs wall)\n' "$ok" "$non2xx" "$DURATION" \
+    "$(awk "BEGIN { print $(date +%s.%N) - $start }")"
+done
+
+if [ "$failures" -gt 0 ]; then echo "seed table: $failures mismatches"; exit 1; fi
+echo "seed table: every row holds"
