@@ -1,0 +1,128 @@
+//! Pipeline step 3, **apply** (needs a client): server-side apply of every child with the one
+//! field manager [`FIELD_MANAGER`], and removal of a ServiceMonitor the spec no longer wants.
+//!
+//! One SSA patch per child and nothing else: no GET before the patch, because the patch
+//! response already carries the object (and the Deployment's status for the CR's status).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+use crate::build::{Children, ServiceMonitor};
+use crate::error::{Error, Result, is_not_found};
+
+/// The single field manager of every write this operator makes.
+pub const FIELD_MANAGER: &str = "sandbox-operator";
+
+/// What happened to the ServiceMonitor in this reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitoringOutcome {
+    /// Applied.
+    Applied,
+    /// Not wanted and none owned by this CR exists.
+    Disabled,
+    /// Not wanted; the one this CR owned was deleted.
+    Deleted,
+    /// Wanted, but the `monitoring.coreos.com/v1` ServiceMonitor CRD is not installed.
+    CrdMissing,
+}
+
+/// The result of applying all children.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The Deployment as the API server returned it, status included.
+    pub deployment: Deployment,
+    /// The ServiceMonitor's fate.
+    pub monitoring: MonitoringOutcome,
+}
+
+/// Apply every child into `namespace`: Deployment, Service, HPA, then the ServiceMonitor last,
+/// so a missing ServiceMonitor CRD leaves the rest applied. `owner_uid` identifies the
+/// ServiceMonitor to delete when monitoring is switched off.
+pub async fn apply_children(
+    client: &Client,
+    namespace: &str,
+    children: &Children,
+    owner_uid: &str,
+) -> Result<Applied> {
+    let deployment = apply(client, namespace, &children.deployment).await?;
+    apply(client, namespace, &children.service).await?;
+    apply(client, namespace, &children.hpa).await?;
+
+    let monitoring = match &children.service_monitor {
+        Some(service_monitor) => match apply(client, namespace, service_monitor).await {
+            Ok(_) => MonitoringOutcome::Applied,
+            Err(Error::Apply { source, .. }) if is_not_found(&source) => {
+                MonitoringOutcome::CrdMissing
+            }
+            Err(error) => return Err(error),
+        },
+        None => {
+            let name = children.deployment.name_any();
+            delete_owned_service_monitor(client, namespace, &name, owner_uid).await?
+        }
+    };
+    Ok(Applied {
+        deployment,
+        monitoring,
+    })
+}
+
+/// Server-side apply one object with [`FIELD_MANAGER`], forcing ownership of the fields it
+/// sets: the operator is the authority for them, so a `kubectl edit` of a child is reverted.
+pub async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = object.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            namespace: namespace.to_string(),
+            name,
+            source: Box::new(source),
+        })
+}
+
+/// Delete the ServiceMonitor `name` if, and only if, this CR owns it: one GET, plus the DELETE
+/// when there is something to remove. A missing object or a missing CRD both mean nothing to do.
+async fn delete_owned_service_monitor(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<MonitoringOutcome> {
+    let api: Api<ServiceMonitor> = Api::namespaced(client.clone(), namespace);
+    let cleanup_error = |source| Error::Cleanup {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    let existing = match api.get(name).await {
+        Ok(existing) => existing,
+        Err(source) if is_not_found(&source) => return Ok(MonitoringOutcome::Disabled),
+        Err(source) => return Err(cleanup_error(source)),
+    };
+    let owned = existing
+        .owner_references()
+        .iter()
+        .any(|reference| reference.uid == owner_uid);
+    if !owned {
+        return Ok(MonitoringOutcome::Disabled);
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(MonitoringOutcome::Deleted),
+        Err(source) if is_not_found(&source) => Ok(MonitoringOutcome::Disabled),
+        Err(source) => Err(cleanup_error(source)),
+    }
+}

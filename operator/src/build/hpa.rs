@@ -1,0 +1,129 @@
+//! The HorizontalPodAutoscaler scaling the Deployment on the pods' `queue_ratio`.
+
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
+    MetricTarget, PodsMetricSource,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::metadata;
+use crate::validate::Validated;
+
+/// Per-pod metric the workload exports on `/metrics` (via a metrics adapter to the HPA).
+pub const QUEUE_RATIO_METRIC: &str = "queue_ratio";
+
+/// Build the HPA: one `Pods` metric with an `AverageValue` target.
+pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
+    let scaling = &valid.spec.autoscaling;
+    HorizontalPodAutoscaler {
+        metadata: metadata(&valid.owner),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".to_string()),
+                kind: "Deployment".to_string(),
+                name: valid.owner.name.clone(),
+            },
+            min_replicas: Some(scaling.min_replicas),
+            max_replicas: scaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Pods".to_string(),
+                pods: Some(PodsMetricSource {
+                    metric: MetricIdentifier {
+                        name: QUEUE_RATIO_METRIC.to_string(),
+                        selector: None,
+                    },
+                    target: MetricTarget {
+                        type_: "AverageValue".to_string(),
+                        average_value: Some(ratio_quantity(scaling.target_queue_ratio)),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(HPAScalingRules {
+                    stabilization_window_seconds: Some(scaling.scale_down_stabilization_seconds),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }),
+        status: None,
+    }
+}
+
+/// The ratio as a canonical Kubernetes quantity in milli-units (`1`, `500m`, `1250m`), the form
+/// the API server stores, so the applied value reads back unchanged.
+///
+/// Validation admits any ratio in [0.001, 2); one that would round up to 2 is kept at 1.999 so
+/// the target stays below the readiness factor.
+pub fn ratio_quantity(ratio: f64) -> Quantity {
+    let milli = ((ratio * 1000.0).round() as i64).clamp(1, 1999);
+    if milli % 1000 == 0 {
+        Quantity((milli / 1000).to_string())
+    } else {
+        Quantity(format!("{milli}m"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::test_support::valid;
+
+    #[test]
+    fn defaults() {
+        let spec = build(&valid("")).spec.unwrap();
+        assert_eq!(spec.scale_target_ref.kind, "Deployment");
+        assert_eq!(spec.scale_target_ref.name, "demo");
+        assert_eq!(
+            spec.scale_target_ref.api_version.as_deref(),
+            Some("apps/v1")
+        );
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 10));
+        let metrics = spec.metrics.unwrap();
+        assert_eq!(metrics.len(), 1);
+        let pods = metrics[0].pods.as_ref().unwrap();
+        assert_eq!(metrics[0].type_, "Pods");
+        assert_eq!(pods.metric.name, "queue_ratio");
+        assert_eq!(pods.target.type_, "AverageValue");
+        assert_eq!(pods.target.average_value, Some(Quantity("1".into())));
+        let scale_down = spec.behavior.unwrap().scale_down.unwrap();
+        assert_eq!(scale_down.stabilization_window_seconds, Some(300));
+    }
+
+    #[test]
+    fn every_autoscaling_field() {
+        let spec = build(&valid(
+            "autoscaling: {minReplicas: 2, maxReplicas: 7, targetQueueRatio: 0.5, scaleDownStabilizationSeconds: 60}",
+        ))
+        .spec
+        .unwrap();
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 7));
+        let target = spec.metrics.unwrap()[0].pods.clone().unwrap().target;
+        assert_eq!(target.average_value, Some(Quantity("500m".into())));
+        assert_eq!(
+            spec.behavior
+                .unwrap()
+                .scale_down
+                .unwrap()
+                .stabilization_window_seconds,
+            Some(60)
+        );
+    }
+
+    #[test]
+    fn ratio_quantities_are_canonical_milli_units() {
+        for (ratio, text) in [
+            (1.0, "1"),
+            (0.5, "500m"),
+            (1.25, "1250m"),
+            (0.001, "1m"),
+            (1.9999, "1999m"),
+            (0.1 + 0.2, "300m"),
+        ] {
+            assert_eq!(ratio_quantity(ratio).0, text, "{ratio}");
+        }
+    }
+}

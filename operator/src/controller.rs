@@ -1,0 +1,274 @@
+//! The reconcile loop: a `SandboxService` goes validate → build → apply → update status.
+//!
+//! [`reconcile`] reads top to bottom as that pipeline. Per reconcile it makes at most one
+//! server-side apply per child, one status patch (only when the status changed) and one Event
+//! per transition; see `tests/reconcile.rs` for the counted calls.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::admin::AdminState;
+use crate::apply::{self, MonitoringOutcome};
+use crate::build::{self, MANAGED_BY_SELECTOR, ServiceMonitor};
+use crate::crd::SandboxService;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{self, Notice, Observation};
+use crate::validate::validate;
+
+/// Name of the controller in Events (`reportingController`) and logs.
+pub const CONTROLLER_NAME: &str = "sandbox-operator";
+
+/// Periodic re-apply of a healthy CR, repairing drift a missed watch event would hide.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// How soon to look again for a ServiceMonitor CRD that was missing: slow enough not to
+/// hot-loop, fast enough that installing the Prometheus Operator is picked up.
+pub const CRD_RECHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// First retry after a failure; doubles per consecutive failure up to [`MAX_BACKOFF`].
+pub const BASE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Longest wait between retries of a failing CR.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+
+/// What `reconcile` and `error_policy` need: the client, the Event recorder and the metrics.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on the CRs.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Metrics,
+    /// Consecutive failures per CR, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<SandboxService>, u32>>,
+}
+
+impl Context {
+    /// A context whose Events name `instance` (the pod name) as the reporting instance.
+    pub fn new(client: Client, metrics: Metrics, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.to_string(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Record one more failure of `cr`; returns how many in a row.
+    fn record_failure(&self, cr: &SandboxService) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(ObjectRef::from_obj(cr)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn reset_failures(&self, cr: &SandboxService) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&ObjectRef::from_obj(cr));
+    }
+
+    /// Publish an Event on `cr`. Best effort: a lost Event must not fail the reconcile.
+    async fn publish(&self, cr: &SandboxService, notice: Notice) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason.to_string(),
+            note: Some(truncate(notice.note, 1024)),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &cr.object_ref(&())).await {
+            warn!(%error, name = %cr.name_any(), "publishing an Event failed");
+        }
+    }
+}
+
+/// Reconcile one `SandboxService`. Failures are counted by category and reported as a Warning
+/// Event before `error_policy` schedules the retry.
+pub async fn reconcile(cr: Arc<SandboxService>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let result = reconcile_pipeline(&cr, &ctx).await;
+    match &result {
+        Ok(_) => ctx.reset_failures(&cr),
+        Err(error) => {
+            ctx.metrics.reconcile_failed(error.category());
+            let notice = Notice {
+                type_: EventType::Warning,
+                reason: error.category(),
+                note: error.to_string(),
+            };
+            ctx.publish(&cr, notice).await;
+        }
+    }
+    result
+}
+
+async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action> {
+    let namespace = cr
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let uid = cr.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
+
+    // 1. validate, 2. build, 3. apply
+    let (observation, action) = match validate(cr) {
+        Err(invalid) => {
+            info!(name = %cr.name_any(), %namespace, %invalid, "invalid spec; waiting for a change");
+            (Observation::Invalid(invalid), Action::await_change())
+        }
+        Ok(valid) => {
+            let children = build::children(&valid);
+            let applied = apply::apply_children(&ctx.client, &namespace, &children, &uid).await?;
+            let action = if applied.monitoring == MonitoringOutcome::CrdMissing {
+                Action::requeue(CRD_RECHECK_INTERVAL)
+            } else {
+                Action::requeue(RESYNC_INTERVAL)
+            };
+            (Observation::Applied(Box::new(applied)), action)
+        }
+    };
+
+    // 4. update status, only when it changed, and tell the user about transitions
+    let desired = status::desired(cr, &observation, status::now());
+    if cr.status.as_ref() != Some(&desired) {
+        status::patch(&ctx.client, cr, &desired).await?;
+    } else {
+        debug!(name = %cr.name_any(), %namespace, "status unchanged");
+    }
+    for notice in status::notices(cr.status.as_ref(), &desired, &observation) {
+        ctx.publish(cr, notice).await;
+    }
+    Ok(action)
+}
+
+/// Retry a failed reconcile with exponential backoff per CR: 5 s, 10 s, 20 s … up to 5 min.
+pub fn error_policy(cr: Arc<SandboxService>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempt = ctx.record_failure(&cr);
+    let delay = backoff(attempt);
+    warn!(
+        name = %cr.name_any(),
+        namespace = cr.namespace().unwrap_or_default(),
+        category = error.category(),
+        %error,
+        attempt,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `attempt` (1-based).
+pub fn backoff(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    BASE_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+}
+
+/// Run the controller until `shutdown` completes, then let running reconciles finish.
+///
+/// Every child kind is owned, so an edited or deleted child triggers a reconcile that repairs
+/// it. Children are watched by the `managed-by` label only. ServiceMonitors are watched only
+/// when their CRD is installed (`own_service_monitors`), otherwise the watch would fail forever.
+pub async fn run(
+    ctx: Arc<Context>,
+    own_service_monitors: bool,
+    admin: AdminState,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let mut controller = Controller::new(
+        Api::<SandboxService>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        children.clone(),
+    );
+    if own_service_monitors {
+        controller = controller.owns(Api::<ServiceMonitor>::all(client), children);
+    }
+
+    let store = controller.store();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            info!("SandboxService cache synced; controller ready");
+            admin.set_ready(true);
+        }
+    });
+
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(name = %object.name, "reconciled"),
+                // Already logged, counted and reported by `reconcile`/`error_policy`.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                // Watch failures (missing CRD, RBAC): the watcher retries with backoff.
+                Err(error) => warn!(%error, "controller watch error"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind is served by the cluster.
+pub async fn service_monitor_crd_installed(client: &Client) -> bool {
+    let gvk = kube::core::GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
+    match kube::discovery::pinned_kind(client, &gvk).await {
+        Ok(_) => true,
+        Err(error) => {
+            warn!(%error, "ServiceMonitor CRD not found; ServiceMonitors are not watched and SandboxServices that want one report Degraded");
+            false
+        }
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("äbc".to_string(), 1), "");
+        assert_eq!(truncate("abc".to_string(), 2), "ab");
+        assert_eq!(truncate("abc".to_string(), 5), "abc");
+    }
+}

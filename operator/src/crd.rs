@@ -1,0 +1,453 @@
+//! The `SandboxService` custom resource (`sandbox.perf.dev/v1alpha1`).
+//!
+//! The Rust types are the single source of the CRD: `operator crd` prints [`SandboxService::crd`],
+//! and `crds/sandboxservice.yaml` is that output, checked by a test. The OpenAPI minimums and CEL
+//! rules here (and the `metadata.name` pattern added by [`crd`]) are mirrored, rule for rule,
+//! by [`crate::validate`] so a CR that slips past the
+//! schema (an old CRD, `--validate=false`, a file given to `operator render`) is still rejected.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image used when `spec.image` is not set: the workload released together with this operator.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/performance-sandbox/workload:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// The workload's `READINESS_QUEUE_FACTOR`: a pod turns not-ready once `queue_ratio` exceeds it,
+/// so the HPA target must stay below it or pods drop out of the Service before a scale-up.
+pub const READINESS_QUEUE_FACTOR: f64 = 2.0;
+
+/// Smallest `targetQueueRatio`; the HPA target is expressed in milli-units.
+pub const MIN_TARGET_QUEUE_RATIO: f64 = 0.001;
+
+/// Upper bound of `behavior.scaleDown.stabilizationWindowSeconds` accepted by the HPA API.
+pub const MAX_STABILIZATION_SECONDS: i32 = 3600;
+
+/// A Prometheus duration as the ServiceMonitor CRD accepts it (without the bare `0`).
+pub const INTERVAL_PATTERN: &str =
+    "^(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?$";
+
+/// A DNS-1035 label: the CR name names the Service, which requires one (with at most 63 bytes).
+pub const DNS1035_LABEL_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+
+/// Desired state of one workload deployment and everything it needs to run and autoscale.
+// Repeated `printcolumn(...)` entries are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sandbox.perf.dev",
+    version = "v1alpha1",
+    kind = "SandboxService",
+    plural = "sandboxservices",
+    shortname = "sbx",
+    namespaced,
+    status = "SandboxServiceStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A workload Deployment with its Service, ServiceMonitor and queue_ratio HorizontalPodAutoscaler",
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Pods passing /readiness"
+    ),
+    printcolumn(
+        name = "Concurrency",
+        type_ = "integer",
+        json_path = ".spec.concurrency",
+        description = "Operations each pod runs at once"
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "number",
+        json_path = ".spec.autoscaling.targetQueueRatio",
+        description = "HPA target for queue_ratio"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxServiceSpec {
+    /// Workload container image. Defaults to the workload image of the operator's own version,
+    /// so upgrading the operator upgrades every SandboxService that does not pin an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// Container image pull policy; Kubernetes' default applies when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Operations each pod runs at once (the `CONCURRENCY` env of the workload).
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1))]
+    pub concurrency: i32,
+
+    /// Duration of one operation in milliseconds (the `OPERATION_DURATION_MS` env).
+    #[serde(default = "default_operation_duration_ms")]
+    #[schemars(range(min = 0))]
+    pub operation_duration_ms: i64,
+
+    /// HorizontalPodAutoscaler settings: scale on the pods' `queue_ratio` metric.
+    #[serde(default)]
+    pub autoscaling: Autoscaling,
+
+    /// The Service in front of the pods.
+    #[serde(default)]
+    pub service: ServiceSettings,
+
+    /// Prometheus Operator ServiceMonitor for the pods' `/metrics`.
+    #[serde(default)]
+    pub monitoring: Monitoring,
+
+    /// Container resources; when unset, requests of 100m CPU and 32Mi memory and a 128Mi
+    /// memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Annotations added to the pod template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// Container image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the node does not have the image.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+/// HorizontalPodAutoscaler settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("maxReplicas must be greater than or equal to minReplicas")
+        .field_path(".maxReplicas")
+)]
+#[x_kube(
+    validation = kube::core::Rule::new("self.targetQueueRatio < 2.0")
+        .message("targetQueueRatio must be below the workload's readiness factor (2), or pods turn not-ready before the HPA scales up")
+        .field_path(".targetQueueRatio")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscaling {
+    /// Lower bound of the HPA.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+
+    /// Upper bound of the HPA; at least `minReplicas`.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// Average `queue_ratio` per pod the HPA aims for (rounded to 0.001); below 2, the
+    /// workload's readiness factor.
+    #[serde(default = "default_target_queue_ratio")]
+    #[schemars(range(min = MIN_TARGET_QUEUE_RATIO))]
+    pub target_queue_ratio: f64,
+
+    /// How long the HPA waits before scaling down (`behavior.scaleDown.stabilizationWindowSeconds`).
+    #[serde(default = "default_scale_down_stabilization_seconds")]
+    #[schemars(range(min = 0, max = MAX_STABILIZATION_SECONDS))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+/// Service settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// Service port, forwarded to the pods' `http` port (3000).
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// Kubernetes Service type.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also exposed on a port of every node.
+    NodePort,
+    /// Also exposed through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The value of `spec.type` in a Service.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Monitoring settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Monitoring {
+    /// Create a ServiceMonitor; when switched off, a ServiceMonitor this CR owns is deleted.
+    #[serde(default = "default_true")]
+    pub service_monitor: bool,
+
+    /// Scrape interval as a Prometheus duration, e.g. `15s`, `1m30s`.
+    #[serde(default = "default_interval")]
+    #[schemars(length(min = 2), pattern(INTERVAL_PATTERN))]
+    pub interval: String,
+
+    /// Labels added to the ServiceMonitor, e.g. `release: kube-prometheus` for a Prometheus
+    /// that selects ServiceMonitors by label.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Observed state, written by the operator only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxServiceStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing` and `Degraded`, per the Kubernetes API conventions.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Pods of the Deployment.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Pods passing their readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Label selector of the pods, in `kubectl get -l` syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+impl SandboxServiceSpec {
+    /// The image to run: `spec.image` or [`DEFAULT_IMAGE`].
+    pub fn image(&self) -> &str {
+        self.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
+
+    /// The container resources: `spec.resources` or [`default_resources`].
+    pub fn resources(&self) -> ResourceRequirements {
+        self.resources.clone().unwrap_or_else(default_resources)
+    }
+}
+
+/// Requests sized for one idle workload pod (a few MB of RSS, little CPU while waiting) and a
+/// memory limit with ample headroom; CPU is not limited so throttling never skews latency.
+pub fn default_resources() -> ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let quantities = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect::<BTreeMap<_, _>>()
+    };
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "100m"), ("memory", "32Mi")])),
+        limits: Some(quantities(&[("memory", "128Mi")])),
+        ..Default::default()
+    }
+}
+
+impl Default for SandboxServiceSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            image_pull_policy: None,
+            concurrency: default_concurrency(),
+            operation_duration_ms: default_operation_duration_ms(),
+            autoscaling: Autoscaling::default(),
+            service: ServiceSettings::default(),
+            monitoring: Monitoring::default(),
+            resources: None,
+            pod_annotations: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Autoscaling {
+    fn default() -> Self {
+        Self {
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_queue_ratio: default_target_queue_ratio(),
+            scale_down_stabilization_seconds: default_scale_down_stabilization_seconds(),
+        }
+    }
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+        }
+    }
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Self {
+            service_monitor: default_true(),
+            interval: default_interval(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_concurrency() -> i32 {
+    1
+}
+
+fn default_operation_duration_ms() -> i64 {
+    2000
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_max_replicas() -> i32 {
+    10
+}
+
+fn default_target_queue_ratio() -> f64 {
+    1.0
+}
+
+fn default_scale_down_stabilization_seconds() -> i32 {
+    300
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_interval() -> String {
+    "15s".to_string()
+}
+
+/// The CRD: the derived schema plus a `metadata.name` restriction.
+///
+/// The name names the Service, so it must be a DNS-1035 label. A CRD may constrain
+/// `metadata.name` in its OpenAPI schema, which costs nothing at admission, whereas a CEL regex
+/// on the name is rejected by the CRD cost estimator on current Kubernetes versions (it assumes
+/// an unbounded string).
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = SandboxService::crd();
+    let name = JSONSchemaProps {
+        type_: Some("string".to_string()),
+        max_length: Some(63),
+        pattern: Some(DNS1035_LABEL_PATTERN.to_string()),
+        ..Default::default()
+    };
+    let metadata = JSONSchemaProps {
+        type_: Some("object".to_string()),
+        properties: Some(BTreeMap::from([("name".to_string(), name)])),
+        ..Default::default()
+    };
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|schema| schema.open_api_v3_schema.as_mut())
+        {
+            root.properties
+                .get_or_insert_default()
+                .insert("metadata".to_string(), metadata.clone());
+        }
+    }
+    crd
+}
+
+/// The CRD as YAML, exactly what `operator crd` prints and `crds/sandboxservice.yaml` holds.
+pub fn crd_yaml() -> String {
+    // Serializing a CRD built from our own types cannot fail; a failure is a programming error.
+    serde_yaml::to_string(&crd()).expect("the CRD serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_spec_deserializes_to_the_documented_defaults() {
+        let spec: SandboxServiceSpec = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(spec, SandboxServiceSpec::default());
+        assert_eq!(spec.concurrency, 1);
+        assert_eq!(spec.operation_duration_ms, 2000);
+        assert_eq!(spec.autoscaling.min_replicas, 1);
+        assert_eq!(spec.autoscaling.max_replicas, 10);
+        assert_eq!(spec.autoscaling.target_queue_ratio, 1.0);
+        assert_eq!(spec.autoscaling.scale_down_stabilization_seconds, 300);
+        assert_eq!(spec.service.type_, ServiceType::ClusterIP);
+        assert_eq!(spec.service.port, 80);
+        assert!(spec.monitoring.service_monitor);
+        assert_eq!(spec.monitoring.interval, "15s");
+        assert_eq!(spec.image(), DEFAULT_IMAGE);
+        assert!(DEFAULT_IMAGE.ends_with(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_rejected_with_their_path() {
+        let err = serde_yaml::from_str::<SandboxServiceSpec>("autoscaling: {maxReplica: 3}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("autoscaling"), "{err}");
+        assert!(err.contains("maxReplica"), "{err}");
+    }
+
+    #[test]
+    fn crd_carries_names_columns_and_cel_rules() {
+        let crd = crd_yaml();
+        for needle in [
+            "name: sandboxservices.sandbox.perf.dev",
+            "- sbx",
+            "self.minReplicas <= self.maxReplicas",
+            "self.targetQueueRatio < 2.0",
+            "pattern: ^[a-z]([-a-z0-9]*[a-z0-9])?$",
+            "maxLength: 63",
+            "jsonPath: .status.readyReplicas",
+            "jsonPath: .spec.autoscaling.targetQueueRatio",
+            "status: {}",
+        ] {
+            assert!(crd.contains(needle), "CRD lacks {needle:?}:\n{crd}");
+        }
+    }
+}

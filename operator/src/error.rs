@@ -1,0 +1,133 @@
+//! The operator's errors. Each variant has a bounded [`Error::category`], used both as the
+//! `category` label of the failure metric and as the reason of the Warning event, so neither
+//! ever carries an unbounded string.
+
+use crate::validate::InvalidSpec;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec breaks a rule; waits for the user to change it.
+    #[error("invalid SandboxService: {0}")]
+    InvalidSpec(#[from] InvalidSpec),
+
+    /// The object handed to `reconcile` lacks a field the API server always sets.
+    #[error("SandboxService has no {0}")]
+    MissingObjectKey(&'static str),
+
+    /// Server-side apply of a child failed.
+    #[error("applying {kind} {namespace}/{name} failed: {source}")]
+    Apply {
+        /// Child kind.
+        kind: String,
+        /// Child namespace.
+        namespace: String,
+        /// Child name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// Reading or deleting a ServiceMonitor that is no longer wanted failed.
+    #[error("removing ServiceMonitor {namespace}/{name} failed: {source}")]
+    Cleanup {
+        /// ServiceMonitor namespace.
+        namespace: String,
+        /// ServiceMonitor name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// Writing the status subresource failed.
+    #[error("updating the status of SandboxService {namespace}/{name} failed: {source}")]
+    Status {
+        /// CR namespace.
+        namespace: String,
+        /// CR name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// Reading the kubeconfig or in-cluster config failed.
+    #[error("Kubernetes client configuration: {0}")]
+    Config(#[source] Box<kube::Error>),
+
+    /// The leader-election Lease could not be created or renewed.
+    #[error("leader election: {0}")]
+    LeaderElection(#[source] Box<kube_lease_manager::LeaseManagerError>),
+
+    /// This replica lost the Lease while running the controller.
+    #[error("lost leadership of Lease {0}; exiting so a fresh process rejoins as a standby")]
+    LostLeadership(String),
+
+    /// The admin HTTP server could not bind or serve.
+    #[error("admin server on {addr}: {source}")]
+    AdminServer {
+        /// Listen address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The async runtime could not start.
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+
+    /// Reading the `render` input failed.
+    #[error("reading {path}: {source}")]
+    ReadInput {
+        /// File path or `-` for stdin.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The `render` input is not a SandboxService.
+    #[error("{path}: {message}")]
+    ParseInput {
+        /// File path or `-` for stdin.
+        path: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+
+    /// Serializing an object to YAML failed.
+    #[error("serializing YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+/// `Result` with the operator's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Bounded, PascalCase name of the failure: a metric label and a Kubernetes Event reason.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::MissingObjectKey(_) => "MissingObjectKey",
+            Error::Apply { .. } => "ApplyFailed",
+            Error::Cleanup { .. } => "CleanupFailed",
+            Error::Status { .. } => "StatusUpdateFailed",
+            Error::Config(_) => "ConfigError",
+            Error::LeaderElection(_) => "LeaderElectionFailed",
+            Error::LostLeadership(_) => "LostLeadership",
+            Error::AdminServer { .. } => "AdminServerFailed",
+            Error::Runtime(_) => "RuntimeFailed",
+            Error::ReadInput { .. } => "ReadInputFailed",
+            Error::ParseInput { .. } => "InvalidInput",
+            Error::Yaml(_) => "SerializationFailed",
+        }
+    }
+}
+
+/// Whether a Kubernetes API error is a 404 Not Found.
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_not_found())
+}

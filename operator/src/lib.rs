@@ -1,0 +1,30 @@
+//! The `SandboxService` operator: a user applies one `SandboxService` and gets the workload's
+//! Deployment, Service, ServiceMonitor and a HorizontalPodAutoscaler on `queue_ratio`.
+//!
+//! Reconcile is a pipeline, one module per step:
+//! 1. [`validate`] — the CRD's rules, again in Rust (pure);
+//! 2. [`build`] — one pure builder per child kind, shared by `run` and `render`;
+//! 3. [`apply`] — server-side apply with one field manager (client);
+//! 4. [`status`] — conditions and Events, written only when changed (client).
+//!
+//! [`controller`] wires the steps to kube-runtime's `Controller`; [`run`] adds leader election
+//! ([`leader`]), the admin server ([`admin`], [`metrics`]) and graceful shutdown.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod apply;
+pub mod build;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod rbac;
+pub mod render;
+pub mod run;
+pub mod status;
+pub mod validate;
+
+pub use error::{Error, Result};

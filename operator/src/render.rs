@@ -1,0 +1,166 @@
+//! `operator render`: the children of a `SandboxService` read from a file, as YAML — the same
+//! validate and build steps `operator run` uses, without a cluster.
+
+use std::io::Read;
+
+use crate::build;
+use crate::crd::SandboxService;
+use crate::error::{Error, Result};
+use crate::validate::validate;
+
+/// Top-level fields of a Kubernetes object.
+const OBJECT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+
+/// Fields of `metadata` (ObjectMeta), which its deserializer would otherwise ignore silently.
+const METADATA_FIELDS: &[&str] = &[
+    "annotations",
+    "creationTimestamp",
+    "deletionGracePeriodSeconds",
+    "deletionTimestamp",
+    "finalizers",
+    "generateName",
+    "generation",
+    "labels",
+    "managedFields",
+    "name",
+    "namespace",
+    "ownerReferences",
+    "resourceVersion",
+    "selfLink",
+    "uid",
+];
+
+/// Read `path` (`-` for stdin) and render its children.
+pub fn render_path(path: &str) -> Result<String> {
+    let mut text = String::new();
+    let read = if path == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|content| text = content)
+    };
+    let source_name = if path == "-" { "<stdin>" } else { path };
+    read.map_err(|source| Error::ReadInput {
+        path: source_name.to_string(),
+        source,
+    })?;
+    render(source_name, &text)
+}
+
+/// Render the children of the `SandboxService` in `text`; `source` names it in errors.
+pub fn render(source: &str, text: &str) -> Result<String> {
+    let cr = parse(source, text)?;
+    let valid = validate(&cr)?;
+    Ok(build::children(&valid).to_yaml()?)
+}
+
+/// Parse one `SandboxService`, rejecting unknown fields (with their path) and other kinds.
+pub fn parse(source: &str, text: &str) -> Result<SandboxService> {
+    let fail = |message: String| Error::ParseInput {
+        path: source.to_string(),
+        message,
+    };
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| fail(e.to_string()))?;
+    let Some(object) = value.as_mapping() else {
+        return Err(fail("expected a SandboxService object".to_string()));
+    };
+    check_fields(object, "", OBJECT_FIELDS).map_err(fail)?;
+    if let Some(metadata) = object.get("metadata").and_then(|m| m.as_mapping()) {
+        check_fields(metadata, "metadata.", METADATA_FIELDS).map_err(fail)?;
+    }
+    let expected_api_version = "sandbox.perf.dev/v1alpha1";
+    for (field, expected) in [
+        ("apiVersion", expected_api_version),
+        ("kind", "SandboxService"),
+    ] {
+        let actual = object.get(field).and_then(|v| v.as_str());
+        if actual != Some(expected) {
+            return Err(fail(format!(
+                "{field}: expected {expected:?}, got {}",
+                actual.map_or_else(|| "nothing".to_string(), |a| format!("{a:?}"))
+            )));
+        }
+    }
+    serde_yaml::from_str(text).map_err(|e| fail(e.to_string()))
+}
+
+fn check_fields(
+    object: &serde_yaml::Mapping,
+    prefix: &str,
+    known: &[&str],
+) -> std::result::Result<(), String> {
+    for key in object.keys() {
+        let name = key.as_str().unwrap_or_default();
+        if !known.contains(&name) {
+            return Err(format!("{prefix}{name}: unknown field"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\n";
+
+    fn error(yaml: &str) -> String {
+        render("cr.yaml", yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn renders_four_documents() {
+        let yaml = render(
+            "cr.yaml",
+            &format!("{HEADER}metadata: {{name: demo}}\nspec: {{}}"),
+        )
+        .unwrap();
+        assert_eq!(yaml.matches("---\n").count(), 4);
+        assert!(
+            !yaml.contains("ownerReferences"),
+            "no uid, no owner reference"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let cases = [
+            (
+                "metadata: {name: demo}\nspec: {concurency: 2}",
+                "concurency",
+            ),
+            (
+                "metadata: {name: demo}\nspec: {autoscaling: {maxReplica: 2}}",
+                "spec.autoscaling",
+            ),
+            (
+                "metadata: {name: demo, lables: {}}\nspec: {}",
+                "metadata.lables",
+            ),
+            ("metadata: {name: demo}\nspec: {}\nspecs: {}", "specs"),
+        ];
+        for (body, field) in cases {
+            let message = error(&format!("{HEADER}{body}"));
+            assert!(message.contains(field), "{message} should name {field}");
+            assert!(message.starts_with("cr.yaml: "), "{message}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let message = error(&format!(
+            "{HEADER}metadata: {{name: demo}}\nspec: {{autoscaling: {{targetQueueRatio: 2.5}}}}"
+        ));
+        assert!(
+            message.contains("spec.autoscaling.targetQueueRatio"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_refused() {
+        let message = error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}");
+        assert!(message.contains("apiVersion"), "{message}");
+        let message = error("just text");
+        assert!(message.contains("expected a SandboxService"), "{message}");
+    }
+}

@@ -1,0 +1,163 @@
+//! `operator run`: the long-running process. Admin server first (so probes answer), then leader
+//! election; the leader runs the controller until SIGTERM/SIGINT or until it loses the Lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kube::Client;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::controller::{self, Context};
+use crate::error::{Error, Result};
+use crate::leader::{Election, LeaseConfig};
+use crate::metrics::Metrics;
+
+/// Settings of `operator run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: SocketAddr,
+    /// Lease name.
+    pub lease_name: String,
+    /// Lease namespace; defaults to the client's namespace (in a pod: its own namespace).
+    pub lease_namespace: Option<String>,
+    /// This replica's identity; defaults to the host name (in a pod: the pod name).
+    pub identity: Option<String>,
+}
+
+/// Select ring as rustls' crypto provider for the Kubernetes client. kube asks for ring, but
+/// when another crate in the build enables aws-lc-rs too (test builds do, via jsonschema),
+/// rustls cannot choose and panics on the first TLS connection. Idempotent.
+pub fn install_crypto_provider() {
+    // An Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Run the operator until shutdown.
+pub async fn run(config: RunConfig) -> Result<()> {
+    install_crypto_provider();
+    let listener = admin::bind(config.admin_addr).await?;
+    let admin_addr = listener.local_addr().unwrap_or(config.admin_addr);
+    let client = Client::try_default()
+        .await
+        .map_err(|e| Error::Config(Box::new(e)))?;
+    let metrics = Metrics::new();
+    let admin_state = AdminState::new(metrics.clone());
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received");
+        let _ = shutdown_tx.send(true);
+    });
+    let admin_server = tokio::spawn(admin::serve(
+        listener,
+        admin_state.clone(),
+        until(shutdown.clone(), true),
+    ));
+    info!(addr = %admin_addr, "admin server listening");
+
+    let identity = config
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| controller::CONTROLLER_NAME.to_string());
+    let lease = LeaseConfig {
+        name: config.lease_name.clone(),
+        namespace: config
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string()),
+        identity: identity.clone(),
+    };
+    let election = Election::start(client.clone(), &lease).await?;
+    info!(lease = %lease.name, namespace = %lease.namespace, %identity, "waiting for leadership");
+    admin_state.set_ready(true); // a standby is ready, see `admin`
+
+    let result = tokio::select! {
+        _ = until(election.is_leader.clone(), true) => {
+            lead(client, metrics, &admin_state, &election, &lease, shutdown.clone()).await
+        }
+        _ = until(shutdown.clone(), true) => Ok(()),
+    };
+
+    election.release().await?;
+    let shutdown_requested = *shutdown.borrow();
+    if !shutdown_requested {
+        // Leadership was lost; stop serving before returning the error.
+        admin_state.set_ready(false);
+    }
+    admin_server.abort();
+    result
+}
+
+/// Run the controller as the leader until shutdown or loss of the Lease.
+async fn lead(
+    client: Client,
+    metrics: Metrics,
+    admin_state: &AdminState,
+    election: &Election,
+    lease: &LeaseConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    info!("acquired leadership; starting the controller");
+    admin_state.set_ready(false); // until the controller's cache is synced
+    let own_service_monitors = controller::service_monitor_crd_installed(&client).await;
+    let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
+
+    let lost = until(election.is_leader.clone(), false);
+    let stop_requested = until(shutdown.clone(), true);
+    let (stop_tx, stop) = watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        let lost_leadership = tokio::select! {
+            _ = lost => true,
+            _ = stop_requested => false,
+        };
+        let _ = stop_tx.send(true);
+        lost_leadership
+    });
+    controller::run(
+        ctx,
+        own_service_monitors,
+        admin_state.clone(),
+        until(stop, true),
+    )
+    .await;
+    let lost_leadership = stopper.await.unwrap_or(false);
+    if lost_leadership && !*shutdown.borrow() {
+        warn!("lost leadership");
+        return Err(Error::LostLeadership(lease.name.clone()));
+    }
+    Ok(())
+}
+
+/// Completes once the channel holds `wanted`, or once its sender is gone.
+async fn until(mut receiver: watch::Receiver<bool>, wanted: bool) {
+    let _ = receiver.wait_for(|value| *value == wanted).await;
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                tokio::select! {
+                    _ = sigterm.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,468 @@
+//! Pipeline step 4, **update status**: what the CR's status should say after validate/apply,
+//! which Events the change deserves, and the one status write when (and only when) it changed.
+//!
+//! [`desired`] and [`notices`] are pure; [`patch`] is the only call that needs a client.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::apply::{Applied, FIELD_MANAGER, MonitoringOutcome};
+use crate::build::selector_string;
+use crate::crd::{SandboxService, SandboxServiceStatus};
+use crate::error::{Error, Result};
+use crate::validate::InvalidSpec;
+
+/// `type` of the condition that is true while at least one pod serves traffic.
+pub const READY: &str = "Ready";
+/// `type` of the condition that is true while a rollout of the Deployment is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// `type` of the condition that is true while the spec cannot be (fully) honoured.
+pub const DEGRADED: &str = "Degraded";
+
+/// What the reconcile found out: the spec is invalid, or the children were applied.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    /// Validation failed; nothing was applied.
+    Invalid(InvalidSpec),
+    /// The children were applied (boxed: it holds the whole Deployment).
+    Applied(Box<Applied>),
+}
+
+/// An Event to publish on the CR: a bounded reason and a human note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// PascalCase reason, bounded.
+    pub reason: &'static str,
+    /// Human-readable details.
+    pub note: String,
+}
+
+/// The current time at the precision the API server stores (whole seconds), so a timestamp
+/// written and read back compares equal.
+pub fn now() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// The status the CR should have after `observation`. Conditions keep their
+/// `lastTransitionTime` unless their `status` flips, so an unchanged world yields an identical
+/// status and no write.
+pub fn desired(cr: &SandboxService, observation: &Observation, now: Time) -> SandboxServiceStatus {
+    let previous = cr.status.clone().unwrap_or_default();
+    let generation = cr.meta().generation;
+    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+        let status = if status { "True" } else { "False" }.to_string();
+        let last_transition_time = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+
+    match observation {
+        Observation::Invalid(invalid) => {
+            // Nothing was applied: the children keep their last state, so Ready and the
+            // replica counts stay as last observed.
+            let ready = previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY)
+                .cloned()
+                .unwrap_or_else(|| {
+                    condition(READY, false, "InvalidSpec", "the spec is invalid".into())
+                });
+            SandboxServiceStatus {
+                observed_generation: generation,
+                conditions: vec![
+                    ready,
+                    condition(
+                        PROGRESSING,
+                        false,
+                        "InvalidSpec",
+                        "waiting for a valid spec; the children keep their last applied state"
+                            .into(),
+                    ),
+                    condition(DEGRADED, true, "InvalidSpec", invalid.to_string()),
+                ],
+                ..previous
+            }
+        }
+        Observation::Applied(applied) => {
+            let rollout = Rollout::of(applied);
+            let (degraded, degraded_reason, degraded_message) = match applied.monitoring {
+                MonitoringOutcome::CrdMissing => (
+                    true,
+                    "ServiceMonitorCrdMissing",
+                    "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed; the Deployment, Service and HPA are applied. Install the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false".to_string(),
+                ),
+                _ => (false, "AsExpected", "all children are applied".to_string()),
+            };
+            SandboxServiceStatus {
+                observed_generation: generation,
+                conditions: vec![
+                    if rollout.ready > 0 {
+                        condition(
+                            READY,
+                            true,
+                            "PodsReady",
+                            format!("{} of {} pods ready", rollout.ready, rollout.replicas),
+                        )
+                    } else {
+                        condition(
+                            READY,
+                            false,
+                            "NoPodsReady",
+                            "no pod passes /readiness yet".into(),
+                        )
+                    },
+                    if rollout.complete {
+                        condition(
+                            PROGRESSING,
+                            false,
+                            "RolloutComplete",
+                            format!("all {} pods run the current spec", rollout.replicas),
+                        )
+                    } else {
+                        condition(
+                            PROGRESSING,
+                            true,
+                            "RollingOut",
+                            format!(
+                                "{} of {} pods updated, {} available",
+                                rollout.updated, rollout.replicas, rollout.available
+                            ),
+                        )
+                    },
+                    condition(DEGRADED, degraded, degraded_reason, degraded_message),
+                ],
+                replicas: rollout.replicas,
+                ready_replicas: rollout.ready,
+                selector: Some(selector_string(&cr.name_any())),
+            }
+        }
+    }
+}
+
+/// The Deployment's progress as its status reports it.
+struct Rollout {
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    available: i32,
+    complete: bool,
+}
+
+impl Rollout {
+    fn of(applied: &Applied) -> Self {
+        let generation = applied.deployment.metadata.generation;
+        let Some(status) = &applied.deployment.status else {
+            return Self {
+                replicas: 0,
+                ready: 0,
+                updated: 0,
+                available: 0,
+                complete: false,
+            };
+        };
+        let replicas = status.replicas.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        let available = status.available_replicas.unwrap_or(0);
+        // As `kubectl rollout status`: the controller saw the latest spec, every pod is updated
+        // and available, and no old pod is left.
+        let complete = status.observed_generation >= generation
+            && updated == replicas
+            && available == replicas;
+        Self {
+            replicas,
+            ready: status.ready_replicas.unwrap_or(0),
+            updated,
+            available,
+            complete,
+        }
+    }
+}
+
+/// Events for the change from `old` to `new`: Normal when a new generation is applied, when a
+/// ServiceMonitor is removed, or when a problem clears; Warning when `Degraded` turns true.
+/// Nothing for a reconcile that changed nothing.
+pub fn notices(
+    old: Option<&SandboxServiceStatus>,
+    new: &SandboxServiceStatus,
+    observation: &Observation,
+) -> Vec<Notice> {
+    let find = |status: Option<&SandboxServiceStatus>, type_: &str| {
+        status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned())
+    };
+    let mut notices = Vec::new();
+    let old_degraded = find(old, DEGRADED);
+    let new_degraded = find(Some(new), DEGRADED);
+
+    if let Observation::Applied(applied) = observation {
+        if old.and_then(|s| s.observed_generation) != new.observed_generation {
+            let mut kinds = "Deployment, Service, HorizontalPodAutoscaler".to_string();
+            if applied.monitoring == MonitoringOutcome::Applied {
+                kinds.push_str(", ServiceMonitor");
+            }
+            notices.push(Notice {
+                type_: EventType::Normal,
+                reason: "Applied",
+                note: format!(
+                    "applied generation {}: {kinds}",
+                    new.observed_generation.unwrap_or_default()
+                ),
+            });
+        }
+        if applied.monitoring == MonitoringOutcome::Deleted {
+            notices.push(Notice {
+                type_: EventType::Normal,
+                reason: "ServiceMonitorDeleted",
+                note: "spec.monitoring.serviceMonitor is false; deleted the owned ServiceMonitor"
+                    .into(),
+            });
+        }
+    }
+
+    if let Some(degraded) = new_degraded {
+        let was_degraded = old_degraded.as_ref().is_some_and(|c| c.status == "True");
+        let same_problem = old_degraded
+            .as_ref()
+            .is_some_and(|c| c.reason == degraded.reason && c.message == degraded.message);
+        if degraded.status == "True" && !(was_degraded && same_problem) {
+            notices.push(Notice {
+                type_: EventType::Warning,
+                reason: degraded_reason(&degraded.reason),
+                note: degraded.message,
+            });
+        } else if degraded.status == "False" && was_degraded {
+            notices.push(Notice {
+                type_: EventType::Normal,
+                reason: "Recovered",
+                note: "all children are applied".into(),
+            });
+        }
+    }
+    notices
+}
+
+/// Map a condition reason back to its bounded `&'static str`.
+fn degraded_reason(reason: &str) -> &'static str {
+    match reason {
+        "InvalidSpec" => "InvalidSpec",
+        "ServiceMonitorCrdMissing" => "ServiceMonitorCrdMissing",
+        _ => "Degraded",
+    }
+}
+
+/// Write `status` to the CR's status subresource: one server-side apply patch carrying
+/// `apiVersion` and `kind`, with the operator's field manager.
+pub async fn patch(
+    client: &Client,
+    cr: &SandboxService,
+    status: &SandboxServiceStatus,
+) -> Result<()> {
+    let namespace = cr.namespace().unwrap_or_default();
+    let name = cr.name_any();
+    let api: Api<SandboxService> = Api::namespaced(client.clone(), &namespace);
+    let body = serde_json::json!({
+        "apiVersion": SandboxService::api_version(&()),
+        "kind": SandboxService::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Status {
+        namespace,
+        name,
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+
+    fn cr() -> SandboxService {
+        serde_yaml::from_str(
+            "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\nmetadata: {name: demo, namespace: apps, uid: u, generation: 3}\nspec: {}",
+        )
+        .unwrap()
+    }
+
+    fn applied(status: Option<DeploymentStatus>, monitoring: MonitoringOutcome) -> Observation {
+        let mut deployment = Deployment::default();
+        deployment.metadata.generation = Some(2);
+        deployment.status = status;
+        Observation::Applied(Box::new(Applied {
+            deployment,
+            monitoring,
+        }))
+    }
+
+    fn rolled_out(replicas: i32) -> DeploymentStatus {
+        DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(replicas),
+            ready_replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            available_replicas: Some(replicas),
+            ..Default::default()
+        }
+    }
+
+    fn condition<'a>(status: &'a SandboxServiceStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn healthy_rollout() {
+        let status = desired(
+            &cr(),
+            &applied(Some(rolled_out(2)), MonitoringOutcome::Applied),
+            now(),
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!((status.replicas, status.ready_replicas), (2, 2));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=workload")
+        );
+        assert_eq!(condition(&status, READY).status, "True");
+        assert_eq!(condition(&status, PROGRESSING).status, "False");
+        assert_eq!(condition(&status, DEGRADED).status, "False");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn fresh_deployment_is_progressing_and_not_ready() {
+        let status = desired(&cr(), &applied(None, MonitoringOutcome::Applied), now());
+        assert_eq!(condition(&status, READY).status, "False");
+        assert_eq!(condition(&status, PROGRESSING).status, "True");
+        let mut stale = rolled_out(2);
+        stale.observed_generation = Some(1);
+        let status = desired(
+            &cr(),
+            &applied(Some(stale), MonitoringOutcome::Applied),
+            now(),
+        );
+        assert_eq!(condition(&status, PROGRESSING).reason, "RollingOut");
+    }
+
+    #[test]
+    fn missing_service_monitor_crd_degrades_with_a_reason() {
+        let status = desired(&cr(), &applied(None, MonitoringOutcome::CrdMissing), now());
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "ServiceMonitorCrdMissing");
+    }
+
+    #[test]
+    fn unchanged_world_gives_an_identical_status() {
+        let mut cr = cr();
+        let observation = applied(Some(rolled_out(1)), MonitoringOutcome::Applied);
+        let first = desired(&cr, &observation, Time(Timestamp::UNIX_EPOCH));
+        cr.status = Some(first.clone());
+        let second = desired(&cr, &observation, now());
+        assert_eq!(first, second, "transition times are kept");
+        assert!(notices(Some(&first), &second, &observation).is_empty());
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_flips() {
+        let mut cr = cr();
+        let epoch = Time(Timestamp::UNIX_EPOCH);
+        cr.status = Some(desired(
+            &cr,
+            &applied(None, MonitoringOutcome::Applied),
+            epoch.clone(),
+        ));
+        let later = now();
+        let status = desired(
+            &cr,
+            &applied(Some(rolled_out(1)), MonitoringOutcome::Applied),
+            later.clone(),
+        );
+        assert_eq!(condition(&status, READY).last_transition_time, later);
+        assert_eq!(condition(&status, DEGRADED).last_transition_time, epoch);
+    }
+
+    #[test]
+    fn invalid_spec_keeps_the_last_observed_pods() {
+        let mut cr = cr();
+        cr.status = Some(desired(
+            &cr,
+            &applied(Some(rolled_out(3)), MonitoringOutcome::Applied),
+            now(),
+        ));
+        let invalid = InvalidSpec {
+            field: "spec.autoscaling.maxReplicas".into(),
+            message: "must be greater than or equal to minReplicas (5), got 4".into(),
+        };
+        let observation = Observation::Invalid(invalid);
+        let status = desired(&cr, &observation, now());
+        assert_eq!(status.ready_replicas, 3);
+        assert_eq!(condition(&status, READY).status, "True");
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert!(degraded.message.contains("spec.autoscaling.maxReplicas"));
+        let events = notices(cr.status.as_ref(), &status, &observation);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert_eq!(events[0].reason, "InvalidSpec");
+        assert!(events[0].note.contains("spec.autoscaling.maxReplicas"));
+    }
+
+    #[test]
+    fn events_on_first_apply_deletion_and_recovery() {
+        let cr = cr();
+        let observation = applied(None, MonitoringOutcome::Deleted);
+        let status = desired(&cr, &observation, now());
+        let reasons: Vec<_> = notices(None, &status, &observation)
+            .into_iter()
+            .map(|n| (n.type_, n.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (EventType::Normal, "Applied"),
+                (EventType::Normal, "ServiceMonitorDeleted")
+            ]
+        );
+
+        let missing = applied(None, MonitoringOutcome::CrdMissing);
+        let degraded = desired(&cr, &missing, now());
+        let healed = desired(&cr, &applied(None, MonitoringOutcome::Applied), now());
+        let recovered = notices(
+            Some(&degraded),
+            &healed,
+            &applied(None, MonitoringOutcome::Applied),
+        );
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].reason, "Recovered");
+    }
+}

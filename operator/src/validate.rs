@@ -1,0 +1,403 @@
+//! Pipeline step 1, **validate** (pure, no client): the CRD's OpenAPI bounds and CEL rules,
+//! checked again in Rust.
+//!
+//! The apiserver enforces the same rules, but a CR can still arrive here unchecked: from an older
+//! CRD, through `kubectl apply --validate=false` on a cluster without the rules, or from a file
+//! given to `operator render`. Such a CR must end in a `Degraded` condition and a Warning event
+//! that name the field, never in a panic or an apply loop. Every error names the field by its
+//! path in the CR (`spec.autoscaling.maxReplicas`).
+//!
+//! Three checks exist only here, because OpenAPI cannot express them without making CEL
+//! expensive: label keys and values in `spec.monitoring.labels`, and annotation keys in
+//! `spec.podAnnotations`. Kubernetes would reject them when applying the child; catching them
+//! here turns an apply error loop into one clear condition.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{
+    MAX_STABILIZATION_SECONDS, MIN_TARGET_QUEUE_RATIO, READINESS_QUEUE_FACTOR, SandboxService,
+    SandboxServiceSpec,
+};
+
+/// A spec rule a `SandboxService` breaks; `field` is the path of the offending field in the CR.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidSpec {
+    /// Path of the field, e.g. `spec.autoscaling.maxReplicas`.
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl InvalidSpec {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Identity of the CR the children belong to: the only metadata the builders read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    /// CR name; every child has the same name.
+    pub name: String,
+    /// CR namespace; `None` for a file rendered without one.
+    pub namespace: Option<String>,
+    /// Controller owner reference; `None` when the CR has no `uid` (rendered from a file).
+    pub reference: Option<OwnerReference>,
+}
+
+/// A `SandboxService` that passed every rule: the input of the build step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Who owns the children.
+    pub owner: Owner,
+    /// The checked spec, defaults filled in.
+    pub spec: SandboxServiceSpec,
+}
+
+/// Check a `SandboxService` and hand back what the builders need.
+pub fn validate(cr: &SandboxService) -> Result<Validated, InvalidSpec> {
+    let name = cr.name_any();
+    check_dns1035_label("metadata.name", &name)?;
+    validate_spec(&cr.spec)?;
+    Ok(Validated {
+        owner: Owner {
+            name,
+            namespace: cr.namespace(),
+            reference: cr.controller_owner_ref(&()),
+        },
+        spec: cr.spec.clone(),
+    })
+}
+
+/// The spec rules, in the order of the fields.
+pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
+    if spec.image.as_deref() == Some("") {
+        return Err(InvalidSpec::new("spec.image", "must not be empty"));
+    }
+    at_least("spec.concurrency", spec.concurrency.into(), 1)?;
+    at_least("spec.operationDurationMs", spec.operation_duration_ms, 0)?;
+
+    let scaling = &spec.autoscaling;
+    at_least(
+        "spec.autoscaling.minReplicas",
+        scaling.min_replicas.into(),
+        1,
+    )?;
+    at_least(
+        "spec.autoscaling.maxReplicas",
+        scaling.max_replicas.into(),
+        1,
+    )?;
+    if scaling.min_replicas > scaling.max_replicas {
+        return Err(InvalidSpec::new(
+            "spec.autoscaling.maxReplicas",
+            format!(
+                "must be greater than or equal to minReplicas ({}), got {}",
+                scaling.min_replicas, scaling.max_replicas
+            ),
+        ));
+    }
+    let ratio = scaling.target_queue_ratio;
+    if !(MIN_TARGET_QUEUE_RATIO..READINESS_QUEUE_FACTOR).contains(&ratio) {
+        return Err(InvalidSpec::new(
+            "spec.autoscaling.targetQueueRatio",
+            format!(
+                "must be at least {MIN_TARGET_QUEUE_RATIO} and below the workload's readiness factor ({READINESS_QUEUE_FACTOR}), got {ratio}"
+            ),
+        ));
+    }
+    let window = scaling.scale_down_stabilization_seconds;
+    if !(0..=MAX_STABILIZATION_SECONDS).contains(&window) {
+        return Err(InvalidSpec::new(
+            "spec.autoscaling.scaleDownStabilizationSeconds",
+            format!("must be between 0 and {MAX_STABILIZATION_SECONDS}, got {window}"),
+        ));
+    }
+
+    let port = spec.service.port;
+    if !(1..=65535).contains(&port) {
+        return Err(InvalidSpec::new(
+            "spec.service.port",
+            format!("must be between 1 and 65535, got {port}"),
+        ));
+    }
+
+    let interval = &spec.monitoring.interval;
+    if !is_prometheus_duration(interval) {
+        return Err(InvalidSpec::new(
+            "spec.monitoring.interval",
+            format!("must be a Prometheus duration such as 15s or 1m30s, got {interval:?}"),
+        ));
+    }
+    for (key, value) in &spec.monitoring.labels {
+        let field = format!("spec.monitoring.labels[{key:?}]");
+        check_qualified_name(&field, key)?;
+        check_label_value(&field, value)?;
+    }
+    for key in spec.pod_annotations.keys() {
+        check_qualified_name(&format!("spec.podAnnotations[{key:?}]"), key)?;
+    }
+    Ok(())
+}
+
+fn at_least(field: &str, value: i64, min: i64) -> Result<(), InvalidSpec> {
+    if value < min {
+        return Err(InvalidSpec::new(
+            field,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Same language as `crd::INTERVAL_PATTERN`: one or more `<digits><unit>` groups, units strictly
+/// in the order y, w, d, h, m, s, ms, each at most once.
+pub fn is_prometheus_duration(text: &str) -> bool {
+    const UNITS: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
+    let mut rest = text;
+    let mut next_unit = 0;
+    let mut groups = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        // "ms" before "m" so that "5ms" is milliseconds, as the regex's backtracking decides.
+        let Some(unit) = ["ms", "y", "w", "d", "h", "m", "s"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))
+        else {
+            return false;
+        };
+        let position = UNITS.iter().position(|u| *u == unit).unwrap_or(UNITS.len());
+        if position < next_unit {
+            return false;
+        }
+        next_unit = position + 1;
+        rest = &rest[unit.len()..];
+        groups += 1;
+    }
+    groups > 0
+}
+
+fn check_dns1035_label(field: &str, name: &str) -> Result<(), InvalidSpec> {
+    let bytes = name.as_bytes();
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && !name.ends_with('-');
+    require(valid, field, || {
+        format!(
+            "must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter) because it names the Service, got {name:?}"
+        )
+    })
+}
+
+/// A label or annotation key: `[prefix/]name`, prefix a DNS-1123 subdomain, name as a label value.
+fn check_qualified_name(field: &str, key: &str) -> Result<(), InvalidSpec> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let valid = prefix.is_none_or(is_dns1123_subdomain) && is_label_name(name);
+    require(valid, field, || {
+        format!(
+            "key {key:?} must be [DNS-subdomain prefix/]name, name at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        )
+    })
+}
+
+fn check_label_value(field: &str, value: &str) -> Result<(), InvalidSpec> {
+    require(value.is_empty() || is_label_name(value), field, || {
+        format!(
+            "value {value:?} must be at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"
+        )
+    })
+}
+
+/// `Ok` when `valid`, otherwise the error for `field` with the lazily built message.
+fn require(valid: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), InvalidSpec> {
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidSpec::new(field, message()))
+    }
+}
+
+fn is_label_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !name.is_empty()
+        && name.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            let bytes = part.as_bytes();
+            !part.is_empty()
+                && part.len() <= 63
+                && bytes[0].is_ascii_alphanumeric()
+                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cr(yaml: &str) -> SandboxService {
+        serde_yaml::from_str(yaml).expect("test CR parses")
+    }
+
+    fn spec_error(spec_yaml: &str) -> InvalidSpec {
+        let spec: SandboxServiceSpec = serde_yaml::from_str(spec_yaml).expect("test spec parses");
+        validate_spec(&spec).expect_err("spec must be rejected")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let valid = validate(&cr(
+            "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\nmetadata: {name: demo, namespace: apps}\nspec: {}",
+        ))
+        .unwrap();
+        assert_eq!(valid.owner.name, "demo");
+        assert_eq!(valid.owner.namespace.as_deref(), Some("apps"));
+        assert_eq!(valid.owner.reference, None, "no uid, no owner reference");
+        assert_eq!(valid.spec, SandboxServiceSpec::default());
+    }
+
+    #[test]
+    fn owner_reference_comes_from_the_uid() {
+        let valid = validate(&cr(
+            "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\nmetadata: {name: demo, namespace: apps, uid: 1234}\nspec: {}",
+        ))
+        .unwrap();
+        let reference = valid.owner.reference.unwrap();
+        assert_eq!(reference.uid, "1234");
+        assert_eq!(reference.kind, "SandboxService");
+        assert_eq!(reference.api_version, "sandbox.perf.dev/v1alpha1");
+        assert_eq!(reference.controller, Some(true));
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases = [
+            ("image: ''", "spec.image"),
+            ("concurrency: 0", "spec.concurrency"),
+            ("operationDurationMs: -1", "spec.operationDurationMs"),
+            (
+                "autoscaling: {minReplicas: 0}",
+                "spec.autoscaling.minReplicas",
+            ),
+            (
+                "autoscaling: {minReplicas: 0, maxReplicas: 0}",
+                "spec.autoscaling.minReplicas",
+            ),
+            (
+                "autoscaling: {minReplicas: 5, maxReplicas: 4}",
+                "spec.autoscaling.maxReplicas",
+            ),
+            (
+                "autoscaling: {targetQueueRatio: 2}",
+                "spec.autoscaling.targetQueueRatio",
+            ),
+            (
+                "autoscaling: {targetQueueRatio: 0}",
+                "spec.autoscaling.targetQueueRatio",
+            ),
+            (
+                "autoscaling: {targetQueueRatio: .nan}",
+                "spec.autoscaling.targetQueueRatio",
+            ),
+            (
+                "autoscaling: {scaleDownStabilizationSeconds: 3601}",
+                "spec.autoscaling.scaleDownStabilizationSeconds",
+            ),
+            (
+                "autoscaling: {scaleDownStabilizationSeconds: -1}",
+                "spec.autoscaling.scaleDownStabilizationSeconds",
+            ),
+            ("service: {port: 0}", "spec.service.port"),
+            ("service: {port: 65536}", "spec.service.port"),
+            ("monitoring: {interval: ''}", "spec.monitoring.interval"),
+            ("monitoring: {interval: 15}", "spec.monitoring.interval"),
+            ("monitoring: {interval: 1s1m}", "spec.monitoring.interval"),
+            (
+                "monitoring: {labels: {'bad key': x}}",
+                r#"spec.monitoring.labels["bad key"]"#,
+            ),
+            (
+                "monitoring: {labels: {release: 'not ok'}}",
+                r#"spec.monitoring.labels["release"]"#,
+            ),
+            (
+                "podAnnotations: {'Example.com/x': y}",
+                r#"spec.podAnnotations["Example.com/x"]"#,
+            ),
+        ];
+        for (spec, field) in cases {
+            let err = spec_error(spec);
+            assert_eq!(err.field, field, "spec {spec:?}: {err}");
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn boundaries_that_are_accepted() {
+        for spec in [
+            "concurrency: 1",
+            "operationDurationMs: 0",
+            "autoscaling: {minReplicas: 3, maxReplicas: 3}",
+            "autoscaling: {targetQueueRatio: 1.999}",
+            "autoscaling: {targetQueueRatio: 0.001}",
+            "autoscaling: {scaleDownStabilizationSeconds: 0}",
+            "autoscaling: {scaleDownStabilizationSeconds: 3600}",
+            "service: {port: 65535}",
+            "monitoring: {interval: 1m30s, labels: {release: kube-prometheus, 'example.com/team': ''}}",
+            "podAnnotations: {'prometheus.io/scrape': 'false'}",
+        ] {
+            let spec: SandboxServiceSpec = serde_yaml::from_str(spec).unwrap();
+            assert_eq!(validate_spec(&spec), Ok(()), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn names_that_cannot_name_a_service_are_rejected() {
+        for name in ["9lives", "with.dot", "Upper", "trailing-", &"a".repeat(64)] {
+            let yaml = format!(
+                "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\nmetadata: {{name: '{name}'}}\nspec: {{}}"
+            );
+            let err = validate(&cr(&yaml)).unwrap_err();
+            assert_eq!(err.field, "metadata.name", "{name}");
+        }
+    }
+
+    #[test]
+    fn prometheus_durations_follow_the_service_monitor_pattern() {
+        for ok in ["15s", "1m", "5ms", "1h30m", "1y2w3d4h5m6s7ms", "0s"] {
+            assert!(is_prometheus_duration(ok), "{ok}");
+        }
+        for bad in [
+            "", "0", "15", "s", "1m1h", "1s1s", "1.5s", "15S", " 15s", "1msm",
+        ] {
+            assert!(!is_prometheus_duration(bad), "{bad}");
+        }
+    }
+}

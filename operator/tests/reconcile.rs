@@ -1,0 +1,527 @@
+//! `reconcile` against an in-memory API server (kube-fake-client). The fake has no watches, so
+//! the tests call `reconcile` and `error_policy` directly, the way the Controller would.
+//!
+//! Every request the operator sends goes through a recording layer, so each test asserts the
+//! exact API calls of a reconcile: what a cluster's audit log would show.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Client, Resource, ResourceExt};
+use kube_fake_client::{ClientBuilder, interceptor};
+use operator::apply::FIELD_MANAGER;
+use operator::build::ServiceMonitor;
+use operator::controller::{
+    BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, reconcile,
+};
+use operator::crd::SandboxService;
+use operator::metrics::Metrics;
+use operator::status::{DEGRADED, PROGRESSING, READY};
+
+const NAMESPACE: &str = "sandbox";
+const NAME: &str = "demo";
+
+/// One request as the API server would log it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+}
+
+impl Call {
+    /// `METHOD path`, with generated Event names cut off.
+    fn describe(&self) -> String {
+        let path = match self.path.split_once("/events/") {
+            Some((collection, _)) => format!("{collection}/events/<name>"),
+            None => self.path.clone(),
+        };
+        format!("{} {path}", self.method)
+    }
+}
+
+type Log = Arc<Mutex<Vec<Call>>>;
+
+/// Wrap `inner` so every request is recorded before it is served.
+fn recording(inner: Client) -> (Client, Log) {
+    let log: Log = Arc::default();
+    let recorder = log.clone();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        recorder.lock().unwrap().push(Call {
+            method: request.method().to_string(),
+            path: request.uri().path().to_string(),
+            query: normalized_query(request.uri().query().unwrap_or_default()),
+        });
+        let inner = inner.clone();
+        async move { inner.send(request).await }
+    });
+    (Client::new(service, NAMESPACE), log)
+}
+
+/// Query parameters sorted, so the assertion does not depend on kube's parameter order.
+fn normalized_query(query: &str) -> String {
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_unstable();
+    pairs.join("&")
+}
+
+fn take(log: &Log) -> Vec<Call> {
+    std::mem::take(&mut *log.lock().unwrap())
+}
+
+fn cr(spec: &str) -> SandboxService {
+    serde_yaml::from_str(&format!(
+        "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\nmetadata: {{name: {NAME}, namespace: {NAMESPACE}, uid: uid-demo, generation: 1}}\nspec: {spec}"
+    ))
+    .unwrap()
+}
+
+struct Harness {
+    client: Client,
+    log: Log,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    async fn new(builder: ClientBuilder, cr: SandboxService) -> Self {
+        let fake = builder
+            .with_resource::<SandboxService>()
+            .with_status_subresource::<SandboxService>()
+            .with_return_managed_fields()
+            .with_object(cr)
+            .build()
+            .await
+            .unwrap();
+        let (client, log) = recording(fake);
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Metrics::new(),
+            Some("test".into()),
+        ));
+        Self { client, log, ctx }
+    }
+
+    /// Reconcile the CR as the API server currently has it (the Controller's cache would).
+    async fn reconcile(&self) -> (operator::Result<Action>, Vec<Call>, Arc<SandboxService>) {
+        let cr = Arc::new(self.crs().get(NAME).await.unwrap());
+        take(&self.log);
+        let result = reconcile(cr.clone(), self.ctx.clone()).await;
+        (result, take(&self.log), cr)
+    }
+
+    fn crs(&self) -> Api<SandboxService> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        let events = self
+            .api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        take(&self.log);
+        events.items
+    }
+
+    async fn condition(&self, type_: &str) -> (String, String, String) {
+        let cr = self.crs().get(NAME).await.unwrap();
+        take(&self.log);
+        let condition = cr
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .unwrap();
+        (condition.status, condition.reason, condition.message)
+    }
+}
+
+fn with_service_monitor_crd() -> ClientBuilder {
+    ClientBuilder::new().with_resource::<ServiceMonitor>()
+}
+
+const SSA_QUERY: &str = "fieldManager=sandbox-operator&force=true";
+
+fn apply_call(path: &str) -> Call {
+    Call {
+        method: "PATCH".into(),
+        path: format!("/{path}"),
+        query: SSA_QUERY.into(),
+    }
+}
+
+fn child_applies(with_service_monitor: bool) -> Vec<Call> {
+    let mut calls = vec![
+        apply_call("apis/apps/v1/namespaces/sandbox/deployments/demo"),
+        apply_call("api/v1/namespaces/sandbox/services/demo"),
+        apply_call("apis/autoscaling/v2/namespaces/sandbox/horizontalpodautoscalers/demo"),
+    ];
+    if with_service_monitor {
+        calls.push(apply_call(
+            "apis/monitoring.coreos.com/v1/namespaces/sandbox/servicemonitors/demo",
+        ));
+    }
+    calls
+}
+
+fn status_call() -> Call {
+    apply_call("apis/sandbox.perf.dev/v1alpha1/namespaces/sandbox/sandboxservices/demo/status")
+}
+
+fn event_call() -> Call {
+    Call {
+        method: "POST".into(),
+        path: "/apis/events.k8s.io/v1/namespaces/sandbox/events".into(),
+        query: String::new(),
+    }
+}
+
+fn assert_owned_and_managed<K: Resource + ResourceExt>(object: &K) {
+    let owners = object.owner_references();
+    assert_eq!(owners.len(), 1, "{}", object.name_any());
+    assert_eq!(owners[0].uid, "uid-demo");
+    assert_eq!(owners[0].kind, "SandboxService");
+    assert_eq!(owners[0].controller, Some(true));
+    let managers: Vec<&str> = object
+        .managed_fields()
+        .iter()
+        .filter_map(|entry| entry.manager.as_deref())
+        .collect();
+    assert_eq!(managers, [FIELD_MANAGER], "{}", object.name_any());
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_four_children_then_status_and_one_event() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    let mut expected = child_applies(true);
+    expected.extend([status_call(), event_call()]);
+    assert_eq!(
+        calls, expected,
+        "6 calls: 4 applies, 1 status patch, 1 Event"
+    );
+
+    let deployment = harness.api::<Deployment>().get(NAME).await.unwrap();
+    assert_owned_and_managed(&deployment);
+    assert_eq!(
+        deployment.spec.as_ref().unwrap().replicas,
+        None,
+        "the HPA owns replicas"
+    );
+    assert_owned_and_managed(&harness.api::<Service>().get(NAME).await.unwrap());
+    assert_owned_and_managed(
+        &harness
+            .api::<HorizontalPodAutoscaler>()
+            .get(NAME)
+            .await
+            .unwrap(),
+    );
+    assert_owned_and_managed(&harness.api::<ServiceMonitor>().get(NAME).await.unwrap());
+
+    let status = harness.crs().get(NAME).await.unwrap().status.unwrap();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/instance=demo,app.kubernetes.io/name=workload")
+    );
+    // The fake runs no Deployment controller: no pods, rollout pending.
+    assert_eq!(harness.condition(READY).await.0, "False");
+    assert_eq!(harness.condition(PROGRESSING).await.0, "True");
+    assert_eq!(harness.condition(DEGRADED).await.0, "False");
+
+    let events = harness.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].type_.as_deref(), Some("Normal"));
+    assert_eq!(events[0].reason.as_deref(), Some("Applied"));
+    assert_eq!(
+        events[0].regarding.as_ref().unwrap().name.as_deref(),
+        Some(NAME)
+    );
+    assert_eq!(harness.ctx.metrics.reconciliations(), 1);
+}
+
+#[tokio::test]
+async fn unchanged_second_reconcile_applies_children_and_writes_no_status() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    harness.reconcile().await.0.unwrap();
+    let status_before = harness.crs().get(NAME).await.unwrap().status;
+
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    assert_eq!(
+        calls,
+        child_applies(true),
+        "4 calls: one apply per child, nothing else"
+    );
+    assert_eq!(harness.crs().get(NAME).await.unwrap().status, status_before);
+    assert_eq!(harness.events().await.len(), 1, "no new Event");
+}
+
+#[tokio::test]
+async fn missing_service_monitor_crd_applies_the_rest_and_degrades_once() {
+    // No ServiceMonitor registered: the fake answers 404, as a cluster without the CRD does.
+    let harness = Harness::new(ClientBuilder::new(), cr("{}")).await;
+
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(CRD_RECHECK_INTERVAL),
+        "a slow recheck, not a hot loop"
+    );
+    let mut expected = child_applies(true);
+    expected.extend([status_call(), event_call(), event_call()]);
+    assert_eq!(calls, expected, "Applied + ServiceMonitorCrdMissing Events");
+    assert!(harness.api::<Deployment>().get(NAME).await.is_ok());
+    assert!(harness.api::<Service>().get(NAME).await.is_ok());
+    assert!(
+        harness
+            .api::<HorizontalPodAutoscaler>()
+            .get(NAME)
+            .await
+            .is_ok()
+    );
+    let (status, reason, message) = harness.condition(DEGRADED).await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ServiceMonitorCrdMissing")
+    );
+    assert!(
+        message.contains("spec.monitoring.serviceMonitor: false"),
+        "{message}"
+    );
+    let warnings: Vec<_> = harness
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(
+        warnings[0].reason.as_deref(),
+        Some("ServiceMonitorCrdMissing")
+    );
+
+    // The next reconcile retries the ServiceMonitor but repeats neither status nor Event.
+    let (result, calls, _) = harness.reconcile().await;
+    assert_eq!(result.unwrap(), Action::requeue(CRD_RECHECK_INTERVAL));
+    assert_eq!(calls, child_applies(true));
+}
+
+#[tokio::test]
+async fn api_error_ends_in_a_warning_event_and_a_backed_off_requeue() {
+    let failing_deployments = interceptor::Funcs::new().patch(|ctx| {
+        if ctx.patch.get("kind").and_then(|k| k.as_str()) == Some("Deployment") {
+            return Err(kube_fake_client::Error::Internal(
+                "etcd is unavailable".into(),
+            ));
+        }
+        Ok(None)
+    });
+    let harness = Harness::new(
+        with_service_monitor_crd().with_interceptor_funcs(failing_deployments),
+        cr("{}"),
+    )
+    .await;
+
+    let (result, calls, cr) = harness.reconcile().await;
+
+    let error = result.unwrap_err();
+    assert_eq!(error.category(), "ApplyFailed");
+    assert!(
+        error.to_string().contains("Deployment sandbox/demo"),
+        "{error}"
+    );
+    assert_eq!(
+        calls,
+        vec![
+            apply_call("apis/apps/v1/namespaces/sandbox/deployments/demo"),
+            event_call()
+        ],
+        "stop at the first failure; no status write"
+    );
+    let events = harness.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(events[0].reason.as_deref(), Some("ApplyFailed"));
+    assert!(
+        events[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("etcd is unavailable")
+    );
+    assert_eq!(harness.ctx.metrics.failures("ApplyFailed"), 1);
+
+    assert_eq!(
+        error_policy(cr.clone(), &error, harness.ctx.clone()),
+        Action::requeue(BASE_BACKOFF)
+    );
+    assert_eq!(
+        error_policy(cr, &error, harness.ctx.clone()),
+        Action::requeue(BASE_BACKOFF * 2),
+        "consecutive failures back off"
+    );
+}
+
+#[tokio::test]
+async fn invalid_spec_degrades_names_the_field_and_waits_for_a_change() {
+    // minReplicas > maxReplicas: the CRD's CEL rule would refuse it; this CR slipped past.
+    let harness = Harness::new(
+        with_service_monitor_crd(),
+        cr("{autoscaling: {minReplicas: 5, maxReplicas: 2}}"),
+    )
+    .await;
+
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(calls, vec![status_call(), event_call()], "nothing applied");
+    let (status, reason, message) = harness.condition(DEGRADED).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(
+        message.contains("spec.autoscaling.maxReplicas"),
+        "{message}"
+    );
+    let events = harness.events().await;
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(events[0].reason.as_deref(), Some("InvalidSpec"));
+    assert!(
+        events[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("spec.autoscaling.maxReplicas")
+    );
+    assert!(harness.api::<Deployment>().get(NAME).await.is_err());
+
+    let (result, calls, _) = harness.reconcile().await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(
+        calls,
+        vec![],
+        "no loop: an unchanged invalid CR costs no calls"
+    );
+}
+
+#[tokio::test]
+async fn switching_monitoring_off_deletes_only_the_owned_service_monitor() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    harness.reconcile().await.0.unwrap();
+    assert!(harness.api::<ServiceMonitor>().get(NAME).await.is_ok());
+
+    harness
+        .crs()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"monitoring": {"serviceMonitor": false}}})),
+        )
+        .await
+        .unwrap();
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    let sm_path = "/apis/monitoring.coreos.com/v1/namespaces/sandbox/servicemonitors/demo";
+    let described: Vec<String> = calls.iter().map(Call::describe).collect();
+    assert_eq!(
+        described,
+        [
+            "PATCH /apis/apps/v1/namespaces/sandbox/deployments/demo".to_string(),
+            "PATCH /api/v1/namespaces/sandbox/services/demo".to_string(),
+            "PATCH /apis/autoscaling/v2/namespaces/sandbox/horizontalpodautoscalers/demo"
+                .to_string(),
+            format!("GET {sm_path}"),
+            format!("DELETE {sm_path}"),
+            "PATCH /apis/sandbox.perf.dev/v1alpha1/namespaces/sandbox/sandboxservices/demo/status"
+                .to_string(),
+            // The Recorder folds the repeated "Applied" into a series of the first Event.
+            "PATCH /apis/events.k8s.io/v1/namespaces/sandbox/events/<name>".to_string(),
+            "POST /apis/events.k8s.io/v1/namespaces/sandbox/events".to_string(),
+        ],
+        "new generation: Applied (again) and ServiceMonitorDeleted Events"
+    );
+    assert!(harness.api::<ServiceMonitor>().get(NAME).await.is_err());
+
+    // Steady state with monitoring off: 3 applies and one GET finding nothing.
+    let (_, calls, _) = harness.reconcile().await;
+    assert_eq!(calls.len(), 4);
+    assert_eq!(calls[3].describe(), format!("GET {sm_path}"));
+}
+
+#[tokio::test]
+async fn a_service_monitor_owned_by_someone_else_is_left_alone() {
+    let mut foreign: ServiceMonitor = serde_yaml::from_str(&format!(
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {{name: {NAME}, namespace: {NAMESPACE}}}\nspec: {{selector: {{}}, endpoints: []}}"
+    ))
+    .unwrap();
+    foreign.metadata.labels = Some([("team".to_string(), "other".to_string())].into());
+    let harness = Harness::new(
+        with_service_monitor_crd().with_object(foreign),
+        cr("{monitoring: {serviceMonitor: false}}"),
+    )
+    .await;
+
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert!(result.is_ok());
+    assert!(calls.iter().all(|c| c.method != "DELETE"), "{calls:?}");
+    assert!(harness.api::<ServiceMonitor>().get(NAME).await.is_ok());
+}
+
+#[tokio::test]
+async fn drift_in_a_child_is_repaired_by_the_next_reconcile() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{concurrency: 3}")).await;
+    harness.reconcile().await.0.unwrap();
+    // Someone edits the Deployment's env by hand.
+    harness
+        .api::<Deployment>()
+        .patch(
+            NAME,
+            &PatchParams::apply("kubectl-edit").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "spec": {"template": {"spec": {"containers": [{"name": "workload",
+                    "env": [{"name": "CONCURRENCY", "value": "99"}]}]}}}
+            })),
+        )
+        .await
+        .unwrap();
+
+    harness.reconcile().await.0.unwrap();
+
+    let deployment = harness.api::<Deployment>().get(NAME).await.unwrap();
+    let env = deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let concurrency = env.iter().find(|v| v.name == "CONCURRENCY").unwrap();
+    assert_eq!(concurrency.value.as_deref(), Some("3"));
+}
+
+#[test]
+fn backoff_is_bounded() {
+    assert_eq!(operator::controller::backoff(1), Duration::from_secs(5));
+    assert_eq!(
+        operator::controller::backoff(100),
+        operator::controller::MAX_BACKOFF
+    );
+}
