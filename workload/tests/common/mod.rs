@@ -99,11 +99,19 @@ impl Service {
 
 /// A client that opens a fresh connection per request, as a probe or a manual `curl` does.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    client_builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+/// reqwest's builder, with a TLS crypto provider chosen: in a whole-workspace build, reqwest's rustls
+/// gets two backends (from the operator's dev-dependencies) and refuses to build a client without one.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // An Err only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
 }
 
 pub async fn get_status(client: &reqwest::Client, url: &str) -> u16 {
@@ -139,10 +147,7 @@ impl Load {
                 let (url, running, statuses) = (url.clone(), running.clone(), statuses.clone());
                 tokio::spawn(async move {
                     // One keep-alive connection per worker, like autocannon's.
-                    let client = reqwest::Client::builder()
-                        .pool_max_idle_per_host(1)
-                        .build()
-                        .unwrap();
+                    let client = client_builder().pool_max_idle_per_host(1).build().unwrap();
                     while running.load(Ordering::Relaxed) {
                         let status = get_status(&client, &url).await;
                         *statuses.lock().await.entry(status).or_default() += 1;

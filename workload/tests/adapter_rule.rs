@@ -1,0 +1,315 @@
+//! The prometheus-adapter rule in `deploy/monitoring/` against a real Prometheus: the workload runs
+//! under load and is scraped with the `namespace` and `pod` target labels the Prometheus Operator
+//! adds, and the rule's `seriesQuery` and `metricsQuery` (its placeholders filled as the adapter
+//! fills them) return that pod's `queue_ratio`. Also: the chart values and the plain adapter config
+//! carry the same rule, and the adapter relists no faster than Prometheus scrapes.
+//! `prometheus` (Debian) is required: a missing binary fails the test.
+
+mod common;
+#[path = "common/prometheus.rs"]
+mod prometheus_server;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Load, SEED_LIMITS, Service};
+use prometheus_server::{PrometheusServer, Sample};
+use serde_yaml::Value;
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+fn read_yaml(relative: &str) -> Value {
+    let path = repo_path(relative);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// The rules of the prometheus-adapter chart values (`rules.custom`).
+fn chart_rules() -> Value {
+    read_yaml("deploy/monitoring/prometheus-adapter-values.yaml")["rules"]["custom"].clone()
+}
+
+/// The one rule serving `queue_ratio`.
+fn queue_ratio_rule() -> Value {
+    let rules = chart_rules();
+    let serving: Vec<&Value> = rules
+        .as_sequence()
+        .expect("rules.custom is a list")
+        .iter()
+        .filter(|rule| rule["name"]["as"] == "queue_ratio")
+        .collect();
+    assert_eq!(serving.len(), 1, "exactly one rule must serve queue_ratio");
+    serving[0].clone()
+}
+
+fn text<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
+}
+
+/// The Prometheus label a rule maps to a Kubernetes resource (`resources.overrides`).
+fn label_for(rule: &Value, resource: &str) -> String {
+    let overrides = rule["resources"]["overrides"]
+        .as_mapping()
+        .expect("the rule maps labels to resources with resources.overrides");
+    overrides
+        .iter()
+        .find(|(_, target)| target["resource"] == resource && target.get("group").is_none())
+        .map(|(label, _)| text(label, "an override label").to_string())
+        .unwrap_or_else(|| panic!("no label maps to the resource {resource}"))
+}
+
+/// The PromQL the adapter runs for `pods/queue_ratio` of `pods` in `namespace`, as
+/// prometheus-adapter's `metricsQuery.Build` makes it (pkg/naming/metrics_query.go): the namespace
+/// matcher, then the pod matcher (`=` for one name, `=~` with `|` for several), grouped by the pod
+/// label. Fails on template syntax beyond these three placeholders, which this filler cannot run.
+fn adapter_query(rule: &Value, namespace: &str, pods: &[&str]) -> String {
+    let (namespace_label, pod_label) = (label_for(rule, "namespace"), label_for(rule, "pod"));
+    let series = rule["name"]["as"].as_str().unwrap();
+    let pod_matcher = match pods {
+        [one] => format!("{pod_label}=\"{one}\""),
+        several => format!("{pod_label}=~\"{}\"", several.join("|")),
+    };
+    let query = text(&rule["metricsQuery"], "metricsQuery")
+        .replace("<<.Series>>", series)
+        .replace(
+            "<<.LabelMatchers>>",
+            &format!("{namespace_label}=\"{namespace}\",{pod_matcher}"),
+        )
+        .replace("<<.GroupBy>>", &pod_label);
+    assert!(
+        !query.contains("<<") && !query.contains(">>"),
+        "metricsQuery uses template syntax this test does not fill: {query}"
+    );
+    query
+}
+
+/// Seconds in a Prometheus duration such as `1m`, `15s` or `1m30s`.
+fn seconds(duration: &str) -> f64 {
+    let mut total = 0.0;
+    let mut rest = duration;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {duration:?}"));
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            other => panic!("unit {other:?} in duration {duration:?}"),
+        };
+        total += number * unit;
+        rest = &rest[unit_len..];
+    }
+    total
+}
+
+#[test]
+fn chart_values_and_plain_config_carry_the_same_rules() {
+    let config_map = read_yaml("deploy/monitoring/adapter-config.yaml");
+    assert_eq!(config_map["kind"], "ConfigMap");
+    let config: Value =
+        serde_yaml::from_str(text(&config_map["data"]["config.yaml"], "config.yaml"))
+            .expect("data.config.yaml is YAML");
+    assert_eq!(
+        config["rules"],
+        chart_rules(),
+        "deploy/monitoring/adapter-config.yaml and prometheus-adapter-values.yaml differ"
+    );
+
+    let values = read_yaml("deploy/monitoring/prometheus-adapter-values.yaml");
+    // The chart's default rules would serve a second, generic queue_ratio.
+    assert_eq!(values["rules"]["default"], false);
+    // The chart passes rules.custom through Helm's `tpl`, which would evaluate `{{ }}`.
+    let rules = serde_yaml::to_string(&chart_rules()).unwrap();
+    assert!(!rules.contains("{{"), "{rules}");
+}
+
+#[test]
+fn adapter_relists_no_faster_than_prometheus_scrapes() {
+    let relist = seconds(text(
+        &read_yaml("deploy/monitoring/prometheus-adapter-values.yaml")["metricsRelistInterval"],
+        "metricsRelistInterval",
+    ));
+    let stack = read_yaml("deploy/monitoring/kube-prometheus-stack-values.yaml");
+    let crd = read_yaml("crds/sandboxservice.yaml");
+    let default_interval = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["monitoring"]["properties"]["interval"]["default"];
+    let mut intervals = vec![
+        (
+            "kube-prometheus-stack scrapeInterval".to_string(),
+            text(
+                &stack["prometheus"]["prometheusSpec"]["scrapeInterval"],
+                "scrapeInterval",
+            )
+            .to_string(),
+        ),
+        (
+            "SandboxService default interval".to_string(),
+            text(default_interval, "the CRD's default interval").to_string(),
+        ),
+        (
+            "operator ServiceMonitor".to_string(),
+            text(
+                &read_yaml("deploy/monitoring/operator-servicemonitor.yaml")["spec"]["endpoints"]
+                    [0]["interval"],
+                "interval",
+            )
+            .to_string(),
+        ),
+    ];
+    for entry in std::fs::read_dir(repo_path("deploy/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let example: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if let Some(interval) = example["spec"]["monitoring"]["interval"].as_str() {
+            intervals.push((path.display().to_string(), interval.to_string()));
+        }
+    }
+    for (source, interval) in intervals {
+        assert!(
+            relist >= seconds(&interval),
+            "metricsRelistInterval ({relist}s) is shorter than the {source} ({interval}): series would flap"
+        );
+    }
+}
+
+/// Polls `query` until it returns `expected` (scrapes lag behind the workload by up to a second).
+async fn wait_for_samples(
+    prometheus: &PrometheusServer,
+    client: &reqwest::Client,
+    query: &str,
+    expected: &[Sample],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut samples = prometheus.query(client, query).await;
+        samples.sort_by(|a, b| a.0.cmp(&b.0));
+        if samples == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{query}\nreturned {samples:?}\nexpected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_query_returns_the_loaded_pods_queue_ratio_from_a_real_prometheus() {
+    let rule = queue_ratio_rule();
+    // The loaded pod, an idle pod beside it, and a pod of the same name in another namespace: the
+    // namespace and pod matchers must keep the last two out of the loaded pod's value.
+    let loaded = Service::start(SEED_LIMITS, Duration::from_secs(30)).await;
+    let idle = Service::start(SEED_LIMITS, Duration::from_secs(30)).await;
+    let elsewhere = Service::start(SEED_LIMITS, Duration::from_secs(30)).await;
+    let client = common::client();
+    let target = |service: &Service, namespace: &str, pod: &str| {
+        format!(
+            "      - targets: ['{}']\n        labels: {{namespace: {namespace}, pod: {pod}}}\n",
+            service.addr
+        )
+    };
+    let prometheus = PrometheusServer::start(
+        &client,
+        &format!(
+            "  - job_name: workload\n    static_configs:\n{}{}{}",
+            target(&loaded, "default", "thepod"),
+            target(&idle, "default", "idlepod"),
+            target(&elsewhere, "other", "thepod"),
+        ),
+    )
+    .await;
+
+    // 1 running + 3 waiting at concurrency 1: queue_ratio 3. The pod in the other namespace gets
+    // queue_ratio 1, so a query that ignored the namespace would read 2 (avg) or 4 (sum).
+    let _load = Load::start(loaded.url("/expensive-op"), 4);
+    let _elsewhere_load = Load::start(elsewhere.url("/expensive-op"), 2);
+    loaded
+        .wait_for_metric("queue_ratio", 3.0, Duration::from_secs(5))
+        .await;
+    elsewhere
+        .wait_for_metric("queue_ratio", 1.0, Duration::from_secs(5))
+        .await;
+
+    // Discovery: the adapter lists the series of seriesQuery and maps their labels to resources.
+    let series_query = text(&rule["seriesQuery"], "seriesQuery");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = Vec::new();
+    while found.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{series_query} found only {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        found = prometheus.series(&client, series_query).await;
+    }
+    for series in &found {
+        assert_eq!(series["__name__"], "queue_ratio", "{series:?}");
+        for resource in ["namespace", "pod"] {
+            assert!(
+                series.contains_key(&label_for(&rule, resource)),
+                "{series:?}"
+            );
+        }
+    }
+
+    // `kubectl get --raw .../namespaces/default/pods/thepod/queue_ratio`: one pod.
+    wait_for_samples(
+        &prometheus,
+        &client,
+        &adapter_query(&rule, "default", &["thepod"]),
+        &[(labels(&[("pod", "thepod")]), 3.0)],
+    )
+    .await;
+    // `.../namespaces/default/pods/*/queue_ratio`, as the HPA asks: every pod of the Deployment.
+    wait_for_samples(
+        &prometheus,
+        &client,
+        &adapter_query(&rule, "default", &["thepod", "idlepod"]),
+        &[
+            (labels(&[("pod", "idlepod")]), 0.0),
+            (labels(&[("pod", "thepod")]), 3.0),
+        ],
+    )
+    .await;
+}
+
+#[test]
+fn adapter_query_fills_the_placeholders_as_the_adapter_does() {
+    let rule = queue_ratio_rule();
+    let one = adapter_query(&rule, "default", &["thepod"]);
+    assert!(
+        one.contains(r#"queue_ratio{namespace="default",pod="thepod"}"#),
+        "{one}"
+    );
+    assert!(one.contains("by (pod)"), "{one}");
+    let several = adapter_query(&rule, "default", &["a", "b"]);
+    assert!(several.contains(r#"pod=~"a|b""#), "{several}");
+    assert_eq!(seconds("1m30s"), 90.0);
+    assert_eq!(seconds("500ms"), 0.5);
+}
