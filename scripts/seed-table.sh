@@ -57,6 +57,11 @@ for row in "${rows[@]}"; do
   # full and no operation is finishing.
   until curl -fs "http://127.0.0.1:$PORT/metrics" | grep -q '^expensive_operations_completed_total [1-9]'; do sleep 0.02; done
   sleep "$half_op"
+  # ... and every connection has its request in (a slow machine can make one late).
+  full=$(( c - 1 < 4 ? c - 1 : 4 ))
+  for _ in $(seq 200); do
+    curl -fs "http://127.0.0.1:$PORT/metrics" | grep -q "^queue_waiting_tasks $full\$" && break; sleep 0.01
+  done
   ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readiness")
   manual=$(curl -s -o /dev/null -m 60 -w '%{http_code}' "http://127.0.0.1:$PORT/expensive-op")
   wait "$cannon_pid"
