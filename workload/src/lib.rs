@@ -4,10 +4,12 @@
 //! - [`config`]: environment and flags.
 //! - [`routes`]: `fn app(state) -> Router`.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`request_metrics`]: the per-route request-duration layer.
 //! - [`server`]: serving and draining on shutdown.
 
 pub mod admission;
 pub mod config;
 pub mod metrics;
+pub mod request_metrics;
 pub mod routes;
 pub mod server;

@@ -104,6 +104,11 @@ impl Metrics {
         }
     }
 
+    /// The request-duration histogram, for [`crate::request_metrics::RecordDurationLayer`].
+    pub fn request_duration(&self) -> HistogramVec {
+        self.request_duration.clone()
+    }
+
     /// Records one HTTP request. `route` is the matched route template, never the raw path.
     pub fn observe_request(&self, method: &str, route: &str, status_code: &str, seconds: f64) {
         self.request_duration

@@ -4,38 +4,51 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::admission::{Admission, QueueLimits, Readiness, Rejection};
 use crate::metrics::Metrics;
+use crate::request_metrics::RecordDurationLayer;
 
-/// Everything the handlers share.
+/// Everything the handlers share. One `Arc` around all of it: axum clones the state for every extractor,
+/// and reference counts touched by both worker threads on every request are a measurable cost.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+/// The contents of [`AppState`].
+#[derive(Debug)]
+pub struct SharedState {
     /// The one queue every `/expensive-op` request goes through.
     pub admission: Arc<Admission>,
     /// Registry behind `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     /// How long the simulated operation takes.
     pub operation_duration: Duration,
-    rejections: Arc<RejectionResponses>,
+    rejections: RejectionResponses,
 }
 
 impl AppState {
     /// State for a fresh queue with the given limits.
     pub fn new(limits: QueueLimits, metrics: Metrics, operation_duration: Duration) -> Self {
-        Self {
+        Self(Arc::new(SharedState {
             admission: Arc::new(Admission::new(limits)),
-            metrics: Arc::new(metrics),
+            metrics,
             operation_duration,
-            rejections: Arc::new(RejectionResponses::new(operation_duration)),
-        }
+            rejections: RejectionResponses::new(operation_duration),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
     }
 }
 
@@ -93,15 +106,15 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Builds the service's router.
 pub fn app(state: AppState) -> Router {
+    let histogram = state.metrics.request_duration();
+    let timed = |route: &'static str, handler: MethodRouter<AppState>| {
+        handler.layer(RecordDurationLayer::new(histogram.clone(), route))
+    };
     Router::new()
-        .route("/expensive-op", get(expensive_op))
-        .route("/readiness", get(readiness))
-        .route("/liveness", get(liveness))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_request_duration,
-        ))
+        .route("/expensive-op", timed("/expensive-op", get(expensive_op)))
+        .route("/readiness", timed("/readiness", get(readiness)))
+        .route("/liveness", timed("/liveness", get(liveness)))
+        .route("/metrics", timed("/metrics", get(metrics)))
         .fallback(not_found)
         .with_state(state)
 }
@@ -171,23 +184,4 @@ async fn not_found(State(state): State<AppState>, request: Request) -> StatusCod
         0.0,
     );
     StatusCode::NOT_FOUND
-}
-
-/// Observes `http_request_duration_seconds` by matched route (a route layer only runs for matched routes).
-async fn record_request_duration(
-    State(state): State<AppState>,
-    matched: MatchedPath,
-    request: Request,
-    next: Next,
-) -> Response {
-    let method = request.method().clone();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.metrics.observe_request(
-        method.as_str(),
-        matched.as_str(),
-        response.status().as_str(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
 }
