@@ -55,7 +55,11 @@ for row in "${rows[@]}"; do
   cannon_pid=$!
   # Wait until the first connection is answered, then to the middle of the second operation: the queue is
   # full and no operation is finishing.
-  until curl -fs "http://127.0.0.1:$PORT/metrics" | grep -q '^expensive_operations_completed_total [1-9]'; do sleep 0.02; done
+  deadline=$(( $(date +%s) + 30 + OPERATION_DURATION_MS / 1000 * 2 ))
+  until curl -fs "http://127.0.0.1:$PORT/metrics" | grep -q '^expensive_operations_completed_total [1-9]'; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "no operation completed under -c $c" >&2; exit 1; }
+    sleep 0.02
+  done
   sleep "$half_op"
   # ... and every connection has its request in (a slow machine can make one late).
   full=$(( c - 1 < 4 ? c - 1 : 4 ))
@@ -65,13 +69,14 @@ for row in "${rows[@]}"; do
   ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readiness")
   manual=$(curl -s -o /dev/null -m 60 -w '%{http_code}' "http://127.0.0.1:$PORT/expensive-op")
   wait "$cannon_pid"
-  kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=""
+  kill -TERM "$server_pid"; drained=0; wait "$server_pid" || drained=$?; server_pid=""
 
   r="$work/c$c.json"
   ok=$(json "$r" "r['2xx']"); non2xx=$(json "$r" "r.non2xx"); errors=$(json "$r" "r.errors + r.timeouts")
   check "-c $c  GET /readiness" "$want_ready" "$ready"
   check "-c $c  GET /expensive-op (manual)" "$want_manual" "$manual"
   check "-c $c  autocannon errors+timeouts" 0 "$errors"
+  check "-c $c  workload exit after SIGTERM" 0 "$drained"
   if [ "$want_load" = all-ok ]; then
     check "-c $c  autocannon non-2xx" 0 "$non2xx"
   else
