@@ -61,31 +61,64 @@ impl Service {
         get_status(&self.client, &self.url(path)).await
     }
 
+    /// One `/metrics` body: every sample in it was read at the same scrape.
+    pub async fn scrape(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Reads one sample from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let body = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = self.scrape().await;
         sample(&body, name).unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+    }
+
+    /// The answer of `path` (one that comes at once: a probe or a rejection) while a closed-loop load
+    /// keeps `waiting` tasks queued.
+    ///
+    /// Between an operation's end and its connection's next request the queue holds one task less; a
+    /// probe that overlaps that moment does not see the steady state. So a probe counts only if the queue
+    /// held `waiting` tasks just before it and no operation completed until it was answered (the
+    /// completed counter moves before the finished task leaves the queue). Fails after 10 s of retries.
+    pub async fn steady_status(&self, path: &str, waiting: f64) -> u16 {
+        const COMPLETED: &str = "expensive_operations_completed_total";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = None;
+        loop {
+            let before = self.scrape().await;
+            if sample(&before, "queue_waiting_tasks") == Some(waiting) {
+                let status = self.status(path).await;
+                if sample(&before, COMPLETED) == Some(self.metric(COMPLETED).await) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no answer of {path} came with {waiting} tasks waiting and no operation completing \
+                 (last answer: {last:?}; /metrics before it:\n{before})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until `name` reads `value`, failing after `within`.
     pub async fn wait_for_metric(&self, name: &str, value: f64, within: Duration) {
+        self.scrape_where(name, value, within).await;
+    }
+
+    /// The first `/metrics` body in which `name` reads `value`, failing after `within`.
+    pub async fn scrape_where(&self, name: &str, value: f64, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
-            let now = self.metric(name).await;
-            if now == value {
-                return;
+            let body = self.scrape().await;
+            let now = sample(&body, name);
+            if now == Some(value) {
+                return body;
             }
             assert!(
                 Instant::now() < deadline,
-                "{name} stayed at {now}, expected {value}"
+                "{name} stayed at {now:?}, expected {value}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
