@@ -109,13 +109,6 @@ impl Metrics {
         self.request_duration.clone()
     }
 
-    /// Records one HTTP request. `route` is the matched route template, never the raw path.
-    pub fn observe_request(&self, method: &str, route: &str, status_code: &str, seconds: f64) {
-        self.request_duration
-            .with_label_values(&[method, route, status_code])
-            .observe(seconds);
-    }
-
     /// Renders the text exposition format, with the queue gauges taken from `queue` at this moment.
     pub fn render(&self, queue: QueueSnapshot) -> Result<String, prometheus::Error> {
         self.queue_ratio.set(queue.queue_ratio());

@@ -61,13 +61,29 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let method = request.method().clone();
         RecordDurationFuture {
             started: Instant::now(),
-            method,
+            method: method_label(request.method()),
             layer: self.layer.clone(),
             inner: self.inner.call(request),
         }
+    }
+}
+
+/// The `method` label: the standard methods by name, anything else as `other`, so that clients inventing
+/// methods (each answered 405 or 404) cannot add series without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
 }
 
@@ -77,7 +93,7 @@ pin_project! {
         #[pin]
         inner: F,
         started: Instant,
-        method: Method,
+        method: &'static str,
         layer: RecordDurationLayer,
     }
 }
@@ -94,13 +110,24 @@ where
         if let Ok(response) = &result {
             this.layer
                 .histogram
-                .with_label_values(&[
-                    this.method.as_str(),
-                    this.layer.route,
-                    response.status().as_str(),
-                ])
+                .with_label_values(&[*this.method, this.layer.route, response.status().as_str()])
                 .observe(this.started.elapsed().as_secs_f64());
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for invented in ["PURGE", "BREW", "X-ANYTHING"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented}");
+        }
     }
 }

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, any, get};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -115,7 +115,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readiness", timed("/readiness", get(readiness)))
         .route("/liveness", timed("/liveness", get(liveness)))
         .route("/metrics", timed("/metrics", get(metrics)))
-        .fallback(not_found)
+        .fallback(timed(UNMATCHED_ROUTE, any(not_found)))
         .with_state(state)
 }
 
@@ -176,12 +176,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn not_found(State(state): State<AppState>, request: Request) -> StatusCode {
-    state.metrics.observe_request(
-        request.method().as_str(),
-        UNMATCHED_ROUTE,
-        StatusCode::NOT_FOUND.as_str(),
-        0.0,
-    );
+async fn not_found() -> StatusCode {
     StatusCode::NOT_FOUND
 }

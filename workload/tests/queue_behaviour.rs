@@ -205,6 +205,11 @@ async fn probes_metrics_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(post.status(), 405);
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    for path in ["/expensive-op", "/nope"] {
+        let invented = service.client.request(purge.clone(), service.url(path));
+        assert!(invented.send().await.unwrap().status().is_client_error());
+    }
     assert_eq!(service.status("/expensive-op").await, 200);
 
     let body = service
@@ -234,6 +239,25 @@ async fn probes_metrics_and_unknown_routes() {
         r#"http_request_duration_seconds_count{method="GET",route="unmatched",status_code="404"}"#,
         1.0,
     );
+    expect(
+        r#"http_request_duration_seconds_count{method="POST",route="/expensive-op",status_code="405"}"#,
+        1.0,
+    );
+    // Invented methods share one label value; unknown paths are timed like every route.
+    expect(
+        r#"http_request_duration_seconds_count{method="other",route="/expensive-op",status_code="405"}"#,
+        1.0,
+    );
+    expect(
+        r#"http_request_duration_seconds_count{method="other",route="unmatched",status_code="404"}"#,
+        1.0,
+    );
+    let not_found_seconds = common::sample(
+        &body,
+        r#"http_request_duration_seconds_sum{method="GET",route="unmatched",status_code="404"}"#,
+    );
+    assert!(not_found_seconds.is_some_and(|s| s > 0.0), "{body}");
+    assert!(!body.contains("PURGE"), "{body}");
     assert!(body.contains("process_resident_memory_bytes"));
     assert!(
         !body.contains("/nope"),
