@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Load, SEED_LIMITS, Service};
-use prometheus_server::{PrometheusServer, Sample};
+use prometheus_server::PrometheusServer;
 use serde_yaml::Value;
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -190,28 +190,6 @@ fn adapter_relists_no_faster_than_prometheus_scrapes() {
     }
 }
 
-/// Polls `query` until it returns `expected` (scrapes lag behind the workload by up to a second).
-async fn wait_for_samples(
-    prometheus: &PrometheusServer,
-    client: &reqwest::Client,
-    query: &str,
-    expected: &[Sample],
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut samples = prometheus.query(client, query).await;
-        samples.sort_by(|a, b| a.0.cmp(&b.0));
-        if samples == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{query}\nreturned {samples:?}\nexpected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -279,24 +257,24 @@ async fn metrics_query_returns_the_loaded_pods_queue_ratio_from_a_real_prometheu
     }
 
     // `kubectl get --raw .../namespaces/default/pods/thepod/queue_ratio`: one pod.
-    wait_for_samples(
-        &prometheus,
-        &client,
-        &adapter_query(&rule, "default", &["thepod"]),
-        &[(labels(&[("pod", "thepod")]), 3.0)],
-    )
-    .await;
+    prometheus
+        .wait_for_query(
+            &client,
+            &adapter_query(&rule, "default", &["thepod"]),
+            &[(labels(&[("pod", "thepod")]), 3.0)],
+        )
+        .await;
     // `.../namespaces/default/pods/*/queue_ratio`, as the HPA asks: every pod of the Deployment.
-    wait_for_samples(
-        &prometheus,
-        &client,
-        &adapter_query(&rule, "default", &["thepod", "idlepod"]),
-        &[
-            (labels(&[("pod", "idlepod")]), 0.0),
-            (labels(&[("pod", "thepod")]), 3.0),
-        ],
-    )
-    .await;
+    prometheus
+        .wait_for_query(
+            &client,
+            &adapter_query(&rule, "default", &["thepod", "idlepod"]),
+            &[
+                (labels(&[("pod", "idlepod")]), 0.0),
+                (labels(&[("pod", "thepod")]), 3.0),
+            ],
+        )
+        .await;
 }
 
 #[test]

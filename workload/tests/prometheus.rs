@@ -8,7 +8,7 @@ mod prometheus_server;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Load, SEED_LIMITS, Service};
 use prometheus_server::{PrometheusServer, Sample};
@@ -83,23 +83,22 @@ async fn prometheus_scrapes_queue_ratio_while_the_queue_is_loaded() {
         .wait_for_metric("queue_ratio", 3.0, Duration::from_secs(5))
         .await;
 
-    let value_of = |samples: Vec<Sample>| samples.first().map(|(_, value)| *value);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        last = value_of(
-            prometheus
-                .query(&client, r#"queue_ratio{job="workload"}"#)
-                .await,
-        );
-        if last == Some(3.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let series = |name: &str| -> Sample {
+        let labels = [
+            ("__name__", name),
+            ("instance", &service.addr.to_string()),
+            ("job", "workload"),
+        ];
+        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        (labels.collect(), 3.0)
+    };
+    for name in ["queue_ratio", "queue_waiting_tasks"] {
+        prometheus
+            .wait_for_query(
+                &client,
+                &format!(r#"{name}{{job="workload"}}"#),
+                &[series(name)],
+            )
+            .await;
     }
-    assert_eq!(last, Some(3.0), "Prometheus never read queue_ratio 3");
-    let waiting = prometheus
-        .query(&client, r#"queue_waiting_tasks{job="workload"}"#)
-        .await;
-    assert_eq!(value_of(waiting), Some(3.0));
 }

@@ -231,27 +231,21 @@ async fn probes_metrics_and_unknown_routes() {
     expect("queue_ratio", 0.0);
     expect("queue_concurrency", 1.0);
     expect("expensive_operations_completed_total", 1.0);
-    expect(
-        r#"http_request_duration_seconds_count{method="GET",route="/expensive-op",status_code="200"}"#,
-        1.0,
-    );
-    expect(
-        r#"http_request_duration_seconds_count{method="GET",route="unmatched",status_code="404"}"#,
-        1.0,
-    );
-    expect(
-        r#"http_request_duration_seconds_count{method="POST",route="/expensive-op",status_code="405"}"#,
-        1.0,
-    );
-    // Invented methods share one label value; unknown paths are timed like every route.
-    expect(
-        r#"http_request_duration_seconds_count{method="other",route="/expensive-op",status_code="405"}"#,
-        1.0,
-    );
-    expect(
-        r#"http_request_duration_seconds_count{method="other",route="unmatched",status_code="404"}"#,
-        1.0,
-    );
+    // One request each; invented methods share one label value, unknown paths are timed like routes.
+    for (method, route, status) in [
+        ("GET", "/expensive-op", 200),
+        ("GET", "unmatched", 404),
+        ("POST", "/expensive-op", 405),
+        ("other", "/expensive-op", 405),
+        ("other", "unmatched", 404),
+    ] {
+        expect(
+            &format!(
+                r#"http_request_duration_seconds_count{{method="{method}",route="{route}",status_code="{status}"}}"#
+            ),
+            1.0,
+        );
+    }
     let not_found_seconds = common::sample(
         &body,
         r#"http_request_duration_seconds_sum{method="GET",route="unmatched",status_code="404"}"#,

@@ -117,6 +117,31 @@ impl PrometheusServer {
             .collect()
     }
 
+    /// Polls `promql` until it returns `expected` in any order (scrapes lag behind the targets by up to
+    /// a scrape interval), failing after 30 s with the last answer.
+    pub async fn wait_for_query(
+        &self,
+        client: &reqwest::Client,
+        promql: &str,
+        expected: &[Sample],
+    ) {
+        let mut expected = expected.to_vec();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut samples = self.query(client, promql).await;
+            samples.sort_by(|a, b| a.0.cmp(&b.0));
+            if samples == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{promql}\nreturned {samples:?}\nexpected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// The label sets of the series matching `selector` (`/api/v1/series`, as prometheus-adapter
     /// discovers series).
     pub async fn series(
