@@ -2,11 +2,11 @@
 //!
 //! [`reconcile`] reads top to bottom as that pipeline. Per reconcile it makes at most one
 //! server-side apply per child, one status patch (only when the status changed) and one Event
-//! per transition; see `tests/reconcile.rs` for the counted calls.
+//! per transition; see `tests/reconcile.rs` for the counted calls. A CR being deleted is left
+//! to the garbage collector: no call at all.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -26,6 +26,7 @@ use crate::apply::{self, MonitoringOutcome};
 use crate::build::{self, MANAGED_BY_SELECTOR, ServiceMonitor};
 use crate::crd::SandboxService;
 use crate::error::{Error, Result};
+use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::status::{self, Notice, Observation};
 use crate::validate::validate;
@@ -46,7 +47,8 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a failing CR.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
-/// What `reconcile` and `error_policy` need: the client, the Event recorder and the metrics.
+/// What `reconcile` and `error_policy` need: the client, the Event recorder, the metrics and
+/// what is remembered per CR between reconciles.
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
@@ -54,8 +56,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Operator metrics.
     pub metrics: Metrics,
-    /// Consecutive failures per CR, for the backoff.
-    failures: Mutex<HashMap<ObjectRef<SandboxService>, u32>>,
+    /// Consecutive failures and the last written status, per CR.
+    pub memory: Memory,
 }
 
 impl Context {
@@ -69,21 +71,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            failures: Mutex::default(),
+            memory: Memory::default(),
         }
-    }
-
-    /// Record one more failure of `cr`; returns how many in a row.
-    fn record_failure(&self, cr: &SandboxService) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(ObjectRef::from_obj(cr)).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    }
-
-    fn reset_failures(&self, cr: &SandboxService) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.remove(&ObjectRef::from_obj(cr));
     }
 
     /// Publish an Event on `cr`. Best effort: a lost Event must not fail the reconcile.
@@ -107,7 +96,7 @@ pub async fn reconcile(cr: Arc<SandboxService>, ctx: Arc<Context>) -> Result<Act
     let _timer = ctx.metrics.reconcile_started();
     let result = reconcile_pipeline(&cr, &ctx).await;
     match &result {
-        Ok(_) => ctx.reset_failures(&cr),
+        Ok(_) => ctx.memory.reset_failures(&cr),
         Err(error) => {
             ctx.metrics.reconcile_failed(error.category());
             let notice = Notice {
@@ -126,6 +115,13 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let uid = cr.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    if cr.meta().deletion_timestamp.is_some() {
+        // Being deleted (foreground or orphan deletion): re-applying children would fight the
+        // garbage collector, and nothing about this CR needs remembering any more.
+        debug!(name = %cr.name_any(), %namespace, "being deleted; nothing to do");
+        ctx.memory.forget(cr);
+        return Ok(Action::await_change());
+    }
 
     // 1. validate, 2. build, 3. apply
     let (observation, action) = match validate(cr) {
@@ -145,14 +141,18 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
         }
     };
 
-    // 4. update status, only when it changed, and tell the user about transitions
-    let desired = status::desired(cr, &observation, status::now());
-    if cr.status.as_ref() != Some(&desired) {
+    // 4. update status, only when it changed, and tell the user about transitions. "Changed"
+    // is judged against the last status written, not only the cached CR: the cache may not
+    // have seen that write yet.
+    let known = ctx.memory.known_status(cr);
+    let desired = status::desired(cr, known.as_ref(), &observation, status::now());
+    if known.as_ref() != Some(&desired) {
         status::patch(&ctx.client, cr, &desired).await?;
+        ctx.memory.remember_written(cr, &desired);
     } else {
         debug!(name = %cr.name_any(), %namespace, "status unchanged");
     }
-    for notice in status::notices(cr.status.as_ref(), &desired, &observation) {
+    for notice in status::notices(known.as_ref(), &desired, &observation) {
         ctx.publish(cr, notice).await;
     }
     Ok(action)
@@ -160,7 +160,7 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
 
 /// Retry a failed reconcile with exponential backoff per CR: 5 s, 10 s, 20 s … up to 5 min.
 pub fn error_policy(cr: Arc<SandboxService>, error: &Error, ctx: Arc<Context>) -> Action {
-    let attempt = ctx.record_failure(&cr);
+    let attempt = ctx.memory.record_failure(&cr);
     let delay = backoff(attempt);
     warn!(
         name = %cr.name_any(),
@@ -208,6 +208,7 @@ pub async fn run(
     }
 
     let store = controller.store();
+    let cache = store.clone();
     tokio::spawn(async move {
         if store.wait_until_ready().await.is_ok() {
             info!("SandboxService cache synced; controller ready");
@@ -217,18 +218,28 @@ pub async fn run(
 
     controller
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(name = %object.name, "reconciled"),
-                // Already logged, counted and reported by `reconcile`/`error_policy`.
-                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                // Watch failures (missing CRD, RBAC): the watcher retries with backoff.
-                Err(error) => warn!(%error, "controller watch error"),
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            // Deleted CRs trigger no reconcile of their own; this is where they are forgotten.
+            forget_deleted(&ctx, &cache);
+            async move {
+                match result {
+                    Ok((object, _)) => debug!(name = %object.name, "reconciled"),
+                    // Already logged, counted and reported by `reconcile`/`error_policy`.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    // Watch failures (missing CRD, RBAC): the watcher retries with backoff.
+                    Err(error) => warn!(%error, "controller watch error"),
+                }
             }
         })
         .await;
     info!("controller stopped");
+}
+
+/// Forget the failures and written status of every CR that has left the Controller's `cache`.
+/// Called after each reconcile outcome, so memory stays bounded by the CRs that exist.
+pub fn forget_deleted(ctx: &Context, cache: &Store<SandboxService>) {
+    ctx.memory.forget_missing(cache);
 }
 
 /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind is served by the cluster.

@@ -1,10 +1,20 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease (kube-lease-manager), so that of several
 //! operator replicas exactly one reconciles at a time.
+//!
+//! The leader gives leadership up when it has not renewed its Lease for
+//! `LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS`, i.e. before any other replica may consider
+//! the Lease expired, even allowing for `LEASE_GRACE_SECONDS` of clock skew.
 
-use kube::Client;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Client, Resource};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{debug, warn};
 
 use crate::apply::FIELD_MANAGER;
 use crate::error::{Error, Result};
@@ -12,8 +22,12 @@ use crate::error::{Error, Result};
 /// Seconds a leader's lock stays valid without renewal; a crashed leader is replaced after this.
 pub const LEASE_DURATION_SECONDS: u64 = 15;
 
-/// Seconds before expiry at which the leader renews; also the clock skew tolerated.
+/// Clock skew tolerated between replicas: the leader stops leading this long before its Lease
+/// expires, counted from its last successful renewal.
 pub const LEASE_GRACE_SECONDS: u64 = 5;
+
+/// Wait after a failed Lease request before the next attempt.
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Where the Lease lives and who competes for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,28 +40,79 @@ pub struct LeaseConfig {
     pub identity: String,
 }
 
-/// A running election: `is_leader` follows this replica's lock; dropping it releases the Lease.
+/// How long a Lease lasts, and how much clock skew between replicas is tolerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    duration_seconds: u64,
+    grace_seconds: u64,
+}
+
+impl LeaseTiming {
+    /// The operator's timing: [`LEASE_DURATION_SECONDS`] and [`LEASE_GRACE_SECONDS`].
+    pub const DEFAULT: Self = Self::new(LEASE_DURATION_SECONDS, LEASE_GRACE_SECONDS);
+
+    /// A Lease valid for `duration_seconds` after each renewal, with `grace_seconds` of clock
+    /// skew tolerated. The leader renews `2 × grace` before expiry, so a failed renewal has
+    /// `grace` seconds of retries before leadership is given up.
+    ///
+    /// # Panics
+    /// If `grace_seconds` is 0 or `2 × grace_seconds >= duration_seconds`.
+    pub const fn new(duration_seconds: u64, grace_seconds: u64) -> Self {
+        assert!(grace_seconds > 0 && 2 * grace_seconds < duration_seconds);
+        Self {
+            duration_seconds,
+            grace_seconds,
+        }
+    }
+
+    /// How long after its last successful renewal the leader still leads.
+    pub fn renew_deadline(&self) -> Duration {
+        Duration::from_secs(self.duration_seconds - self.grace_seconds)
+    }
+}
+
+/// A running election: `is_leader` follows this replica's leadership; releasing it releases the
+/// Lease. Once leadership is given up for want of renewals, it stays false and the Lease is no
+/// longer renewed: start a new election to compete again.
 pub struct Election {
-    /// `true` while this replica holds the Lease.
+    /// `true` while this replica holds the Lease and renewed it within the renew deadline.
     pub is_leader: watch::Receiver<bool>,
-    task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    task: JoinHandle<kube_lease_manager::Result<()>>,
 }
 
 impl Election {
-    /// Start competing for the Lease (created if missing).
+    /// Start competing for the Lease (created if missing) with [`LeaseTiming::DEFAULT`].
     pub async fn start(client: Client, config: &LeaseConfig) -> Result<Self> {
+        Self::start_with(client, config, LeaseTiming::DEFAULT).await
+    }
+
+    /// Start competing for the Lease (created if missing) with the given timing.
+    pub async fn start_with(
+        client: Client,
+        config: &LeaseConfig,
+        timing: LeaseTiming,
+    ) -> Result<Self> {
+        let (renewed_tx, renewed) = watch::channel(None);
+        let lease_path = format!(
+            "{}/{}",
+            Lease::url_path(&(), Some(&config.namespace)),
+            config.name
+        );
+        let client = recording_renewals(client, lease_path, Arc::new(renewed_tx));
         let manager = LeaseManagerBuilder::new(client, &config.name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
-            .with_duration(LEASE_DURATION_SECONDS)
-            .with_grace(LEASE_GRACE_SECONDS)
+            .with_duration(timing.duration_seconds)
+            // The manager's "grace" is how long before expiry it renews.
+            .with_grace(2 * timing.grace_seconds)
             // The lease manager detects competing replicas through SSA conflicts, so each
             // replica needs its own field manager here, unlike the children.
             .with_field_manager(format!("{FIELD_MANAGER}-{}", config.identity))
             .build()
             .await
             .map_err(|e| Error::LeaderElection(Box::new(e)))?;
-        let (is_leader, task) = manager.watch().await;
+        let (sender, is_leader) = watch::channel(false);
+        let task = tokio::spawn(drive(manager, timing, renewed, sender));
         Ok(Self { is_leader, task })
     }
 
@@ -56,10 +121,114 @@ impl Election {
     pub async fn release(self) -> Result<()> {
         drop(self.is_leader);
         match self.task.await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Error::LeaderElection(Box::new(error))),
             // The task only ends by panicking if the lease manager has a bug; nothing to release.
             Err(_) => Ok(()),
         }
     }
+}
+
+/// Compete for the Lease and publish leadership to `sender` until every receiver is gone.
+//
+// Not `LeaseManager::watch()`: in kube-lease-manager 0.12 its loop only logs a failed renewal
+// and retries, leaving the published state `true`, and kube's client has no read timeout, so a
+// renewal can also hang forever. A leader cut off from the API server would keep reconciling
+// after its Lease expired and a standby took over. Here, leadership also requires a renewal
+// that succeeded (as seen by `recording_renewals`) within `renew_deadline`.
+async fn drive(
+    manager: LeaseManager,
+    timing: LeaseTiming,
+    mut renewed: watch::Receiver<Option<Instant>>,
+    sender: watch::Sender<bool>,
+) -> kube_lease_manager::Result<()> {
+    let mut holder = false; // what the lease manager believes
+    let mut has_led = false;
+    let mut next = Box::pin(next_state(&manager, Duration::ZERO));
+    loop {
+        let valid_until = (*renewed.borrow_and_update())
+            .filter(|_| holder)
+            .map(|at| at + timing.renew_deadline());
+        let leading = valid_until.is_some_and(|until| Instant::now() < until);
+        sender.send_if_modified(|published| std::mem::replace(published, leading) != leading);
+        if holder && has_led && !leading {
+            warn!(
+                deadline_s = timing.renew_deadline().as_secs(),
+                "no successful Lease renewal within the deadline; giving up leadership"
+            );
+            break;
+        }
+        has_led |= leading;
+        tokio::select! {
+            biased;
+            () = sender.closed() => {
+                drop(next);
+                return release(&manager, timing).await;
+            }
+            // Wake up to recompute when a renewal lands or the deadline passes.
+            Ok(()) = renewed.changed() => {}
+            () = sleep_until(valid_until.unwrap_or_else(Instant::now)), if leading => {}
+            result = &mut next => match result {
+                Ok(state) => {
+                    debug!(holder = state, "Lease holder changed");
+                    holder = state;
+                    next = Box::pin(next_state(&manager, Duration::ZERO));
+                }
+                Err(error) => {
+                    warn!(%error, "Lease request failed; retrying");
+                    next = Box::pin(next_state(&manager, RETRY_PERIOD));
+                }
+            },
+        }
+    }
+    // Given up: stop renewing (drop the pending request) so the Lease expires and a standby
+    // takes over. No release either: by now a standby may already hold the Lease.
+    drop(next);
+    sender.closed().await;
+    Ok(())
+}
+
+/// After `delay`, wait for the lease manager's next change of holder; it renews the Lease
+/// meanwhile when this replica holds it.
+async fn next_state(manager: &LeaseManager, delay: Duration) -> kube_lease_manager::Result<bool> {
+    sleep(delay).await;
+    manager.changed().await
+}
+
+/// Release the Lease if held. Best effort within the grace period: an unreachable API server
+/// must not hold up shutdown, and the Lease expires on its own.
+async fn release(manager: &LeaseManager, timing: LeaseTiming) -> kube_lease_manager::Result<()> {
+    match timeout(Duration::from_secs(timing.grace_seconds), manager.release()).await {
+        Ok(result) => result,
+        Err(_) => {
+            warn!("releasing the Lease timed out; it expires on its own");
+            Ok(())
+        }
+    }
+}
+
+/// Wrap `client` so that every successful PATCH of the Lease at `lease_path` publishes when it
+/// was sent. While this replica holds the Lease, each such PATCH is a renewal (or the
+/// acquisition), and the Lease is valid for the others from no earlier than that instant.
+fn recording_renewals(
+    client: Client,
+    lease_path: String,
+    renewed: Arc<watch::Sender<Option<Instant>>>,
+) -> Client {
+    let namespace = client.default_namespace().to_string();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let renewed = renewed.clone();
+        let is_lease_patch =
+            request.method() == http::Method::PATCH && request.uri().path() == lease_path;
+        let sent = Instant::now();
+        async move {
+            let response = client.send(request).await?;
+            if is_lease_patch && response.status().is_success() {
+                renewed.send_replace(Some(sent));
+            }
+            Ok::<_, kube::Error>(response)
+        }
+    });
+    Client::new(service, namespace)
 }

@@ -7,7 +7,8 @@
 //! 3. [`apply`] — server-side apply with one field manager (client);
 //! 4. [`status`] — conditions and Events, written only when changed (client).
 //!
-//! [`controller`] wires the steps to kube-runtime's `Controller`; [`run`] adds leader election
+//! [`controller`] wires the steps to kube-runtime's `Controller`, with what it remembers per CR
+//! between reconciles in [`memory`]; [`run`] adds leader election
 //! ([`leader`]), the admin server ([`admin`], [`metrics`]) and graceful shutdown.
 
 #![deny(rust_2018_idioms)]
@@ -20,6 +21,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod rbac;
 pub mod render;

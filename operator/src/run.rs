@@ -83,14 +83,15 @@ pub async fn run(config: RunConfig) -> Result<()> {
         _ = until(shutdown.clone(), true) => Ok(()),
     };
 
-    election.release().await?;
+    let released = election.release().await;
     let shutdown_requested = *shutdown.borrow();
     if !shutdown_requested {
         // Leadership was lost; stop serving before returning the error.
         admin_state.set_ready(false);
     }
     admin_server.abort();
-    result
+    // Why leadership ended (e.g. lost) matters more than a failed release of the Lease.
+    result.and(released)
 }
 
 /// Run the controller as the leader until shutdown or loss of the Lease.

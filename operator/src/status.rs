@@ -48,11 +48,16 @@ pub fn now() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// The status the CR should have after `observation`. Conditions keep their
-/// `lastTransitionTime` unless their `status` flips, so an unchanged world yields an identical
-/// status and no write.
-pub fn desired(cr: &SandboxService, observation: &Observation, now: Time) -> SandboxServiceStatus {
-    let previous = cr.status.clone().unwrap_or_default();
+/// The status the CR should have after `observation`, given its `previous` status (the newest
+/// known, which may be newer than `cr.status`). Conditions keep their `lastTransitionTime`
+/// unless their `status` flips, so an unchanged world yields an identical status and no write.
+pub fn desired(
+    cr: &SandboxService,
+    previous: Option<&SandboxServiceStatus>,
+    observation: &Observation,
+    now: Time,
+) -> SandboxServiceStatus {
+    let previous = previous.cloned().unwrap_or_default();
     let generation = cr.meta().generation;
     let condition = |type_: &str, status: bool, reason: &str, message: String| {
         let status = if status { "True" } else { "False" }.to_string();
@@ -335,6 +340,7 @@ mod tests {
     fn healthy_rollout() {
         let status = desired(
             &cr(),
+            None,
             &applied(Some(rolled_out(2)), MonitoringOutcome::Applied),
             now(),
         );
@@ -357,13 +363,19 @@ mod tests {
 
     #[test]
     fn fresh_deployment_is_progressing_and_not_ready() {
-        let status = desired(&cr(), &applied(None, MonitoringOutcome::Applied), now());
+        let status = desired(
+            &cr(),
+            None,
+            &applied(None, MonitoringOutcome::Applied),
+            now(),
+        );
         assert_eq!(condition(&status, READY).status, "False");
         assert_eq!(condition(&status, PROGRESSING).status, "True");
         let mut stale = rolled_out(2);
         stale.observed_generation = Some(1);
         let status = desired(
             &cr(),
+            None,
             &applied(Some(stale), MonitoringOutcome::Applied),
             now(),
         );
@@ -372,7 +384,12 @@ mod tests {
 
     #[test]
     fn missing_service_monitor_crd_degrades_with_a_reason() {
-        let status = desired(&cr(), &applied(None, MonitoringOutcome::CrdMissing), now());
+        let status = desired(
+            &cr(),
+            None,
+            &applied(None, MonitoringOutcome::CrdMissing),
+            now(),
+        );
         let degraded = condition(&status, DEGRADED);
         assert_eq!(degraded.status, "True");
         assert_eq!(degraded.reason, "ServiceMonitorCrdMissing");
@@ -382,9 +399,14 @@ mod tests {
     fn unchanged_world_gives_an_identical_status() {
         let mut cr = cr();
         let observation = applied(Some(rolled_out(1)), MonitoringOutcome::Applied);
-        let first = desired(&cr, &observation, Time(Timestamp::UNIX_EPOCH));
+        let first = desired(
+            &cr,
+            cr.status.as_ref(),
+            &observation,
+            Time(Timestamp::UNIX_EPOCH),
+        );
         cr.status = Some(first.clone());
-        let second = desired(&cr, &observation, now());
+        let second = desired(&cr, cr.status.as_ref(), &observation, now());
         assert_eq!(first, second, "transition times are kept");
         assert!(notices(Some(&first), &second, &observation).is_empty());
     }
@@ -395,12 +417,14 @@ mod tests {
         let epoch = Time(Timestamp::UNIX_EPOCH);
         cr.status = Some(desired(
             &cr,
+            cr.status.as_ref(),
             &applied(None, MonitoringOutcome::Applied),
             epoch.clone(),
         ));
         let later = now();
         let status = desired(
             &cr,
+            cr.status.as_ref(),
             &applied(Some(rolled_out(1)), MonitoringOutcome::Applied),
             later.clone(),
         );
@@ -413,6 +437,7 @@ mod tests {
         let mut cr = cr();
         cr.status = Some(desired(
             &cr,
+            cr.status.as_ref(),
             &applied(Some(rolled_out(3)), MonitoringOutcome::Applied),
             now(),
         ));
@@ -421,7 +446,7 @@ mod tests {
             message: "must be greater than or equal to minReplicas (5), got 4".into(),
         };
         let observation = Observation::Invalid(invalid);
-        let status = desired(&cr, &observation, now());
+        let status = desired(&cr, cr.status.as_ref(), &observation, now());
         assert_eq!(status.ready_replicas, 3);
         assert_eq!(condition(&status, READY).status, "True");
         let degraded = condition(&status, DEGRADED);
@@ -441,7 +466,7 @@ mod tests {
     fn events_on_first_apply_deletion_and_recovery() {
         let cr = cr();
         let observation = applied(None, MonitoringOutcome::Deleted);
-        let status = desired(&cr, &observation, now());
+        let status = desired(&cr, cr.status.as_ref(), &observation, now());
         let reasons: Vec<_> = notices(None, &status, &observation)
             .into_iter()
             .map(|n| (n.type_, n.reason))
@@ -455,8 +480,13 @@ mod tests {
         );
 
         let missing = applied(None, MonitoringOutcome::CrdMissing);
-        let degraded = desired(&cr, &missing, now());
-        let healed = desired(&cr, &applied(None, MonitoringOutcome::Applied), now());
+        let degraded = desired(&cr, cr.status.as_ref(), &missing, now());
+        let healed = desired(
+            &cr,
+            cr.status.as_ref(),
+            &applied(None, MonitoringOutcome::Applied),
+            now(),
+        );
         let recovered = notices(
             Some(&degraded),
             &healed,

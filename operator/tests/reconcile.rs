@@ -13,12 +13,15 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
 use operator::apply::FIELD_MANAGER;
 use operator::build::ServiceMonitor;
 use operator::controller::{
-    BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, reconcile,
+    BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, forget_deleted,
+    reconcile,
 };
 use operator::crd::SandboxService;
 use operator::metrics::Metrics;
@@ -113,6 +116,16 @@ impl Harness {
         take(&self.log);
         let result = reconcile(cr.clone(), self.ctx.clone()).await;
         (result, take(&self.log), cr)
+    }
+
+    /// Reconcile `cached`, as a Controller whose cache lags behind the API server would.
+    async fn reconcile_cached(
+        &self,
+        cached: &Arc<SandboxService>,
+    ) -> (operator::Result<Action>, Vec<Call>) {
+        take(&self.log);
+        let result = reconcile(cached.clone(), self.ctx.clone()).await;
+        (result, take(&self.log))
     }
 
     fn crs(&self) -> Api<SandboxService> {
@@ -326,8 +339,8 @@ async fn missing_service_monitor_crd_applies_the_rest_and_degrades_once() {
     assert_eq!(calls, child_applies(true));
 }
 
-#[tokio::test]
-async fn api_error_ends_in_a_warning_event_and_a_backed_off_requeue() {
+/// A default CR whose Deployment patches fail with a 500, as when etcd is unavailable.
+async fn harness_with_failing_deployment_patches() -> Harness {
     let failing_deployments = interceptor::Funcs::new().patch(|ctx| {
         if ctx.patch.get("kind").and_then(|k| k.as_str()) == Some("Deployment") {
             return Err(kube_fake_client::Error::Internal(
@@ -336,11 +349,16 @@ async fn api_error_ends_in_a_warning_event_and_a_backed_off_requeue() {
         }
         Ok(None)
     });
-    let harness = Harness::new(
+    Harness::new(
         with_service_monitor_crd().with_interceptor_funcs(failing_deployments),
         cr("{}"),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn api_error_ends_in_a_warning_event_and_a_backed_off_requeue() {
+    let harness = harness_with_failing_deployment_patches().await;
 
     let (result, calls, cr) = harness.reconcile().await;
 
@@ -515,6 +533,139 @@ async fn drift_in_a_child_is_repaired_by_the_next_reconcile() {
         .unwrap();
     let concurrency = env.iter().find(|v| v.name == "CONCURRENCY").unwrap();
     assert_eq!(concurrency.value.as_deref(), Some("3"));
+}
+
+#[tokio::test]
+async fn a_stale_cache_repeats_neither_the_status_patch_nor_the_event() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    // The cache holds the CR as created, and never sees the operator's status patch.
+    let cached = Arc::new(harness.crs().get(NAME).await.unwrap());
+    assert!(cached.status.is_none());
+
+    let (first, calls_first) = harness.reconcile_cached(&cached).await;
+    let status_written = harness.crs().get(NAME).await.unwrap().status;
+    let (second, calls_second) = harness.reconcile_cached(&cached).await;
+
+    assert_eq!(first.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    assert_eq!(second.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    let mut expected = child_applies(true);
+    expected.extend([status_call(), event_call()]);
+    assert_eq!(calls_first, expected);
+    assert_eq!(
+        calls_second,
+        child_applies(true),
+        "no second status patch, no second Event"
+    );
+    assert_eq!(
+        harness.crs().get(NAME).await.unwrap().status,
+        status_written
+    );
+    assert_eq!(harness.events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_cache_keeps_the_transition_times_of_unchanged_conditions() {
+    let builder = with_service_monitor_crd().with_status_subresource::<Deployment>();
+    let harness = Harness::new(builder, cr("{}")).await;
+    let cached = Arc::new(harness.crs().get(NAME).await.unwrap());
+    harness.reconcile_cached(&cached).await.0.unwrap();
+    let first = harness.crs().get(NAME).await.unwrap().status.unwrap();
+
+    // Times are whole seconds: make sure a new one would differ. Then the rollout moves on
+    // (Progressing stays True with a new message; Ready stays False, Degraded stays False).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    harness
+        .api::<Deployment>()
+        .patch_status(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+                "observedGeneration": 1, "replicas": 2, "updatedReplicas": 1,
+                "availableReplicas": 0, "readyReplicas": 0
+            }})),
+        )
+        .await
+        .unwrap();
+    let (result, calls) = harness.reconcile_cached(&cached).await;
+
+    result.unwrap();
+    assert!(calls.contains(&status_call()), "the status did change");
+    let second = harness.crs().get(NAME).await.unwrap().status.unwrap();
+    assert_eq!(second.replicas, 2);
+    for condition in &second.conditions {
+        let before = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition.type_)
+            .unwrap();
+        assert_eq!(before.status, condition.status, "{}", condition.type_);
+        assert_eq!(
+            before.last_transition_time, condition.last_transition_time,
+            "{} did not flip",
+            condition.type_
+        );
+    }
+    assert_eq!(harness.events().await.len(), 1, "no repeated Applied Event");
+}
+
+#[tokio::test]
+async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
+    let harness = harness_with_failing_deployment_patches().await;
+    let (result, _, cr) = harness.reconcile().await;
+    let error = result.unwrap_err();
+    let ctx = harness.ctx.clone();
+    assert_eq!(
+        error_policy(cr.clone(), &error, ctx.clone()),
+        Action::requeue(BASE_BACKOFF)
+    );
+
+    // The Controller's cache, as the controller loop hands it to `forget_deleted`.
+    let mut writer = Writer::<SandboxService>::default();
+    let cache = writer.as_reader();
+    writer.apply_watcher_event(&watcher::Event::Apply((*cr).clone()));
+    forget_deleted(&ctx, &cache);
+    assert_eq!(
+        error_policy(cr.clone(), &error, ctx.clone()),
+        Action::requeue(BASE_BACKOFF * 2),
+        "a CR still in the cache keeps its backoff"
+    );
+
+    writer.apply_watcher_event(&watcher::Event::Delete((*cr).clone()));
+    forget_deleted(&ctx, &cache);
+    assert!(ctx.memory.is_empty(), "nothing kept of the deleted CR");
+    assert_eq!(
+        error_policy(cr, &error, ctx),
+        Action::requeue(BASE_BACKOFF),
+        "one under the same name starts from the base backoff"
+    );
+}
+
+#[tokio::test]
+async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    let (result, _, cr) = harness.reconcile().await;
+    result.unwrap();
+    let error = operator::Error::MissingObjectKey("metadata.uid");
+    error_policy(cr.clone(), &error, harness.ctx.clone());
+    assert_eq!(harness.ctx.memory.len(), 1);
+
+    // Foreground deletion: the CR stays, with a deletionTimestamp, while its children go.
+    let mut deleting = (*cr).clone();
+    deleting.metadata.deletion_timestamp = Some(operator::status::now());
+    deleting.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    let (result, calls) = harness.reconcile_cached(&Arc::new(deleting)).await;
+
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(
+        calls,
+        vec![],
+        "nothing re-applied behind the garbage collector"
+    );
+    assert!(harness.ctx.memory.is_empty());
+    assert_eq!(
+        error_policy(cr, &error, harness.ctx.clone()),
+        Action::requeue(BASE_BACKOFF)
+    );
 }
 
 #[test]
