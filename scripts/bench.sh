@@ -2,8 +2,8 @@
 # Benchmarks the release `workload` with wrk against a bare axum "OK" route built in the same run
 # (workload/examples/bare_ok.rs), and prints every figure beside its ratio to that baseline.
 #
-#   scripts/bench.sh              # 3 interleaved rounds of 5 s per scenario
-#   BENCH_SECONDS=10 BENCH_ROUNDS=5 scripts/bench.sh
+#   scripts/bench.sh              # 5 interleaved rounds of 5 s per scenario (about 3 minutes)
+#   BENCH_SECONDS=3 BENCH_ROUNDS=3 scripts/bench.sh   # a quicker, noisier look
 #   scripts/bench.sh --strict     # exit 1 when a target is missed
 #
 # Targets (issue 2): /readiness >= 0.9x bare; /metrics >= 15,000 req/s; overloaded /expensive-op
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 STRICT=${1:-}
 WORKLOAD_PORT=3100
 BARE_PORT=3101
