@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 # The Kubernetes version the operator is built against (k8s-openapi feature v1_34).
 KUBERNETES_VERSION=1.34.0
-SERVICEMONITOR_CRD=${SERVICEMONITOR_CRD:-../shared/schemas/monitoring.coreos.com_servicemonitors.yaml}
+SERVICEMONITOR_CRD=${SERVICEMONITOR_CRD:-third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml}
 
 fail() { echo "check-deploy: $*" >&2; exit 1; }
 command -v kubectl >/dev/null || fail "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/)"

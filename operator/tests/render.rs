@@ -28,10 +28,14 @@ fn children_of(fixture: &str) -> Children {
     build::children(&validate(&cr).unwrap())
 }
 
-/// The ServiceMonitor CRD from `../shared/schemas` (override with `SERVICEMONITOR_CRD`).
+/// The ServiceMonitor CRD vendored in `third_party/prometheus-operator` (override with `SERVICEMONITOR_CRD`).
 fn service_monitor_crd_path() -> PathBuf {
     std::env::var_os("SERVICEMONITOR_CRD").map_or_else(
-        || manifest_dir().join("../../shared/schemas/monitoring.coreos.com_servicemonitors.yaml"),
+        || {
+            manifest_dir().join(
+                "../third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml",
+            )
+        },
         PathBuf::from,
     )
 }
