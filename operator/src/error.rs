@@ -65,6 +65,10 @@ pub enum Error {
     #[error("lost leadership of Lease {0}; exiting so a fresh process rejoins as a standby")]
     LostLeadership(String),
 
+    /// The leader election stopped on its own (a bug), so this replica can no longer lead.
+    #[error("leader election on Lease {0} stopped; exiting so a fresh process rejoins")]
+    ElectionStopped(String),
+
     /// The admin HTTP server could not bind or serve.
     #[error("admin server on {addr}: {source}")]
     AdminServer {
@@ -118,6 +122,7 @@ impl Error {
             Error::Config(_) => "ConfigError",
             Error::LeaderElection(_) => "LeaderElectionFailed",
             Error::LostLeadership(_) => "LostLeadership",
+            Error::ElectionStopped(_) => "ElectionStopped",
             Error::AdminServer { .. } => "AdminServerFailed",
             Error::Runtime(_) => "RuntimeFailed",
             Error::ReadInput { .. } => "ReadInputFailed",

@@ -3,7 +3,11 @@
 //!
 //! The leader gives leadership up when it has not renewed its Lease for
 //! `LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS`, i.e. before any other replica may consider
-//! the Lease expired, even allowing for `LEASE_GRACE_SECONDS` of clock skew.
+//! the Lease expired, even allowing for `LEASE_GRACE_SECONDS` of clock skew. A renewal counts
+//! only when the API server's answer shows this replica as the holder, and from no later than
+//! it was sent (see [`renewals`]).
+
+mod renewals;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, warn};
 
+use self::renewals::{Renewal, recording_renewals};
 use crate::apply::FIELD_MANAGER;
 use crate::error::{Error, Result};
 
@@ -69,6 +74,14 @@ impl LeaseTiming {
     pub fn renew_deadline(&self) -> Duration {
         Duration::from_secs(self.duration_seconds - self.grace_seconds)
     }
+
+    /// How long a Lease request may go unanswered before it fails and is retried.
+    //
+    // Half the grace: a renewal, sent `2 × grace` before expiry, that gets no answer is
+    // abandoned early enough to be retried once before the renew deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.grace_seconds) / 2
+    }
 }
 
 /// A running election: `is_leader` follows this replica's leadership; releasing it releases the
@@ -98,7 +111,13 @@ impl Election {
             Lease::url_path(&(), Some(&config.namespace)),
             config.name
         );
-        let client = recording_renewals(client, lease_path, Arc::new(renewed_tx));
+        let client = recording_renewals(
+            client,
+            lease_path,
+            config.identity.clone(),
+            timing.request_timeout(),
+            Arc::new(renewed_tx),
+        );
         let manager = LeaseManagerBuilder::new(client, &config.name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
@@ -135,11 +154,11 @@ impl Election {
 // and retries, leaving the published state `true`, and kube's client has no read timeout, so a
 // renewal can also hang forever. A leader cut off from the API server would keep reconciling
 // after its Lease expired and a standby took over. Here, leadership also requires a renewal
-// that succeeded (as seen by `recording_renewals`) within `renew_deadline`.
+// of this replica's hold (as seen by `recording_renewals`) within `renew_deadline`.
 async fn drive(
     manager: LeaseManager,
     timing: LeaseTiming,
-    mut renewed: watch::Receiver<Option<Instant>>,
+    mut renewed: watch::Receiver<Option<Renewal>>,
     sender: watch::Sender<bool>,
 ) -> kube_lease_manager::Result<()> {
     let mut holder = false; // what the lease manager believes
@@ -148,7 +167,7 @@ async fn drive(
     loop {
         let valid_until = (*renewed.borrow_and_update())
             .filter(|_| holder)
-            .map(|at| at + timing.renew_deadline());
+            .map(|renewal| renewal.at + timing.renew_deadline());
         let leading = valid_until.is_some_and(|until| Instant::now() < until);
         sender.send_if_modified(|published| std::mem::replace(published, leading) != leading);
         if holder && has_led && !leading {
@@ -207,28 +226,27 @@ async fn release(manager: &LeaseManager, timing: LeaseTiming) -> kube_lease_mana
     }
 }
 
-/// Wrap `client` so that every successful PATCH of the Lease at `lease_path` publishes when it
-/// was sent. While this replica holds the Lease, each such PATCH is a renewal (or the
-/// acquisition), and the Lease is valid for the others from no earlier than that instant.
-fn recording_renewals(
-    client: Client,
-    lease_path: String,
-    renewed: Arc<watch::Sender<Option<Instant>>>,
-) -> Client {
-    let namespace = client.default_namespace().to_string();
-    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let client = client.clone();
-        let renewed = renewed.clone();
-        let is_lease_patch =
-            request.method() == http::Method::PATCH && request.uri().path() == lease_path;
-        let sent = Instant::now();
-        async move {
-            let response = client.send(request).await?;
-            if is_lease_patch && response.status().is_success() {
-                renewed.send_replace(Some(sent));
-            }
-            Ok::<_, kube::Error>(response)
-        }
-    });
-    Client::new(service, namespace)
+/// Wait until this replica leads: `true` once it does, `false` if the election ended first.
+//
+// An ended election (its task panicked) must not count as leadership: the Lease is no longer
+// renewed, so a standby takes it over.
+pub async fn leadership_acquired(mut is_leader: watch::Receiver<bool>) -> bool {
+    is_leader.wait_for(|leading| *leading).await.is_ok()
+}
+
+/// Run `work` while this replica leads: its output, or `None` as soon as leadership is lost
+/// (or the election ended), in which case `work` is dropped at once, not wound down.
+//
+// Winding down (e.g. a graceful shutdown waiting for running reconciles) could take forever:
+// kube's client has no read timeout, and a write that completes late would land after a
+// standby took over.
+pub async fn while_leading<F: Future>(
+    mut is_leader: watch::Receiver<bool>,
+    work: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        _ = is_leader.wait_for(|leading| !*leading) => None,
+        output = work => Some(output),
+    }
 }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState};
 use crate::controller::{self, Context};
 use crate::error::{Error, Result};
-use crate::leader::{Election, LeaseConfig};
+use crate::leader::{self, Election, LeaseConfig};
 use crate::metrics::Metrics;
 
 /// Settings of `operator run`.
@@ -77,8 +77,13 @@ pub async fn run(config: RunConfig) -> Result<()> {
     admin_state.set_ready(true); // a standby is ready, see `admin`
 
     let result = tokio::select! {
-        _ = until(election.is_leader.clone(), true) => {
-            lead(client, metrics, &admin_state, &election, &lease, shutdown.clone()).await
+        acquired = leader::leadership_acquired(election.is_leader.clone()) => {
+            if acquired {
+                lead(client, metrics, &admin_state, &election, &lease, shutdown.clone()).await
+            } else {
+                // Without a running election the Lease is not renewed: never lead then.
+                Err(Error::ElectionStopped(lease.name.clone()))
+            }
         }
         _ = until(shutdown.clone(), true) => Ok(()),
     };
@@ -94,7 +99,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
     result.and(released)
 }
 
-/// Run the controller as the leader until shutdown or loss of the Lease.
+/// Run the controller as the leader until shutdown, which lets running reconciles finish, or
+/// until loss of the Lease, which stops it at once.
 async fn lead(
     client: Client,
     metrics: Metrics,
@@ -105,36 +111,32 @@ async fn lead(
 ) -> Result<()> {
     info!("acquired leadership; starting the controller");
     admin_state.set_ready(false); // until the controller's cache is synced
-    let own_service_monitors = controller::service_monitor_crd_installed(&client).await;
-    let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
-
-    let lost = until(election.is_leader.clone(), false);
-    let stop_requested = until(shutdown.clone(), true);
-    let (stop_tx, stop) = watch::channel(false);
-    let stopper = tokio::spawn(async move {
-        let lost_leadership = tokio::select! {
-            _ = lost => true,
-            _ = stop_requested => false,
-        };
-        let _ = stop_tx.send(true);
-        lost_leadership
-    });
-    controller::run(
-        ctx,
-        own_service_monitors,
-        admin_state.clone(),
-        until(stop, true),
-    )
-    .await;
-    let lost_leadership = stopper.await.unwrap_or(false);
-    if lost_leadership && !*shutdown.borrow() {
-        warn!("lost leadership");
-        return Err(Error::LostLeadership(lease.name.clone()));
+    let controller = async {
+        let own_service_monitors = controller::service_monitor_crd_installed(&client).await;
+        let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
+        controller::run(
+            ctx,
+            own_service_monitors,
+            admin_state.clone(),
+            until(shutdown, true),
+        )
+        .await;
+    };
+    // On loss of the Lease the controller is dropped, not shut down gracefully: a running
+    // reconcile may hang (kube's client has no read timeout) or write after a standby took
+    // over.
+    match leader::while_leading(election.is_leader.clone(), controller).await {
+        Some(()) => Ok(()),
+        None => {
+            warn!("lost leadership; controller stopped");
+            Err(Error::LostLeadership(lease.name.clone()))
+        }
     }
-    Ok(())
 }
 
-/// Completes once the channel holds `wanted`, or once its sender is gone.
+/// Completes once the channel holds `wanted`, or once its sender is gone. Only for the
+/// shutdown signal: for leadership, see [`leader::leadership_acquired`] and
+/// [`leader::while_leading`].
 async fn until(mut receiver: watch::Receiver<bool>, wanted: bool) {
     let _ = receiver.wait_for(|value| *value == wanted).await;
 }

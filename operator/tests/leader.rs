@@ -1,49 +1,169 @@
 //! Leader election against an in-memory API server (kube-fake-client) whose Lease requests can
-//! be made to fail or to hang, as for a leader cut off from the API server. Short, real-time
-//! lease timings: the lease manager compares Lease times with the wall clock.
+//! be made to fail, to hang, or to race with another replica. Short, real-time lease timings:
+//! the lease manager compares Lease times with the wall clock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::future::pending;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::client::Body;
 use kube_fake_client::ClientBuilder;
-use operator::leader::{Election, LeaseConfig, LeaseTiming};
+use operator::leader::{Election, LeaseConfig, LeaseTiming, leadership_acquired, while_leading};
 use tokio::sync::watch;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, sleep, timeout};
 
 const NAMESPACE: &str = "operators";
+const LEASE: &str = "sandbox-operator";
+const ME: &str = "operator-0";
+const OTHER: &str = "operator-1";
 
 /// Valid for 3 s after each renewal, 1 s of clock skew tolerated: the leader renews every
 /// second and gives up 2 s after its last successful renewal.
 const TIMING: LeaseTiming = LeaseTiming::new(3, 1);
 
-const HEALTHY: u8 = 0;
-const FAILING: u8 = 1;
-const HANGING: u8 = 2;
+/// Valid for 5 s after each renewal, 2 s of clock skew tolerated: Lease requests time out
+/// after 1 s, so an answer can be delayed by most of a second.
+const SLOW_TIMING: LeaseTiming = LeaseTiming::new(5, 2);
 
-/// A client whose Lease requests are answered, refused with a 503, or never answered,
-/// according to `mode`.
-async fn client(mode: Arc<AtomicU8>) -> Client {
-    let fake = ClientBuilder::new().build().await.unwrap();
-    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-        let fake = fake.clone();
-        let mode = mode.load(Ordering::SeqCst);
-        let is_lease = request.uri().path().contains("/leases");
-        async move {
-            match mode {
-                FAILING if is_lease => Ok(http::Response::builder()
-                    .status(503)
-                    .body(kube::client::Body::from(
-                        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"etcd is unavailable","reason":"ServiceUnavailable","code":503}"#.to_vec(),
-                    ))
-                    .unwrap()),
-                HANGING if is_lease => futures::future::pending().await,
-                _ => fake.send(request).await,
-            }
+/// How late [`SLOW_ACQUISITION`] answers the acquisition's first PATCH, within
+/// [`SLOW_TIMING`]'s request timeout.
+const ACQUISITION_DELAY: Duration = Duration::from_millis(900);
+
+/// Slack for scheduling when comparing measured instants with the renew deadline.
+const SLACK: Duration = Duration::from_millis(450);
+
+/// Lease requests are answered.
+const HEALTHY: u8 = 0;
+/// Lease requests are refused with a 503.
+const FAILING: u8 = 1;
+/// Lease requests are never answered.
+const HANGING: u8 = 2;
+/// The next Lease PATCH lands just after another replica took the Lease over; from then on
+/// Lease requests are never answered.
+const STOLEN_BEFORE_PATCH: u8 = 3;
+/// The first Lease PATCH (the acquisition's apply) is answered [`ACQUISITION_DELAY`] late,
+/// the second at once, and later ones never.
+const SLOW_ACQUISITION: u8 = 4;
+
+/// What the in-memory API server does with Lease requests, and what it saw.
+#[derive(Default)]
+struct Server {
+    mode: AtomicU8,
+    patches: AtomicUsize,
+    /// When the first Lease PATCH arrived.
+    first_patch: Mutex<Option<Instant>>,
+    /// When the last successfully answered Lease PATCH arrived.
+    last_patch_ok: Mutex<Option<Instant>>,
+}
+
+impl Server {
+    fn new(mode: u8) -> Arc<Self> {
+        let server = Self::default();
+        server.mode.store(mode, Ordering::SeqCst);
+        Arc::new(server)
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn first_patch(&self) -> Instant {
+        self.first_patch.lock().unwrap().expect("a Lease PATCH")
+    }
+
+    fn last_patch_ok(&self) -> Instant {
+        self.last_patch_ok
+            .lock()
+            .unwrap()
+            .expect("a successful Lease PATCH")
+    }
+
+    async fn answer(
+        &self,
+        fake: Client,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, kube::Error> {
+        if !request.uri().path().contains("/leases") {
+            return fake.send(request).await;
         }
+        let arrived = Instant::now();
+        let is_patch = request.method() == http::Method::PATCH;
+        if is_patch && self.patches.fetch_add(1, Ordering::SeqCst) == 0 {
+            *self.first_patch.lock().unwrap() = Some(arrived);
+        }
+        match self.mode.load(Ordering::SeqCst) {
+            FAILING => return Ok(unavailable()),
+            HANGING => return pending().await,
+            STOLEN_BEFORE_PATCH if is_patch => {
+                give_lease_to(fake.clone(), OTHER).await;
+                self.set_mode(HANGING);
+            }
+            SLOW_ACQUISITION if is_patch => match self.patches.load(Ordering::SeqCst) {
+                1 => sleep(ACQUISITION_DELAY).await,
+                2 => {}
+                _ => return pending().await,
+            },
+            _ => {}
+        }
+        let response = fake.send(request).await?;
+        if is_patch && response.status().is_success() {
+            *self.last_patch_ok.lock().unwrap() = Some(arrived);
+        }
+        Ok(response)
+    }
+}
+
+fn unavailable() -> http::Response<Body> {
+    http::Response::builder()
+        .status(503)
+        .body(Body::from(
+            br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"etcd is unavailable","reason":"ServiceUnavailable","code":503}"#.to_vec(),
+        ))
+        .unwrap()
+}
+
+/// Another replica takes the Lease over (directly on the in-memory API server).
+async fn give_lease_to(fake: Client, holder: &str) {
+    let now = MicroTime(Timestamp::now());
+    let patch = serde_json::json!({
+        "spec": { "holderIdentity": holder, "acquireTime": now, "renewTime": now },
     });
-    Client::new(service, NAMESPACE)
+    Api::<Lease>::namespaced(fake, NAMESPACE)
+        .patch(LEASE, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+/// A client of an in-memory API server holding `objects`, whose Lease requests `server`
+/// answers.
+async fn client(server: Arc<Server>, objects: Vec<Lease>) -> (Client, Client) {
+    let fake = ClientBuilder::new()
+        .with_objects(objects)
+        .build()
+        .await
+        .unwrap();
+    let inner = fake.clone();
+    let service = tower::service_fn(move |request: http::Request<Body>| {
+        let fake = inner.clone();
+        let server = server.clone();
+        async move { server.answer(fake, request).await }
+    });
+    (Client::new(service, NAMESPACE), fake)
+}
+
+async fn start(client: Client, timing: LeaseTiming) -> Election {
+    let config = LeaseConfig {
+        name: LEASE.into(),
+        namespace: NAMESPACE.into(),
+        identity: ME.into(),
+    };
+    Election::start_with(client, &config, timing).await.unwrap()
 }
 
 async fn wait_for(is_leader: &mut watch::Receiver<bool>, wanted: bool, within: Duration) -> bool {
@@ -52,18 +172,29 @@ async fn wait_for(is_leader: &mut watch::Receiver<bool>, wanted: bool, within: D
         .is_ok_and(|changed| changed.is_ok())
 }
 
-/// Become leader, stay leader over several renewals, then lose the API server in `outage`
-/// mode: leadership must be given up within the renew deadline of the last renewal.
-async fn leader_gives_up_within_the_renew_deadline(outage: u8) {
-    let mode = Arc::new(AtomicU8::new(HEALTHY));
-    let config = LeaseConfig {
-        name: "sandbox-operator".into(),
-        namespace: NAMESPACE.into(),
-        identity: "operator-0".into(),
-    };
-    let election = Election::start_with(client(mode.clone()).await, &config, TIMING)
+/// Ends the election (its result aside: Lease requests may be failing) and checks that it returns.
+async fn release_returns(election: Election, is_leader: watch::Receiver<bool>) {
+    drop(is_leader);
+    let _ = timeout(Duration::from_secs(2), election.release())
+        .await
+        .expect("release returns");
+}
+
+async fn holder(fake: Client) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(fake, NAMESPACE)
+        .get(LEASE)
         .await
         .unwrap();
+    lease.spec.and_then(|spec| spec.holder_identity)
+}
+
+/// Become leader, stay leader over several renewals, then lose the API server in `outage`
+/// mode: leadership must be given up within the renew deadline of the last successful
+/// renewal, and not taken back once the API server is back.
+async fn leader_gives_up_within_the_renew_deadline(outage: u8) {
+    let server = Server::new(HEALTHY);
+    let (client, fake) = client(server.clone(), vec![]).await;
+    let election = start(client, TIMING).await;
     let mut is_leader = election.is_leader.clone();
 
     assert!(
@@ -75,25 +206,33 @@ async fn leader_gives_up_within_the_renew_deadline(outage: u8) {
         "renewals keep it leader beyond the lease duration"
     );
 
-    mode.store(outage, Ordering::SeqCst);
-    let outage_started = Instant::now();
+    server.set_mode(outage);
     let bound = TIMING.renew_deadline();
     assert!(
-        wait_for(&mut is_leader, false, bound + Duration::from_millis(500)).await,
-        "leadership given up within {bound:?} of the last successful renewal"
+        wait_for(&mut is_leader, false, bound + Duration::from_secs(1)).await,
+        "leadership given up"
     );
-    assert!(outage_started.elapsed() <= bound + Duration::from_millis(500));
+    let since_renewal = server.last_patch_ok().elapsed();
     assert!(
-        !wait_for(&mut is_leader, true, Duration::from_secs(2)).await,
-        "and not taken back"
+        since_renewal <= bound + SLACK && since_renewal + SLACK >= bound,
+        "leadership given up {since_renewal:?} after the last successful renewal arrived at the \
+         API server, not within {SLACK:?} of the renew deadline {bound:?}"
+    );
+
+    // Once given up, leadership stays given up even when the API server answers again.
+    server.set_mode(HEALTHY);
+    assert!(
+        !wait_for(&mut is_leader, true, Duration::from_secs(3)).await,
+        "leadership taken back after giving it up"
     );
 
     drop(is_leader);
-    // Given up: nothing to release, so this returns without touching the unreachable API.
     timeout(Duration::from_secs(1), election.release())
         .await
         .expect("release returns at once")
         .unwrap();
+    // Not released either: by now a standby may hold the Lease, and a release would free it.
+    assert_eq!(holder(fake).await.as_deref(), Some(ME));
 }
 
 #[tokio::test]
@@ -104,4 +243,159 @@ async fn leader_gives_up_when_lease_renewals_fail() {
 #[tokio::test]
 async fn leader_gives_up_when_lease_renewals_hang() {
     leader_gives_up_within_the_renew_deadline(HANGING).await;
+}
+
+/// A replica that restarts with its old identity believes it still holds the Lease, but
+/// another replica takes it over before its renewal lands. That renewal (a patch of
+/// `renewTime` alone) succeeds on the other replica's Lease: it must not make it leader.
+#[tokio::test]
+async fn a_renewal_of_a_lease_held_by_another_replica_does_not_make_it_leader() {
+    let now = MicroTime(Timestamp::now());
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.into()),
+            namespace: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(ME.into()),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_duration_seconds: Some(3),
+            lease_transitions: Some(1),
+            ..LeaseSpec::default()
+        }),
+    };
+    let server = Server::new(STOLEN_BEFORE_PATCH);
+    let (client, fake) = client(server.clone(), vec![lease]).await;
+    let election = start(client, TIMING).await;
+    let mut is_leader = election.is_leader.clone();
+
+    assert!(
+        !wait_for(&mut is_leader, true, Duration::from_secs(3)).await,
+        "leader on the strength of a renewal of another replica's Lease"
+    );
+    assert!(
+        server.patches.load(Ordering::SeqCst) >= 1,
+        "the replica renewed the Lease"
+    );
+    assert_eq!(holder(fake).await.as_deref(), Some(OTHER));
+
+    // The Lease requests hang, so releasing fails; it only has to return.
+    release_returns(election, is_leader).await;
+}
+
+/// At acquisition the lease manager sends two PATCHes: the first sets `renewTime`, the second
+/// the transition count. The renew deadline counts from the first.
+#[tokio::test]
+async fn the_renew_deadline_counts_from_the_patch_that_set_renew_time() {
+    let server = Server::new(SLOW_ACQUISITION);
+    let (client, _fake) = client(server.clone(), vec![]).await;
+    let election = start(client, SLOW_TIMING).await;
+    let mut is_leader = election.is_leader.clone();
+
+    assert!(
+        wait_for(&mut is_leader, true, Duration::from_secs(5)).await,
+        "the only replica becomes leader"
+    );
+    let bound = SLOW_TIMING.renew_deadline();
+    assert!(
+        wait_for(&mut is_leader, false, bound + Duration::from_secs(2)).await,
+        "leadership given up without renewals"
+    );
+    let since_acquisition = server.first_patch().elapsed();
+    assert!(
+        since_acquisition <= bound + SLACK,
+        "leadership given up {since_acquisition:?} after the acquiring PATCH arrived at the \
+         API server, more than {bound:?} (+{SLACK:?})"
+    );
+    assert!(server.patches.load(Ordering::SeqCst) >= 2);
+
+    release_returns(election, is_leader).await;
+}
+
+#[tokio::test]
+async fn leadership_is_acquired_once_leading() {
+    let (sender, is_leader) = watch::channel(false);
+    let acquired = tokio::spawn(leadership_acquired(is_leader));
+    sleep(Duration::from_millis(50)).await;
+    sender.send_replace(true);
+    assert!(
+        timeout(Duration::from_secs(1), acquired)
+            .await
+            .unwrap()
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn leadership_is_not_acquired_from_an_ended_election() {
+    let (sender, is_leader) = watch::channel(false);
+    let acquired = tokio::spawn(leadership_acquired(is_leader));
+    sleep(Duration::from_millis(50)).await;
+    drop(sender);
+    assert!(
+        !timeout(Duration::from_secs(1), acquired)
+            .await
+            .unwrap()
+            .unwrap()
+    );
+}
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Work that never ends on its own, like a controller waiting for a hung reconcile; whether it
+/// was dropped.
+fn endless_work() -> (impl Future<Output = ()>, Arc<AtomicBool>) {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(dropped.clone());
+    let work = async move {
+        let _flag = flag;
+        pending::<()>().await;
+    };
+    (work, dropped)
+}
+
+/// Runs endless work while leading, ends leadership with `end` after 50 ms, and checks that the
+/// work was dropped at once.
+async fn work_is_dropped_at_once_when(end: impl FnOnce(watch::Sender<bool>)) {
+    let (sender, is_leader) = watch::channel(true);
+    let (work, dropped) = endless_work();
+    let leading = tokio::spawn(while_leading(is_leader, work));
+    sleep(Duration::from_millis(50)).await;
+    assert!(!dropped.load(Ordering::SeqCst), "work runs while leading");
+
+    end(sender);
+    let output = timeout(Duration::from_secs(1), leading)
+        .await
+        .expect("returns at once")
+        .unwrap();
+    assert_eq!(output, None);
+    assert!(dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn work_is_dropped_at_once_when_leadership_is_lost() {
+    work_is_dropped_at_once_when(|sender| {
+        sender.send_replace(false);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn work_is_dropped_at_once_when_the_election_ends() {
+    work_is_dropped_at_once_when(drop).await;
+}
+
+#[tokio::test]
+async fn work_that_ends_while_leading_gives_its_output() {
+    let (_sender, is_leader) = watch::channel(true);
+    assert_eq!(while_leading(is_leader, async { 42 }).await, Some(42));
 }
