@@ -33,15 +33,7 @@ async fn promtool_accepts_the_metrics_under_load() {
         .wait_for_metric("queue_ratio", 3.0, Duration::from_secs(5))
         .await;
     assert_eq!(service.status("/nope").await, 404);
-    let body = service
-        .client
-        .get(service.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = service.scrape().await;
 
     let mut promtool = tool("promtool")
         .args(["check", "metrics"])

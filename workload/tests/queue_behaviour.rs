@@ -229,15 +229,7 @@ async fn probes_metrics_and_unknown_routes() {
     }
     assert_eq!(service.status("/expensive-op").await, 200);
 
-    let body = service
-        .client
-        .get(service.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = service.scrape().await;
     let expect = |name: &str, value: f64| {
         assert_eq!(
             common::sample(&body, name),
