@@ -234,33 +234,66 @@ fn require(valid: bool, field: &str, message: impl FnOnce() -> String) -> Result
 }
 
 fn is_label_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !name.is_empty()
-        && name.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    is_alphanumeric_token(name, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+    })
 }
 
 fn is_dns1123_subdomain(name: &str) -> bool {
     name.len() <= 253
-        && name.split('.').all(|part| {
-            let bytes = part.as_bytes();
-            !part.is_empty()
-                && part.len() <= 63
-                && bytes[0].is_ascii_alphanumeric()
-                && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && name.split('.').all(|label| {
+            is_alphanumeric_token(label, |b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+            })
         })
+}
+
+/// 1 to 63 bytes, each `allowed`, beginning and ending with an alphanumeric: the shape shared by
+/// label names, label values and DNS labels.
+fn is_alphanumeric_token(token: &str, allowed: impl Fn(u8) -> bool) -> bool {
+    let bytes = token.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            bytes.len() <= 63
+                && first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes.iter().all(|&b| allowed(b))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_names_and_dns_subdomains_at_their_edges() {
+        let long = "a".repeat(63);
+        for good in ["a", "a_b.c-9", "A1", long.as_str()] {
+            assert!(is_label_name(good), "{good:?}");
+        }
+        let too_long = "a".repeat(64);
+        for bad in ["", "-a", "a-", "_a", "a b", "ä", too_long.as_str()] {
+            assert!(!is_label_name(bad), "{bad:?}");
+        }
+        let longest = [long.as_str(); 4].join(".")[..253].to_string();
+        for good in ["example.com", "a", "a-b.c9", longest.as_str()] {
+            assert!(is_dns1123_subdomain(good), "{good:?}");
+        }
+        let too_long = format!("{longest}a");
+        for bad in [
+            "",
+            "Example.com",
+            "a..b",
+            ".a",
+            "a_b",
+            "a-.b",
+            too_long.as_str(),
+        ] {
+            assert!(!is_dns1123_subdomain(bad), "{bad:?}");
+        }
+    }
 
     fn cr(yaml: &str) -> SandboxService {
         serde_yaml::from_str(yaml).expect("test CR parses")
