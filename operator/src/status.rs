@@ -336,14 +336,14 @@ mod tests {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
+    /// The status of a CR with no status yet after `observation`.
+    fn first_status(observation: Observation) -> SandboxServiceStatus {
+        desired(&cr(), None, &observation, now())
+    }
+
     #[test]
     fn healthy_rollout() {
-        let status = desired(
-            &cr(),
-            None,
-            &applied(Some(rolled_out(2)), MonitoringOutcome::Applied),
-            now(),
-        );
+        let status = first_status(applied(Some(rolled_out(2)), MonitoringOutcome::Applied));
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!((status.replicas, status.ready_replicas), (2, 2));
         assert_eq!(
@@ -363,33 +363,18 @@ mod tests {
 
     #[test]
     fn fresh_deployment_is_progressing_and_not_ready() {
-        let status = desired(
-            &cr(),
-            None,
-            &applied(None, MonitoringOutcome::Applied),
-            now(),
-        );
+        let status = first_status(applied(None, MonitoringOutcome::Applied));
         assert_eq!(condition(&status, READY).status, "False");
         assert_eq!(condition(&status, PROGRESSING).status, "True");
         let mut stale = rolled_out(2);
         stale.observed_generation = Some(1);
-        let status = desired(
-            &cr(),
-            None,
-            &applied(Some(stale), MonitoringOutcome::Applied),
-            now(),
-        );
+        let status = first_status(applied(Some(stale), MonitoringOutcome::Applied));
         assert_eq!(condition(&status, PROGRESSING).reason, "RollingOut");
     }
 
     #[test]
     fn missing_service_monitor_crd_degrades_with_a_reason() {
-        let status = desired(
-            &cr(),
-            None,
-            &applied(None, MonitoringOutcome::CrdMissing),
-            now(),
-        );
+        let status = first_status(applied(None, MonitoringOutcome::CrdMissing));
         let degraded = condition(&status, DEGRADED);
         assert_eq!(degraded.status, "True");
         assert_eq!(degraded.reason, "ServiceMonitorCrdMissing");

@@ -166,6 +166,21 @@ async fn start(client: Client, timing: LeaseTiming) -> Election {
     Election::start_with(client, &config, timing).await.unwrap()
 }
 
+/// The only replica, on an empty in-memory API server answered by `server`, once it leads.
+async fn sole_leader(
+    server: Arc<Server>,
+    timing: LeaseTiming,
+) -> (Election, watch::Receiver<bool>, Client) {
+    let (client, fake) = client(server, vec![]).await;
+    let election = start(client, timing).await;
+    let mut is_leader = election.is_leader.clone();
+    assert!(
+        wait_for(&mut is_leader, true, Duration::from_secs(5)).await,
+        "the only replica becomes leader"
+    );
+    (election, is_leader, fake)
+}
+
 async fn wait_for(is_leader: &mut watch::Receiver<bool>, wanted: bool, within: Duration) -> bool {
     timeout(within, is_leader.wait_for(|value| *value == wanted))
         .await
@@ -193,14 +208,7 @@ async fn holder(fake: Client) -> Option<String> {
 /// renewal, and not taken back once the API server is back.
 async fn leader_gives_up_within_the_renew_deadline(outage: u8) {
     let server = Server::new(HEALTHY);
-    let (client, fake) = client(server.clone(), vec![]).await;
-    let election = start(client, TIMING).await;
-    let mut is_leader = election.is_leader.clone();
-
-    assert!(
-        wait_for(&mut is_leader, true, Duration::from_secs(5)).await,
-        "the only replica becomes leader"
-    );
+    let (election, mut is_leader, fake) = sole_leader(server.clone(), TIMING).await;
     assert!(
         !wait_for(&mut is_leader, false, Duration::from_secs(4)).await,
         "renewals keep it leader beyond the lease duration"
@@ -290,14 +298,7 @@ async fn a_renewal_of_a_lease_held_by_another_replica_does_not_make_it_leader() 
 #[tokio::test]
 async fn the_renew_deadline_counts_from_the_patch_that_set_renew_time() {
     let server = Server::new(SLOW_ACQUISITION);
-    let (client, _fake) = client(server.clone(), vec![]).await;
-    let election = start(client, SLOW_TIMING).await;
-    let mut is_leader = election.is_leader.clone();
-
-    assert!(
-        wait_for(&mut is_leader, true, Duration::from_secs(5)).await,
-        "the only replica becomes leader"
-    );
+    let (election, mut is_leader, _fake) = sole_leader(server.clone(), SLOW_TIMING).await;
     let bound = SLOW_TIMING.renew_deadline();
     assert!(
         wait_for(&mut is_leader, false, bound + Duration::from_secs(2)).await,

@@ -339,6 +339,17 @@ async fn missing_service_monitor_crd_applies_the_rest_and_degrades_once() {
     assert_eq!(calls, child_applies(true));
 }
 
+/// `event` is a Warning with `reason` whose note mentions `mentions`.
+fn assert_warning(event: &Event, reason: &str, mentions: &str) {
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
+    assert_eq!(event.reason.as_deref(), Some(reason), "{event:?}");
+    let note = event.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains(mentions),
+        "{note:?} does not mention {mentions:?}"
+    );
+}
+
 /// A default CR whose Deployment patches fail with a 500, as when etcd is unavailable.
 async fn harness_with_failing_deployment_patches() -> Harness {
     let failing_deployments = interceptor::Funcs::new().patch(|ctx| {
@@ -378,15 +389,7 @@ async fn api_error_ends_in_a_warning_event_and_a_backed_off_requeue() {
     );
     let events = harness.events().await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
-    assert_eq!(events[0].reason.as_deref(), Some("ApplyFailed"));
-    assert!(
-        events[0]
-            .note
-            .as_deref()
-            .unwrap()
-            .contains("etcd is unavailable")
-    );
+    assert_warning(&events[0], "ApplyFailed", "etcd is unavailable");
     assert_eq!(harness.ctx.metrics.failures("ApplyFailed"), 1);
 
     assert_eq!(
@@ -420,15 +423,7 @@ async fn invalid_spec_degrades_names_the_field_and_waits_for_a_change() {
         "{message}"
     );
     let events = harness.events().await;
-    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
-    assert_eq!(events[0].reason.as_deref(), Some("InvalidSpec"));
-    assert!(
-        events[0]
-            .note
-            .as_deref()
-            .unwrap()
-            .contains("spec.autoscaling.maxReplicas")
-    );
+    assert_warning(&events[0], "InvalidSpec", "spec.autoscaling.maxReplicas");
     assert!(harness.api::<Deployment>().get(NAME).await.is_err());
 
     let (result, calls, _) = harness.reconcile().await;
