@@ -26,7 +26,6 @@ pub struct Metrics {
     in_flight: IntGauge,
     concurrency: IntGauge,
     completed: IntCounter,
-    rejected: IntCounterVec,
     // The two reasons' children, resolved once: the rejection path is the hot path under overload.
     rejected_circuit_open: IntCounter,
     rejected_shutting_down: IntCounter,
@@ -59,7 +58,6 @@ impl Metrics {
             // Both reasons appear from the start, so rate() works before the first rejection.
             rejected_circuit_open: rejected.with_label_values(&[Rejection::CircuitOpen.as_str()]),
             rejected_shutting_down: rejected.with_label_values(&[Rejection::ShuttingDown.as_str()]),
-            rejected,
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "http_request_duration_seconds",
@@ -78,7 +76,7 @@ impl Metrics {
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.concurrency.clone()),
             Box::new(metrics.completed.clone()),
-            Box::new(metrics.rejected.clone()),
+            Box::new(rejected),
             Box::new(metrics.request_duration.clone()),
         ] {
             metrics.registry.register(collector)?;

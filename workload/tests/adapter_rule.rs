@@ -9,12 +9,11 @@ mod common;
 #[path = "common/prometheus.rs"]
 mod prometheus_server;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Load, SEED_LIMITS, Service};
-use prometheus_server::PrometheusServer;
+use prometheus_server::{PrometheusServer, labels};
 use serde_yaml::Value;
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -30,9 +29,12 @@ fn read_yaml(relative: &str) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
+/// The prometheus-adapter chart values.
+const CHART_VALUES: &str = "deploy/monitoring/prometheus-adapter-values.yaml";
+
 /// The rules of the prometheus-adapter chart values (`rules.custom`).
 fn chart_rules() -> Value {
-    read_yaml("deploy/monitoring/prometheus-adapter-values.yaml")["rules"]["custom"].clone()
+    read_yaml(CHART_VALUES)["rules"]["custom"].clone()
 }
 
 /// The one rule serving `queue_ratio`.
@@ -127,17 +129,17 @@ fn chart_values_and_plain_config_carry_the_same_rules() {
     let config: Value =
         serde_yaml::from_str(text(&config_map["data"]["config.yaml"], "config.yaml"))
             .expect("data.config.yaml is YAML");
+    let values = read_yaml(CHART_VALUES);
+    let rules = &values["rules"]["custom"];
     assert_eq!(
-        config["rules"],
-        chart_rules(),
+        &config["rules"], rules,
         "deploy/monitoring/adapter-config.yaml and prometheus-adapter-values.yaml differ"
     );
 
-    let values = read_yaml("deploy/monitoring/prometheus-adapter-values.yaml");
     // The chart's default rules would serve a second, generic queue_ratio.
     assert_eq!(values["rules"]["default"], false);
     // The chart passes rules.custom through Helm's `tpl`, which would evaluate `{{ }}`.
-    let rules = serde_yaml::to_string(&chart_rules()).unwrap();
+    let rules = serde_yaml::to_string(rules).unwrap();
     assert!(!rules.contains("{{"), "{rules}");
 }
 
@@ -190,13 +192,6 @@ fn adapter_relists_no_faster_than_prometheus_scrapes() {
     }
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_query_returns_the_loaded_pods_queue_ratio_from_a_real_prometheus() {
     let rule = queue_ratio_rule();
@@ -236,16 +231,7 @@ async fn metrics_query_returns_the_loaded_pods_queue_ratio_from_a_real_prometheu
 
     // Discovery: the adapter lists the series of seriesQuery and maps their labels to resources.
     let series_query = text(&rule["seriesQuery"], "seriesQuery");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut found = Vec::new();
-    while found.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "{series_query} found only {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        found = prometheus.series(&client, series_query).await;
-    }
+    let found = prometheus.wait_for_series(&client, series_query, 3).await;
     for series in &found {
         assert_eq!(series["__name__"], "queue_ratio", "{series:?}");
         for resource in ["namespace", "pod"] {

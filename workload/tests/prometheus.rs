@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Load, SEED_LIMITS, Service};
-use prometheus_server::{PrometheusServer, Sample};
+use prometheus_server::{PrometheusServer, Sample, labels};
 
 fn tool(name: &str) -> Command {
     let found = Command::new("sh")
@@ -75,14 +75,14 @@ async fn prometheus_scrapes_queue_ratio_while_the_queue_is_loaded() {
         .wait_for_metric("queue_ratio", 3.0, Duration::from_secs(5))
         .await;
 
+    let instance = service.addr.to_string();
     let series = |name: &str| -> Sample {
-        let labels = [
+        let target = [
             ("__name__", name),
-            ("instance", &service.addr.to_string()),
+            ("instance", &instance),
             ("job", "workload"),
         ];
-        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        (labels.collect(), 3.0)
+        (labels(&target), 3.0)
     };
     for name in ["queue_ratio", "queue_waiting_tasks"] {
         prometheus

@@ -2,7 +2,7 @@
 //! the given scrape configs, queried over its HTTP API, killed and cleaned up on drop. A missing
 //! binary fails the test with the install hint.
 //!
-//! Include it with `#[path = "common/prometheus.rs"] mod prometheus_server;`.
+//! Include it with `#[path = "common/prometheus.rs"] mod prometheus_server;` beside `mod common;`.
 #![allow(dead_code)] // each test file uses a different part of the helper
 
 use std::collections::BTreeMap;
@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 /// One sample of an instant vector: its labels and value.
 pub type Sample = (BTreeMap<String, String>, f64);
+
+/// A label set from `(name, value)` pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 /// A running `prometheus`.
 pub struct PrometheusServer {
@@ -24,10 +32,7 @@ impl PrometheusServer {
     /// Start with a 1 s scrape interval and `scrape_configs`, a YAML list, indented as the value of
     /// the top-level `scrape_configs:` key. Returns once Prometheus answers `/-/ready`.
     pub async fn start(client: &reqwest::Client, scrape_configs: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let dir = std::env::temp_dir().join(format!("prometheus-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
@@ -138,6 +143,25 @@ impl PrometheusServer {
                 Instant::now() < deadline,
                 "{promql}\nreturned {samples:?}\nexpected {expected:?}"
             );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Polls `/api/v1/series` for `selector` until it lists at least `count` series (targets
+    /// appear after their first scrape), failing after 30 s with what it found.
+    pub async fn wait_for_series(
+        &self,
+        client: &reqwest::Client,
+        selector: &str,
+        count: usize,
+    ) -> Vec<BTreeMap<String, String>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.series(client, selector).await;
+            if found.len() >= count {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "{selector} found only {found:?}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
