@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -220,8 +219,9 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
-            // Deleted CRs trigger no reconcile of their own; this is where they are forgotten.
-            forget_deleted(&ctx, &cache);
+            // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
+            // so memory stays bounded by the CRs that exist.
+            ctx.memory.forget_missing(&cache);
             async move {
                 match result {
                     Ok((object, _)) => debug!(name = %object.name, "reconciled"),
@@ -236,15 +236,13 @@ pub async fn run(
     info!("controller stopped");
 }
 
-/// Forget the failures and written status of every CR that has left the Controller's `cache`.
-/// Called after each reconcile outcome, so memory stays bounded by the CRs that exist.
-pub fn forget_deleted(ctx: &Context, cache: &Store<SandboxService>) {
-    ctx.memory.forget_missing(cache);
-}
-
 /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind is served by the cluster.
 pub async fn service_monitor_crd_installed(client: &Client) -> bool {
-    let gvk = kube::core::GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
+    let gvk = kube::core::GroupVersionKind::gvk(
+        &ServiceMonitor::group(&()),
+        &ServiceMonitor::version(&()),
+        &ServiceMonitor::kind(&()),
+    );
     match kube::discovery::pinned_kind(client, &gvk).await {
         Ok(_) => true,
         Err(error) => {

@@ -9,7 +9,6 @@
 
 mod renewals;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -116,7 +115,7 @@ impl Election {
             lease_path,
             config.identity.clone(),
             timing.request_timeout(),
-            Arc::new(renewed_tx),
+            renewed_tx,
         );
         let manager = LeaseManagerBuilder::new(client, &config.name)
             .with_namespace(&config.namespace)

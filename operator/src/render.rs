@@ -3,6 +3,8 @@
 
 use std::io::Read;
 
+use kube::Resource;
+
 use crate::build;
 use crate::crd::SandboxService;
 use crate::error::{Error, Result};
@@ -67,13 +69,12 @@ pub fn parse(source: &str, text: &str) -> Result<SandboxService> {
     if let Some(metadata) = object.get("metadata").and_then(|m| m.as_mapping()) {
         check_fields(metadata, "metadata.", METADATA_FIELDS).map_err(fail)?;
     }
-    let expected_api_version = "sandbox.perf.dev/v1alpha1";
     for (field, expected) in [
-        ("apiVersion", expected_api_version),
-        ("kind", "SandboxService"),
+        ("apiVersion", SandboxService::api_version(&())),
+        ("kind", SandboxService::kind(&())),
     ] {
         let actual = object.get(field).and_then(|v| v.as_str());
-        if actual != Some(expected) {
+        if actual != Some(expected.as_ref()) {
             return Err(fail(format!(
                 "{field}: expected {expected:?}, got {}",
                 actual.map_or_else(|| "nothing".to_string(), |a| format!("{a:?}"))

@@ -55,7 +55,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let admin_server = tokio::spawn(admin::serve(
         listener,
         admin_state.clone(),
-        until(shutdown.clone(), true),
+        shutdown_requested(shutdown.clone()),
     ));
     info!(addr = %admin_addr, "admin server listening");
 
@@ -85,7 +85,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
                 Err(Error::ElectionStopped(lease.name.clone()))
             }
         }
-        _ = until(shutdown.clone(), true) => Ok(()),
+        _ = shutdown_requested(shutdown.clone()) => Ok(()),
     };
 
     let released = election.release().await;
@@ -118,7 +118,7 @@ async fn lead(
             ctx,
             own_service_monitors,
             admin_state.clone(),
-            until(shutdown, true),
+            shutdown_requested(shutdown),
         )
         .await;
     };
@@ -134,11 +134,10 @@ async fn lead(
     }
 }
 
-/// Completes once the channel holds `wanted`, or once its sender is gone. Only for the
-/// shutdown signal: for leadership, see [`leader::leadership_acquired`] and
-/// [`leader::while_leading`].
-async fn until(mut receiver: watch::Receiver<bool>, wanted: bool) {
-    let _ = receiver.wait_for(|value| *value == wanted).await;
+/// Completes once shutdown is requested (the channel holds `true`), or once its sender is gone.
+/// Leadership has its own: [`leader::leadership_acquired`] and [`leader::while_leading`].
+async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|requested| *requested).await;
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).

@@ -187,14 +187,7 @@ pub fn is_prometheus_duration(text: &str) -> bool {
 }
 
 fn check_dns1035_label(field: &str, name: &str) -> Result<(), InvalidSpec> {
-    let bytes = name.as_bytes();
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && !name.ends_with('-');
+    let valid = is_dns1123_label(name) && name.as_bytes()[0].is_ascii_lowercase();
     require(valid, field, || {
         format!(
             "must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter) because it names the Service, got {name:?}"
@@ -240,12 +233,13 @@ fn is_label_name(name: &str) -> bool {
 }
 
 fn is_dns1123_subdomain(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|label| {
-            is_alphanumeric_token(label, |b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
-            })
-        })
+    name.len() <= 253 && name.split('.').all(is_dns1123_label)
+}
+
+fn is_dns1123_label(label: &str) -> bool {
+    is_alphanumeric_token(label, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+    })
 }
 
 /// 1 to 63 bytes, each `allowed`, beginning and ending with an alphanumeric: the shape shared by

@@ -20,8 +20,7 @@ use kube_fake_client::{ClientBuilder, interceptor};
 use operator::apply::FIELD_MANAGER;
 use operator::build::ServiceMonitor;
 use operator::controller::{
-    BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, forget_deleted,
-    reconcile,
+    BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, reconcile,
 };
 use operator::crd::SandboxService;
 use operator::metrics::Metrics;
@@ -113,9 +112,8 @@ impl Harness {
     /// Reconcile the CR as the API server currently has it (the Controller's cache would).
     async fn reconcile(&self) -> (operator::Result<Action>, Vec<Call>, Arc<SandboxService>) {
         let cr = Arc::new(self.crs().get(NAME).await.unwrap());
-        take(&self.log);
-        let result = reconcile(cr.clone(), self.ctx.clone()).await;
-        (result, take(&self.log), cr)
+        let (result, calls) = self.reconcile_cached(&cr).await;
+        (result, calls, cr)
     }
 
     /// Reconcile `cached`, as a Controller whose cache lags behind the API server would.
@@ -614,11 +612,11 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
         Action::requeue(BASE_BACKOFF)
     );
 
-    // The Controller's cache, as the controller loop hands it to `forget_deleted`.
+    // The Controller's cache, as the controller loop hands it to `Memory::forget_missing`.
     let mut writer = Writer::<SandboxService>::default();
     let cache = writer.as_reader();
     writer.apply_watcher_event(&watcher::Event::Apply((*cr).clone()));
-    forget_deleted(&ctx, &cache);
+    ctx.memory.forget_missing(&cache);
     assert_eq!(
         error_policy(cr.clone(), &error, ctx.clone()),
         Action::requeue(BASE_BACKOFF * 2),
@@ -626,7 +624,7 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
     );
 
     writer.apply_watcher_event(&watcher::Event::Delete((*cr).clone()));
-    forget_deleted(&ctx, &cache);
+    ctx.memory.forget_missing(&cache);
     assert!(ctx.memory.is_empty(), "nothing kept of the deleted CR");
     assert_eq!(
         error_policy(cr, &error, ctx),

@@ -1,7 +1,6 @@
 //! The election's client: it bounds every Lease request in time and records each renewal of
 //! this replica's hold on the Lease, as the API server answered it.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -33,7 +32,7 @@ pub(super) fn recording_renewals(
     lease_path: String,
     identity: String,
     request_timeout: Duration,
-    renewed: Arc<watch::Sender<Option<Renewal>>>,
+    renewed: watch::Sender<Option<Renewal>>,
 ) -> Client {
     let namespace = client.default_namespace().to_string();
     let service = tower::service_fn(move |request: http::Request<Body>| {
