@@ -76,8 +76,13 @@ pub fn desired(
         }
     };
 
+    let degraded = match degradation(observation) {
+        Some((reason, message)) => condition(DEGRADED, true, reason, message),
+        None => condition(DEGRADED, false, "AsExpected", ALL_APPLIED.into()),
+    };
+
     match observation {
-        Observation::Invalid(invalid) => {
+        Observation::Invalid(_) => {
             // Nothing was applied: the children keep their last state, so Ready and the
             // replica counts stay as last observed.
             let ready = previous
@@ -99,21 +104,13 @@ pub fn desired(
                         "waiting for a valid spec; the children keep their last applied state"
                             .into(),
                     ),
-                    condition(DEGRADED, true, "InvalidSpec", invalid.to_string()),
+                    degraded,
                 ],
                 ..previous
             }
         }
         Observation::Applied(applied) => {
             let rollout = Rollout::of(applied);
-            let (degraded, degraded_reason, degraded_message) = match applied.monitoring {
-                MonitoringOutcome::CrdMissing => (
-                    true,
-                    "ServiceMonitorCrdMissing",
-                    "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed; the Deployment, Service and HPA are applied. Install the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false".to_string(),
-                ),
-                _ => (false, "AsExpected", "all children are applied".to_string()),
-            };
             SandboxServiceStatus {
                 observed_generation: generation,
                 conditions: vec![
@@ -150,13 +147,31 @@ pub fn desired(
                             ),
                         )
                     },
-                    condition(DEGRADED, degraded, degraded_reason, degraded_message),
+                    degraded,
                 ],
                 replicas: rollout.replicas,
                 ready_replicas: rollout.ready,
                 selector: Some(selector_string(&cr.name_any())),
             }
         }
+    }
+}
+
+/// The `Degraded` message while nothing is wrong.
+const ALL_APPLIED: &str = "all children are applied";
+
+/// Why the CR is degraded after `observation`: the `Degraded` condition's reason (also the
+/// Warning Event's) and message; `None` when it is not.
+fn degradation(observation: &Observation) -> Option<(&'static str, String)> {
+    match observation {
+        Observation::Invalid(invalid) => Some(("InvalidSpec", invalid.to_string())),
+        Observation::Applied(applied) if applied.monitoring == MonitoringOutcome::CrdMissing => {
+            Some((
+                "ServiceMonitorCrdMissing",
+                "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed; the Deployment, Service and HPA are applied. Install the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false".to_string(),
+            ))
+        }
+        Observation::Applied(_) => None,
     }
 }
 
@@ -244,30 +259,23 @@ pub fn notices(
         let same_problem = old_degraded
             .as_ref()
             .is_some_and(|c| c.reason == degraded.reason && c.message == degraded.message);
-        if degraded.status == "True" && !(was_degraded && same_problem) {
-            notices.push(Notice {
+        // `new` was built from `observation`: its Degraded condition is true exactly when
+        // `degradation` names a reason.
+        match degradation(observation) {
+            Some((reason, _)) if !(was_degraded && same_problem) => notices.push(Notice {
                 type_: EventType::Warning,
-                reason: degraded_reason(&degraded.reason),
+                reason,
                 note: degraded.message,
-            });
-        } else if degraded.status == "False" && was_degraded {
-            notices.push(Notice {
+            }),
+            None if was_degraded => notices.push(Notice {
                 type_: EventType::Normal,
                 reason: "Recovered",
-                note: "all children are applied".into(),
-            });
+                note: ALL_APPLIED.into(),
+            }),
+            _ => {}
         }
     }
     notices
-}
-
-/// Map a condition reason back to its bounded `&'static str`.
-fn degraded_reason(reason: &str) -> &'static str {
-    match reason {
-        "InvalidSpec" => "InvalidSpec",
-        "ServiceMonitorCrdMissing" => "ServiceMonitorCrdMissing",
-        _ => "Degraded",
-    }
 }
 
 /// Write `status` to the CR's status subresource: one server-side apply patch carrying
