@@ -1,9 +1,8 @@
 //! The `operator` binary: `run` (default), `crd`, `render`.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use operator::run::RunConfig;
 
 /// Kubernetes operator for SandboxService resources.
@@ -13,13 +12,13 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    run: RunArgs,
+    run: RunConfig,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (the default).
-    Run(RunArgs),
+    Run(RunConfig),
     /// Print the SandboxService CRD as YAML.
     Crd,
     /// Print the objects `run` would apply for a SandboxService, as multi-document YAML.
@@ -28,22 +27,6 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
-}
-
-#[derive(Args, Clone)]
-struct RunArgs {
-    /// Listen address of the admin server (/metrics, /healthz, /readyz).
-    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
-    admin_addr: SocketAddr,
-    /// Name of the leader-election Lease.
-    #[arg(long, env = "LEASE_NAME", default_value = "sandbox-operator")]
-    lease_name: String,
-    /// Namespace of the Lease; defaults to the operator's own namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
-    lease_namespace: Option<String>,
-    /// Identity in the leader election; defaults to the host (pod) name.
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -68,19 +51,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> operator::Result<()> {
+fn run(config: RunConfig) -> operator::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
         .init();
-    let config = RunConfig {
-        admin_addr: args.admin_addr,
-        lease_name: args.lease_name,
-        lease_namespace: args.lease_namespace,
-        identity: args.identity,
-    };
     tokio::runtime::Runtime::new()
         .map_err(operator::Error::Runtime)?
         .block_on(operator::run::run(config))

@@ -14,16 +14,21 @@ use crate::error::{Error, Result};
 use crate::leader::{self, Election, LeaseConfig};
 use crate::metrics::Metrics;
 
-/// Settings of `operator run`.
-#[derive(Debug, Clone)]
+/// Settings of `operator run`, from its flags or environment variables (the doc comments below
+/// are the `--help` texts).
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunConfig {
-    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    /// Listen address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
-    /// Lease name.
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "sandbox-operator")]
     pub lease_name: String,
-    /// Lease namespace; defaults to the client's namespace (in a pod: its own namespace).
+    /// Namespace of the Lease; defaults to the operator's own namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// This replica's identity; defaults to the host name (in a pod: the pod name).
+    /// Identity in the leader election; defaults to the host (pod) name.
+    #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 }
 
