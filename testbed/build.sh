@@ -46,6 +46,14 @@ build() {
 total=$SECONDS
 build "$testbed/etcd" "-s -w" .
 build "$testbed/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
+# kwok does nothing without Stages. Its own defaults (what kwokctl installs), from the pinned module:
+# Nodes initialize and heartbeat; Pods turn Running and Ready, and go away when deleted.
+kwok_dir=$(cd "$testbed/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+for stage in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready \
+	pod/fast/pod-complete pod/fast/pod-delete; do
+	cat "$kwok_dir/kustomize/stage/$stage.yaml"
+	echo "---"
+done >"$bin/kwok-stages.yaml"
 build "$testbed/adapter" "-s -w" sigs.k8s.io/prometheus-adapter/cmd/adapter
 build "$testbed/kubernetes" "$(version_ldflags)" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# The test bed: a real Kubernetes control plane on 127.0.0.1, from the binaries testbed/build.sh makes.
+#
+#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler and kwok (3 fake
+#                               Nodes), wait for /readyz, print `export KUBECONFIG=...`; a no-op when running
+#   scripts/testbed.sh down     stop exactly the processes `up` started (pid files), never by name
+#   scripts/testbed.sh status   each component: running or not, and the API server's /readyz
+#   scripts/testbed.sh env      the exports for a shell: eval "$(scripts/testbed.sh env)"
+#
+# Everything lives under target/testbed (TESTBED_DIR): pki/, etcd data, logs/, pids/, kubeconfig.
+# Pods are kwok's fakes: they turn Running and Ready, but no container runs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${TESTBED_DIR:-$root/target/testbed}
+bin=${TESTBED_BIN:-$root/target/testbed/bin}
+pki=$dir/pki logs=$dir/logs pids=$dir/pids
+kubeconfig=$dir/kubeconfig
+# The order `up` starts them in; `down` stops them in reverse.
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# Fake nodes and how many pods each takes: enough for the operator benchmark's 500+ pods.
+node_count=3 pods_per_node=400
+
+die() { echo "testbed: error: $*" >&2; exit 1; }
+log() { echo "testbed: $*" >&2; }
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pid_of() { [ -f "$pids/$1.pid" ] && cat "$pids/$1.pid"; }
+running() {
+	local pid
+	pid=$(pid_of "$1") || return 1
+	kill -0 "$pid" 2>/dev/null
+}
+
+# A failed start: which step, and the end of that component's log.
+fail_start() {
+	local component=$1 why=$2
+	echo "testbed: error: $component $why; last lines of $logs/$component.log:" >&2
+	tail -n 30 "$logs/$component.log" >&2 || true
+	stop_all
+	exit 1
+}
+
+start() {
+	local component=$1; shift
+	"$@" >"$logs/$component.log" 2>&1 &
+	echo $! >"$pids/$component.pid"
+	log "started $component (pid $!)"
+}
+
+# wait_until COMPONENT SECONDS COMMAND...: until COMMAND succeeds, failing if the component dies.
+wait_until() {
+	local component=$1 seconds=$2; shift 2
+	local deadline=$((SECONDS + seconds))
+	until "$@" >/dev/null 2>&1; do
+		running "$component" || fail_start "$component" "exited during start"
+		[ $SECONDS -lt $deadline ] || fail_start "$component" "was not ready within ${seconds}s"
+		sleep 0.2
+	done
+}
+
+# --- certificates --------------------------------------------------------------------------------
+
+# new_ca NAME CN: a self-signed CA.
+new_ca() {
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$2" \
+		-keyout "$pki/$1.key" -out "$pki/$1.crt" 2>/dev/null
+}
+
+# new_cert CA NAME SUBJECT EXTENSIONS: a key and a certificate signed by CA.
+new_cert() {
+	local ca=$1 name=$2 subject=$3 extensions=$4
+	openssl req -newkey rsa:2048 -nodes -subj "$subject" \
+		-keyout "$pki/$name.key" -out "$pki/$name.csr" 2>/dev/null
+	openssl x509 -req -in "$pki/$name.csr" -CA "$pki/$ca.crt" -CAkey "$pki/$ca.key" -CAcreateserial \
+		-days 365 -extfile <(printf '%s\n' "$extensions") -out "$pki/$name.crt" 2>/dev/null
+	rm -f "$pki/$name.csr"
+}
+
+make_pki() {
+	[ -f "$pki/.complete" ] && return
+	rm -rf "$pki" && mkdir -p "$pki"
+	local client="basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+	new_ca ca testbed-ca
+	new_cert ca apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+	new_cert ca admin "/O=system:masters/CN=testbed-admin" "$client"
+	new_cert ca controller-manager "/CN=system:kube-controller-manager" "$client"
+	new_cert ca scheduler "/CN=system:kube-scheduler" "$client"
+	# kwok acts for the kubelets of its fake Nodes; it needs to write any Node and Pod status.
+	new_cert ca kwok "/O=system:masters/CN=kwok" "$client"
+	# Aggregated APIs (prometheus-adapter) trust requests that the API server proxies with this client.
+	new_ca front-proxy-ca testbed-front-proxy-ca
+	new_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" "$client"
+	openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+	openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+	touch "$pki/.complete"
+}
+
+# write_kubeconfig FILE CERT_NAME: a kubeconfig for the API server with the client certificate CERT_NAME.
+write_kubeconfig() {
+	local file=$1 cert=$2
+	cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: testbed
+    cluster:
+      server: https://127.0.0.1:$(cat "$dir/apiserver.port")
+      certificate-authority: $pki/ca.crt
+users:
+  - name: $cert
+    user:
+      client-certificate: $pki/$cert.crt
+      client-key: $pki/$cert.key
+contexts:
+  - name: testbed
+    context: {cluster: testbed, user: $cert, namespace: default}
+current-context: testbed
+EOF
+}
+
+# --- components ----------------------------------------------------------------------------------
+
+kubectl_() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+apiserver_ready() { kubectl_ get --raw /readyz >/dev/null 2>&1; }
+
+fake_nodes() {
+	local i
+	for i in $(seq 1 "$node_count"); do
+		cat <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  labels: {type: kwok, kubernetes.io/hostname: kwok-node-$i, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+status:
+  allocatable: {cpu: "64", memory: 256Gi, pods: "$pods_per_node"}
+  capacity: {cpu: "64", memory: 256Gi, pods: "$pods_per_node"}
+---
+EOF
+	done
+}
+
+up() {
+	local component
+	for component in "${components[@]}" kubectl; do
+		[ -x "$bin/$component" ] || die "$bin/$component is missing: run testbed/build.sh first"
+	done
+	if running kube-apiserver && apiserver_ready; then
+		log "already up"
+		print_env
+		return
+	fi
+	stop_all
+	mkdir -p "$logs" "$pids"
+	make_pki
+	local start_time=$SECONDS
+
+	local etcd_client etcd_peer apiserver
+	etcd_client=$(free_port) etcd_peer=$(free_port) apiserver=$(free_port)
+	echo "$apiserver" >"$dir/apiserver.port"
+	rm -rf "$dir/etcd"
+	start etcd "$bin/etcd" -data-dir "$dir/etcd" \
+		-client-url "http://127.0.0.1:$etcd_client" -peer-url "http://127.0.0.1:$etcd_peer"
+	wait_until etcd 30 curl -fsS "http://127.0.0.1:$etcd_client/health"
+
+	start kube-apiserver "$bin/kube-apiserver" \
+		--etcd-servers="http://127.0.0.1:$etcd_client" \
+		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$apiserver" \
+		--tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+		--client-ca-file="$pki/ca.crt" \
+		--service-account-issuer="https://127.0.0.1:$apiserver" \
+		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+		--service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
+		--authorization-mode=Node,RBAC \
+		--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement,PodSecurity \
+		--allow-privileged=true \
+		--requestheader-client-ca-file="$pki/front-proxy-ca.crt" \
+		--requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$pki/front-proxy-client.crt" \
+		--proxy-client-key-file="$pki/front-proxy-client.key"
+	write_kubeconfig "$kubeconfig" admin
+	wait_until kube-apiserver 90 apiserver_ready
+
+	write_kubeconfig "$dir/controller-manager.kubeconfig" controller-manager
+	start kube-controller-manager "$bin/kube-controller-manager" \
+		--kubeconfig="$dir/controller-manager.kubeconfig" \
+		--authentication-kubeconfig="$dir/controller-manager.kubeconfig" \
+		--authorization-kubeconfig="$dir/controller-manager.kubeconfig" \
+		--bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+		--root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
+		--use-service-account-credentials=true \
+		--service-cluster-ip-range=10.96.0.0/16 \
+		--horizontal-pod-autoscaler-sync-period=5s
+	write_kubeconfig "$dir/scheduler.kubeconfig" scheduler
+	start kube-scheduler "$bin/kube-scheduler" \
+		--kubeconfig="$dir/scheduler.kubeconfig" \
+		--authentication-kubeconfig="$dir/scheduler.kubeconfig" \
+		--authorization-kubeconfig="$dir/scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 --secure-port=0 --leader-elect=false
+	write_kubeconfig "$dir/kwok.kubeconfig" kwok
+	start kwok "$bin/kwok" --config="$bin/kwok-stages.yaml" \
+		--kubeconfig="$dir/kwok.kubeconfig" --manage-all-nodes=true \
+		--server-address=127.0.0.1:0 --cidr=10.244.0.1/16 --node-ip=127.0.0.1
+
+	fake_nodes >"$dir/nodes.yaml"
+	wait_until kube-apiserver 30 kubectl_ apply -f "$dir/nodes.yaml"
+	wait_until kwok 60 kubectl_ wait --for=condition=Ready node --all --timeout=1s
+	# Pods need a ServiceAccount: the controller-manager creates `default` in each namespace.
+	wait_until kube-controller-manager 60 kubectl_ get serviceaccount default -n default
+	for component in "${components[@]}"; do running "$component" || fail_start "$component" "exited"; done
+	log "up in $((SECONDS - start_time)) s"
+	print_env
+}
+
+stop_all() {
+	local i component pid
+	for ((i = ${#components[@]} - 1; i >= 0; i--)); do
+		component=${components[i]}
+		pid=$(pid_of "$component") || continue
+		if kill -0 "$pid" 2>/dev/null; then
+			kill "$pid" 2>/dev/null || true
+			for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -9 "$pid" 2>/dev/null || true
+			log "stopped $component (pid $pid)"
+		fi
+		rm -f "$pids/$component.pid"
+	done
+}
+
+status() {
+	local component all=0
+	for component in "${components[@]}"; do
+		if running "$component"; then
+			echo "$component: running (pid $(pid_of "$component"))"
+		else
+			echo "$component: not running"; all=1
+		fi
+	done
+	if running kube-apiserver && apiserver_ready; then echo "kube-apiserver /readyz: ok"; else
+		echo "kube-apiserver /readyz: not ready"; all=1; fi
+	return $all
+}
+
+print_env() {
+	echo "export KUBECONFIG=$kubeconfig"
+	# The test bed's kubectl matches the API server's version; the machine's may be older.
+	echo "export PATH=$bin:\$PATH"
+}
+
+case "${1:-}" in
+up) up ;;
+down) stop_all ;;
+status) status ;;
+env) [ -f "$kubeconfig" ] || die "not up: run scripts/testbed.sh up"; print_env ;;
+*) echo "usage: scripts/testbed.sh up | down | status | env" >&2; exit 2 ;;
+esac
