@@ -84,14 +84,52 @@ where
     let name = object.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(object))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: K::kind(&()).into_owned(),
-            namespace: namespace.to_string(),
-            name,
-            source: Box::new(source),
-        })
+    let applied = match api.patch(&name, &params, &Patch::Apply(object)).await {
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            if replace_lists(&api, &name, object).await {
+                api.patch(&name, &params, &Patch::Apply(object)).await
+            } else {
+                Err(kube::Error::Api(status))
+            }
+        }
+        result => result,
+    };
+    applied.map_err(|source| Error::Apply {
+        kind: K::kind(&()).into_owned(),
+        namespace: namespace.to_string(),
+        name,
+        source: Box::new(source),
+    })
+}
+
+/// Repair what server-side apply cannot: an item of a keyed list whose key someone else
+/// changed (a Service port edited from 80 to 81, a container renamed) is a new item that this
+/// manager does not own, so force-applying ours puts both side by side and the API server
+/// refuses the result (422, e.g. a duplicate port name). A JSON merge patch of our `spec`
+/// replaces such lists whole, as [`FIELD_MANAGER`]; the apply that follows then owns them again.
+/// Whether the merge patch was accepted; if not (an immutable field such as another selector),
+/// the original apply's error stands.
+async fn replace_lists<K>(api: &Api<K>, name: &str, object: &K) -> bool
+where
+    K: Clone + Debug + Serialize + DeserializeOwned,
+{
+    let Some(spec) = serde_json::to_value(object)
+        .ok()
+        .and_then(|value| value.get("spec").cloned())
+    else {
+        return false;
+    };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    api.patch(
+        name,
+        &params,
+        &Patch::Merge(serde_json::json!({ "spec": spec })),
+    )
+    .await
+    .is_ok()
 }
 
 /// Delete the ServiceMonitor `name` if, and only if, this CR owns it: one GET, plus the DELETE

@@ -9,14 +9,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::Api;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watch_object};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -27,6 +29,7 @@ use crate::crd::SandboxService;
 use crate::error::{Error, Result};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
+use crate::rbac::SERVICE_MONITOR_CRD;
 use crate::status::{self, Notice, Observation};
 use crate::validate::validate;
 
@@ -130,31 +133,53 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
         }
         Ok(valid) => {
             let children = build::children(&valid);
-            let applied = apply::apply_children(&ctx.client, &namespace, &children, &uid).await?;
-            let action = if applied.monitoring == MonitoringOutcome::CrdMissing {
-                Action::requeue(CRD_RECHECK_INTERVAL)
-            } else {
-                Action::requeue(RESYNC_INTERVAL)
-            };
-            (Observation::Applied(Box::new(applied)), action)
+            match apply::apply_children(&ctx.client, &namespace, &children, &uid).await {
+                Ok(applied) => {
+                    let action = if applied.monitoring == MonitoringOutcome::CrdMissing {
+                        Action::requeue(CRD_RECHECK_INTERVAL)
+                    } else {
+                        Action::requeue(RESYNC_INTERVAL)
+                    };
+                    (Observation::Applied(Box::new(applied)), action)
+                }
+                Err(error) => {
+                    // Say why in the status as well, where `kubectl get sbx` users look; the
+                    // error still goes to `error_policy` for the backoff and the Warning.
+                    let observation = Observation::ApplyFailed(error.to_string());
+                    if let Err(status_error) = update_status(cr, ctx, &observation).await {
+                        warn!(%status_error, name = %cr.name_any(), "recording the apply failure in the status failed");
+                    }
+                    return Err(error);
+                }
+            }
         }
     };
 
-    // 4. update status, only when it changed, and tell the user about transitions. "Changed"
-    // is judged against the last status written, not only the cached CR: the cache may not
-    // have seen that write yet.
+    // 4. update status
+    update_status(cr, ctx, &observation).await?;
+    Ok(action)
+}
+
+/// Pipeline step 4: write the status only when it changed, and tell the user about
+/// transitions. "Changed" is judged against the last status written, not only the cached CR:
+/// the cache may not have seen that write yet.
+async fn update_status(
+    cr: &SandboxService,
+    ctx: &Context,
+    observation: &Observation,
+) -> Result<()> {
     let known = ctx.memory.known_status(cr);
-    let desired = status::desired(cr, known.as_ref(), &observation, status::now());
+    let desired = status::desired(cr, known.as_ref(), observation, status::now());
     if known.as_ref() != Some(&desired) {
         status::patch(&ctx.client, cr, &desired).await?;
         ctx.memory.remember_written(cr, &desired);
     } else {
-        debug!(name = %cr.name_any(), %namespace, "status unchanged");
+        debug!(name = %cr.name_any(), "status unchanged");
     }
-    for notice in status::notices(known.as_ref(), &desired, &observation) {
+    for notice in status::notices(known.as_ref(), &desired, observation) {
         ctx.publish(cr, notice).await;
     }
-    Ok(action)
+    Ok(())
 }
 
 /// Retry a failed reconcile with exponential backoff per CR: 5 s, 10 s, 20 s … up to 5 min.
@@ -181,14 +206,54 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// Run the controller until `shutdown` completes, then let running reconciles finish.
 ///
-/// Every child kind is owned, so an edited or deleted child triggers a reconcile that repairs
-/// it. Children are watched by the `managed-by` label only. ServiceMonitors are watched only
-/// when their CRD is installed (`own_service_monitors`), otherwise the watch would fail forever.
+/// ServiceMonitors are watched only while their CRD is installed, otherwise the watch would fail
+/// forever. The CRD itself is watched: when it is installed or removed, the controller is
+/// stopped gracefully and started again with or without the ServiceMonitor watch, which also
+/// reconciles every CR, so their ServiceMonitors are created at once.
 pub async fn run(
+    ctx: Arc<Context>,
+    admin: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.shared();
+    loop {
+        let own_service_monitors = service_monitor_crd_installed(&ctx.client).await;
+        let (changed_tx, changed) = tokio::sync::oneshot::channel::<()>();
+        let crd_watch = tokio::spawn(
+            service_monitor_crd_changed(ctx.client.clone(), own_service_monitors)
+                .map(|()| changed_tx.send(())),
+        );
+        let stop = {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    _ = changed => {}
+                }
+            }
+        };
+        run_once(ctx.clone(), own_service_monitors, admin.clone(), stop).await;
+        crd_watch.abort();
+        if shutdown.peek().is_some() {
+            break;
+        }
+        info!(
+            installed = !own_service_monitors,
+            "ServiceMonitor CRD changed; restarting the controller"
+        );
+    }
+    info!("controller stopped");
+}
+
+/// One run of kube-runtime's Controller until `stop`.
+///
+/// Every child kind is owned, so an edited or deleted child triggers a reconcile that repairs
+/// it. Children are watched by the `managed-by` label only.
+async fn run_once(
     ctx: Arc<Context>,
     own_service_monitors: bool,
     admin: AdminState,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
     let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
@@ -206,22 +271,23 @@ pub async fn run(
         controller = controller.owns(Api::<ServiceMonitor>::all(client), children);
     }
 
-    let store = controller.store();
-    let cache = store.clone();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            info!("SandboxService cache synced; controller ready");
-            admin.set_ready(true);
-        }
-    });
-
+    // Ready once the controller has the CRs: at its first reconcile, or at once when there is
+    // none to reconcile. Not `store.wait_until_ready()` in a task of our own: kube-runtime's
+    // store readiness wakes only the last of its waiters, so waiting beside the controller's
+    // own runner can leave one of the two asleep forever (seen on a real API server).
+    let cache = controller.store();
+    let empty_check = tokio::spawn(ready_if_no_crs(ctx.client.clone(), admin.clone()));
     controller
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
             // so memory stays bounded by the CRs that exist.
             ctx.memory.forget_missing(&cache);
+            if !admin.is_ready() {
+                info!("SandboxService cache synced; controller ready");
+                admin.set_ready(true);
+            }
             async move {
                 match result {
                     Ok((object, _)) => debug!(name = %object.name, "reconciled"),
@@ -233,7 +299,53 @@ pub async fn run(
             }
         })
         .await;
-    info!("controller stopped");
+    empty_check.abort();
+}
+
+/// Mark the controller ready when there is no SandboxService at all, so no reconcile will.
+async fn ready_if_no_crs(client: Client, admin: AdminState) {
+    let crs = Api::<SandboxService>::all(client);
+    match crs.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(list) if list.items.is_empty() => {
+            info!("no SandboxService exists; controller ready");
+            admin.set_ready(true);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            warn!(%error, "listing SandboxServices failed; ready after the first reconcile")
+        }
+    }
+}
+
+/// Completes once the ServiceMonitor CRD's being installed and established differs from
+/// `installed`. A failing watch (e.g. RBAC without the CRD rule) is retried with backoff and
+/// logged; it never stops the controller.
+async fn service_monitor_crd_changed(client: Client, installed: bool) {
+    let crds = Api::<CustomResourceDefinition>::all(client);
+    let mut changes = watch_object(crds, SERVICE_MONITOR_CRD)
+        .default_backoff()
+        .boxed();
+    while let Some(event) = changes.next().await {
+        match event {
+            Ok(crd) if established(crd.as_ref()) != installed => return,
+            Ok(_) => {}
+            Err(error) => {
+                warn!(%error, crd = SERVICE_MONITOR_CRD, "watching the ServiceMonitor CRD failed")
+            }
+        }
+    }
+    // The stream only ends if the watcher gives up, which it does not; never restart then.
+    futures::future::pending::<()>().await;
+}
+
+fn established(crd: Option<&CustomResourceDefinition>) -> bool {
+    crd.and_then(|crd| crd.status.as_ref())
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
 }
 
 /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind is served by the cluster.

@@ -133,6 +133,31 @@ impl Error {
 }
 
 /// Whether a Kubernetes API error is a 404 Not Found.
+///
+/// By status code as well as by reason: for an API group it does not serve (a CRD that is not
+/// installed), the API server answers a plain-text `404 page not found`, which kube reports with
+/// code 404 but without the `NotFound` reason.
 pub fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_not_found())
+    matches!(error, kube::Error::Api(status) if status.is_not_found() || status.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.to_string(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn not_found_by_reason_or_by_a_bare_404() {
+        assert!(is_not_found(&api_error(404, "NotFound")));
+        // What the API server answers for a group it does not serve, as kube reports it.
+        assert!(is_not_found(&api_error(404, "Failed to parse error data")));
+        assert!(!is_not_found(&api_error(403, "Forbidden")));
+    }
 }

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod apply;
 pub mod build;
+pub mod client;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -10,28 +10,6 @@ use crate::crd::SandboxService;
 use crate::error::{Error, Result};
 use crate::validate::validate;
 
-/// Top-level fields of a Kubernetes object.
-const OBJECT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
-
-/// Fields of `metadata` (ObjectMeta), which its deserializer would otherwise ignore silently.
-const METADATA_FIELDS: &[&str] = &[
-    "annotations",
-    "creationTimestamp",
-    "deletionGracePeriodSeconds",
-    "deletionTimestamp",
-    "finalizers",
-    "generateName",
-    "generation",
-    "labels",
-    "managedFields",
-    "name",
-    "namespace",
-    "ownerReferences",
-    "resourceVersion",
-    "selfLink",
-    "uid",
-];
-
 /// Read `path` (`-` for stdin) and render its children.
 pub fn render_path(path: &str) -> Result<String> {
     let mut text = String::new();
@@ -55,25 +33,22 @@ pub fn render(source: &str, text: &str) -> Result<String> {
     Ok(build::children(&valid).to_yaml()?)
 }
 
-/// Parse one `SandboxService`, rejecting unknown fields (with their path) and other kinds.
+/// Parse one `SandboxService`, rejecting other kinds and unknown fields (named by their path,
+/// e.g. `spec.autoscaling.maxReplica`): the API server would prune them silently, which hides a typo.
 pub fn parse(source: &str, text: &str) -> Result<SandboxService> {
     let fail = |message: String| Error::ParseInput {
         path: source.to_string(),
         message,
     };
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| fail(e.to_string()))?;
-    let Some(object) = value.as_mapping() else {
+    if !value.is_mapping() {
         return Err(fail("expected a SandboxService object".to_string()));
-    };
-    check_fields(object, "", OBJECT_FIELDS).map_err(fail)?;
-    if let Some(metadata) = object.get("metadata").and_then(|m| m.as_mapping()) {
-        check_fields(metadata, "metadata.", METADATA_FIELDS).map_err(fail)?;
     }
     for (field, expected) in [
         ("apiVersion", SandboxService::api_version(&())),
         ("kind", SandboxService::kind(&())),
     ] {
-        let actual = object.get(field).and_then(|v| v.as_str());
+        let actual = value.get(field).and_then(|v| v.as_str());
         if actual != Some(expected.as_ref()) {
             return Err(fail(format!(
                 "{field}: expected {expected:?}, got {}",
@@ -81,21 +56,20 @@ pub fn parse(source: &str, text: &str) -> Result<SandboxService> {
             )));
         }
     }
-    serde_yaml::from_str(text).map_err(|e| fail(e.to_string()))
-}
-
-fn check_fields(
-    object: &serde_yaml::Mapping,
-    prefix: &str,
-    known: &[&str],
-) -> std::result::Result<(), String> {
-    for key in object.keys() {
-        let name = key.as_str().unwrap_or_default();
-        if !known.contains(&name) {
-            return Err(format!("{prefix}{name}: unknown field"));
+    let mut unknown = Vec::new();
+    let cr = serde_ignored::deserialize(value, |path| {
+        // serde_ignored writes `?` for each Option it went through: `spec.resources.?.x`.
+        let field = path.to_string().replace(".?", "");
+        // Checked above; SandboxService's Deserialize takes them as given and skips them.
+        if field != "apiVersion" && field != "kind" {
+            unknown.push(field);
         }
+    })
+    .map_err(|e: serde_yaml::Error| fail(e.to_string()))?;
+    match unknown.first() {
+        Some(field) => Err(fail(format!("{field}: unknown field"))),
+        None => Ok(cr),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -127,11 +101,15 @@ mod tests {
         let cases = [
             (
                 "metadata: {name: demo}\nspec: {concurency: 2}",
-                "concurency",
+                "spec.concurency",
+            ),
+            (
+                "metadata: {name: demo}\nspec: {resources: {request: {}}}",
+                "spec.resources.request",
             ),
             (
                 "metadata: {name: demo}\nspec: {autoscaling: {maxReplica: 2}}",
-                "spec.autoscaling",
+                "spec.autoscaling.maxReplica",
             ),
             (
                 "metadata: {name: demo, lables: {}}\nspec: {}",

@@ -32,22 +32,11 @@ pub struct RunConfig {
     pub identity: Option<String>,
 }
 
-/// Select ring as rustls' crypto provider for the Kubernetes client. kube asks for ring, but
-/// when another crate in the build enables aws-lc-rs too (test builds do, via jsonschema),
-/// rustls cannot choose and panics on the first TLS connection. Idempotent.
-pub fn install_crypto_provider() {
-    // An Err only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Run the operator until shutdown.
 pub async fn run(config: RunConfig) -> Result<()> {
-    install_crypto_provider();
     let listener = admin::bind(config.admin_addr).await?;
     let admin_addr = listener.local_addr().unwrap_or(config.admin_addr);
-    let client = Client::try_default()
-        .await
-        .map_err(|e| Error::Config(Box::new(e)))?;
+    let client = crate::client::connect().await?;
     let metrics = Metrics::new();
     let admin_state = AdminState::new(metrics.clone());
 
@@ -116,17 +105,8 @@ async fn lead(
 ) -> Result<()> {
     info!("acquired leadership; starting the controller");
     admin_state.set_ready(false); // until the controller's cache is synced
-    let controller = async {
-        let own_service_monitors = controller::service_monitor_crd_installed(&client).await;
-        let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
-        controller::run(
-            ctx,
-            own_service_monitors,
-            admin_state.clone(),
-            shutdown_requested(shutdown),
-        )
-        .await;
-    };
+    let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
+    let controller = controller::run(ctx, admin_state.clone(), shutdown_requested(shutdown));
     // On loss of the Lease the controller is dropped, not shut down gracefully: a running
     // reconcile may hang (kube's client has no read timeout) or write after a standby took
     // over.

@@ -29,6 +29,9 @@ pub enum Observation {
     Invalid(InvalidSpec),
     /// The children were applied (boxed: it holds the whole Deployment).
     Applied(Box<Applied>),
+    /// The API server refused a child (e.g. an existing object of the same name whose immutable
+    /// selector differs); the error, which names the child.
+    ApplyFailed(String),
 }
 
 /// An Event to publish on the CR: a bounded reason and a human note.
@@ -82,16 +85,20 @@ pub fn desired(
     };
 
     match observation {
-        Observation::Invalid(_) => {
-            // Nothing was applied: the children keep their last state, so Ready and the
-            // replica counts stay as last observed.
+        Observation::Invalid(_) | Observation::ApplyFailed(_) => {
+            // Nothing (or not everything) was applied: the children keep their last state, so
+            // Ready and the replica counts stay as last observed.
+            let (reason, waiting_for) = match observation {
+                Observation::Invalid(_) => ("InvalidSpec", "a valid spec"),
+                _ => ("ApplyFailed", "the API server to accept every child"),
+            };
             let ready = previous
                 .conditions
                 .iter()
                 .find(|c| c.type_ == READY)
                 .cloned()
                 .unwrap_or_else(|| {
-                    condition(READY, false, "InvalidSpec", "the spec is invalid".into())
+                    condition(READY, false, reason, format!("waiting for {waiting_for}"))
                 });
             SandboxServiceStatus {
                 observed_generation: generation,
@@ -100,9 +107,10 @@ pub fn desired(
                     condition(
                         PROGRESSING,
                         false,
-                        "InvalidSpec",
-                        "waiting for a valid spec; the children keep their last applied state"
-                            .into(),
+                        reason,
+                        format!(
+                            "waiting for {waiting_for}; the children keep their last applied state"
+                        ),
                     ),
                     degraded,
                 ],
@@ -165,6 +173,7 @@ const ALL_APPLIED: &str = "all children are applied";
 fn degradation(observation: &Observation) -> Option<(&'static str, String)> {
     match observation {
         Observation::Invalid(invalid) => Some(("InvalidSpec", invalid.to_string())),
+        Observation::ApplyFailed(error) => Some(("ApplyFailed", error.clone())),
         Observation::Applied(applied) if applied.monitoring == MonitoringOutcome::CrdMissing => {
             Some((
                 "ServiceMonitorCrdMissing",
@@ -226,6 +235,10 @@ pub fn notices(
         status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned())
     };
     let mut notices = Vec::new();
+    if let Observation::ApplyFailed(_) = observation {
+        // `reconcile` publishes the error as a Warning itself, once per attempt.
+        return notices;
+    }
     let old_degraded = find(old, DEGRADED);
     let new_degraded = find(Some(new), DEGRADED);
 

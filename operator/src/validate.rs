@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{
-    MAX_STABILIZATION_SECONDS, MIN_TARGET_QUEUE_RATIO, READINESS_QUEUE_FACTOR, SandboxService,
-    SandboxServiceSpec,
+    MAX_INT32, MAX_STABILIZATION_SECONDS, MIN_TARGET_QUEUE_RATIO, READINESS_QUEUE_FACTOR,
+    SandboxService, SandboxServiceSpec,
 };
 
 /// A spec rule a `SandboxService` breaks; `field` is the path of the offending field in the CR.
@@ -79,19 +79,21 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
     if spec.image.as_deref() == Some("") {
         return Err(InvalidSpec::new("spec.image", "must not be empty"));
     }
-    at_least("spec.concurrency", spec.concurrency.into(), 1)?;
+    in_range("spec.concurrency", spec.concurrency, 1, MAX_INT32)?;
     at_least("spec.operationDurationMs", spec.operation_duration_ms, 0)?;
 
     let scaling = &spec.autoscaling;
-    at_least(
+    in_range(
         "spec.autoscaling.minReplicas",
-        scaling.min_replicas.into(),
+        scaling.min_replicas,
         1,
+        MAX_INT32,
     )?;
-    at_least(
+    in_range(
         "spec.autoscaling.maxReplicas",
-        scaling.max_replicas.into(),
+        scaling.max_replicas,
         1,
+        MAX_INT32,
     )?;
     if scaling.min_replicas > scaling.max_replicas {
         return Err(InvalidSpec::new(
@@ -111,21 +113,13 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
             ),
         ));
     }
-    let window = scaling.scale_down_stabilization_seconds;
-    if !(0..=MAX_STABILIZATION_SECONDS).contains(&window) {
-        return Err(InvalidSpec::new(
-            "spec.autoscaling.scaleDownStabilizationSeconds",
-            format!("must be between 0 and {MAX_STABILIZATION_SECONDS}, got {window}"),
-        ));
-    }
-
-    let port = spec.service.port;
-    if !(1..=65535).contains(&port) {
-        return Err(InvalidSpec::new(
-            "spec.service.port",
-            format!("must be between 1 and 65535, got {port}"),
-        ));
-    }
+    in_range(
+        "spec.autoscaling.scaleDownStabilizationSeconds",
+        scaling.scale_down_stabilization_seconds.into(),
+        0,
+        MAX_STABILIZATION_SECONDS.into(),
+    )?;
+    in_range("spec.service.port", spec.service.port.into(), 1, 65535)?;
 
     let interval = &spec.monitoring.interval;
     if !is_prometheus_duration(interval) {
@@ -141,6 +135,16 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
     }
     for key in spec.pod_annotations.keys() {
         check_qualified_name(&format!("spec.podAnnotations[{key:?}]"), key)?;
+    }
+    Ok(())
+}
+
+fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidSpec> {
+    if !(min..=max).contains(&value) {
+        return Err(InvalidSpec::new(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -328,6 +332,11 @@ mod tests {
         let cases = [
             ("image: ''", "spec.image"),
             ("concurrency: 0", "spec.concurrency"),
+            ("concurrency: 3000000000", "spec.concurrency"),
+            (
+                "autoscaling: {maxReplicas: 2147483648}",
+                "spec.autoscaling.maxReplicas",
+            ),
             ("operationDurationMs: -1", "spec.operationDurationMs"),
             (
                 "autoscaling: {minReplicas: 0}",

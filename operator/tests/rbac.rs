@@ -12,8 +12,8 @@ use operator::rbac::{MANAGED_RESOURCES, ManagedResource};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// `(apiGroup, resource)` → verbs.
-type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+/// `(apiGroup, resource, resourceNames)` → verbs; no names means every object.
+type Grants = BTreeMap<(String, String, Vec<String>), BTreeSet<String>>;
 
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/operator")
@@ -102,10 +102,11 @@ fn granted(
                 ));
             }
             for rule in role["rules"].as_array().into_iter().flatten() {
-                let (groups, resources, verbs) = (
+                let (groups, resources, verbs, names) = (
                     strings(&rule["apiGroups"]),
                     strings(&rule["resources"]),
                     strings(&rule["verbs"]),
+                    strings(&rule["resourceNames"]),
                 );
                 if [&groups, &resources, &verbs]
                     .iter()
@@ -116,7 +117,7 @@ fn granted(
                 for group in &groups {
                     for resource in &resources {
                         grants
-                            .entry((group.clone(), resource.clone()))
+                            .entry((group.clone(), resource.clone(), names.clone()))
                             .or_default()
                             .extend(verbs.iter().cloned());
                     }
@@ -132,7 +133,11 @@ fn compare(grants: &Grants, needed: &[ManagedResource], problems: &mut Vec<Strin
     let mut needed_by_key = Grants::new();
     for need in needed {
         needed_by_key
-            .entry((need.api_group.to_string(), need.resource.to_string()))
+            .entry((
+                need.api_group.to_string(),
+                need.resource.to_string(),
+                need.resource_names.iter().map(|n| n.to_string()).collect(),
+            ))
             .or_default()
             .extend(need.verbs.iter().map(|v| v.to_string()));
     }

@@ -13,6 +13,11 @@ use crate::validate::Validated;
 /// Per-pod metric the workload exports on `/metrics` (via a metrics adapter to the HPA).
 pub const QUEUE_RATIO_METRIC: &str = "queue_ratio";
 
+/// A replica count that `validate` has bounded to `1..=MAX_INT32`, as the HPA's int32.
+fn int32(count: i64) -> i32 {
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
 /// Build the HPA: one `Pods` metric with an `AverageValue` target.
 pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
     let scaling = &valid.spec.autoscaling;
@@ -24,8 +29,8 @@ pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
                 kind: "Deployment".to_string(),
                 name: valid.owner.name.clone(),
             },
-            min_replicas: Some(scaling.min_replicas),
-            max_replicas: scaling.max_replicas,
+            min_replicas: Some(int32(scaling.min_replicas)),
+            max_replicas: int32(scaling.max_replicas),
             metrics: Some(vec![MetricSpec {
                 type_: "Pods".to_string(),
                 pods: Some(PodsMetricSource {

@@ -1,0 +1,496 @@
+//! What every e2e test needs: the cluster (set up once per run), `kubectl`, namespaces, and the
+//! operator under test as its own process, authenticated as its ServiceAccount.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// The operator's namespace, from deploy/operator.
+pub const OPERATOR_NAMESPACE: &str = "sandbox-system";
+
+/// Field manager of the test's own writes.
+pub const TEST_MANAGER: &str = "e2e-test";
+
+/// How long anything the suite waits for may take on a slow, shared machine.
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Scratch files of this run: the operator's kubeconfig and logs.
+fn work_dir() -> PathBuf {
+    let dir = repo_root().join("target/e2e");
+    std::fs::create_dir_all(&dir).expect("create target/e2e");
+    dir
+}
+
+/// Run `kubectl` (the test bed's, first on PATH after `scripts/testbed.sh env`) as the admin.
+pub fn kubectl(args: &[&str]) -> Result<String, String> {
+    kubectl_with_input(args, None)
+}
+
+/// `kubectl` that must succeed.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    kubectl(args).unwrap_or_else(|error| panic!("kubectl {}: {error}", args.join(" ")))
+}
+
+/// `kubectl` with `input` on stdin.
+pub fn kubectl_with_input(args: &[&str], input: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl on PATH (eval \"$(scripts/testbed.sh env)\")");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    if let Some(input) = input {
+        stdin
+            .write_all(input.as_bytes())
+            .expect("write kubectl's stdin");
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("kubectl ran");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// What the run shares: the install is applied and the operator's kubeconfig written once.
+pub struct Cluster {
+    /// A kubeconfig with a TokenRequest token of the `sandbox-operator` ServiceAccount.
+    pub operator_kubeconfig: PathBuf,
+    /// Output of `kubectl apply --server-side -k deploy/operator`.
+    pub install_output: String,
+}
+
+/// Set the cluster up once per test run: install the operator with kubectl (CRD, namespace,
+/// RBAC, its Deployment) and make the operator's ServiceAccount kubeconfig.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        // Asked for explicitly but without a cluster: say so loudly rather than pass.
+        assert!(
+            std::env::var_os("KUBECONFIG").is_some(),
+            "KUBECONFIG is not set: start the test bed (scripts/testbed.sh up) and eval \"$(scripts/testbed.sh env)\""
+        );
+        // Forcing only matters on a test bed reused across runs, where a test edited the CRD.
+        let install_output = kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            "deploy/operator",
+        ]);
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/sandboxservices.sandbox.perf.dev",
+            "--timeout=60s",
+        ]);
+        let token = kubectl_ok(&[
+            "create",
+            "token",
+            "sandbox-operator",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--duration=4h",
+        ]);
+        let server = kubectl_ok(&[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ]);
+        let ca = kubectl_ok(&[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority}",
+        ]);
+        let operator_kubeconfig = work_dir().join("operator.kubeconfig");
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "testbed", "cluster": {"server": server, "certificate-authority": ca}}],
+            "users": [{"name": "sandbox-operator", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "testbed", "user": "sandbox-operator", "namespace": OPERATOR_NAMESPACE}}],
+            "current-context": "operator",
+        });
+        std::fs::write(&operator_kubeconfig, kubeconfig.to_string())
+            .expect("write the operator's kubeconfig");
+        Cluster {
+            operator_kubeconfig,
+            install_output,
+        }
+    })
+}
+
+/// The admin client of the test, through the operator crate's one way of connecting.
+pub async fn admin_client() -> Client {
+    cluster();
+    operator::client::connect()
+        .await
+        .expect("a client from KUBECONFIG")
+}
+
+/// A fresh namespace that enforces the restricted Pod Security Standard, as the operator's own
+/// does: the workload's pod template must pass it for kwok to get Pods at all.
+pub async fn namespace(client: &Client, name: &str) -> String {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces
+        .get_opt(name)
+        .await
+        .expect("read namespace")
+        .is_some()
+    {
+        namespaces
+            .delete(name, &DeleteParams::foreground())
+            .await
+            .expect("delete the namespace of an earlier run");
+        eventually(
+            &format!("namespace {name} of an earlier run is gone"),
+            || async {
+                namespaces
+                    .get_opt(name)
+                    .await
+                    .expect("read namespace")
+                    .is_none()
+            },
+        )
+        .await;
+    }
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create the test namespace");
+    name.to_string()
+}
+
+/// Delete the namespace of a test; the next run's [`namespace`] waits for it to be gone.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::background())
+        .await
+        .expect("delete the test namespace");
+}
+
+/// Delete a child and wait until the operator has re-created it (a new uid).
+pub async fn delete_and_see_recreated<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + std::fmt::Debug + DeserializeOwned,
+{
+    let old = api.get(name).await.expect("read the child").uid();
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete the child");
+    eventually(&format!("the deleted {name} is re-created"), || async {
+        api.get_opt(name)
+            .await
+            .expect("read the child")
+            .is_some_and(|child| child.uid() != old)
+    })
+    .await;
+}
+
+/// Poll every 250 ms until `poll` gives a value, or fail naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, mut poll: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = poll().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "timed out after {TIMEOUT:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Wait until `check` holds (see [`wait_until`]); how long that took.
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    wait_until(what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// Wait until the namespaced object `name` exists, and return it.
+pub async fn wait_for<K>(client: &Client, namespace: &str, name: &str) -> K
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    wait_until(
+        &format!("{} {namespace}/{name} exists", K::kind(&())),
+        || async { api.get_opt(name).await.expect("read the object") },
+    )
+    .await
+}
+
+/// Server-side apply `object` as the test's field manager.
+pub async fn apply<K>(api: &Api<K>, object: serde_json::Value) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + std::fmt::Debug + DeserializeOwned,
+{
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("named")
+        .to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+}
+
+/// The operator under test: `operator run` as its own process, authenticated as its
+/// ServiceAccount, so every call goes through the shipped RBAC.
+pub struct Operator {
+    child: Child,
+    /// Identity in the leader election.
+    pub identity: String,
+    /// Name of its Lease in `sandbox-system`.
+    pub lease: String,
+    /// Its admin server (/metrics, /readyz).
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Start `operator run` competing for `lease` as `identity`.
+    pub fn start(lease: &str, identity: &str) -> Self {
+        let cluster = cluster();
+        let admin = free_port();
+        let log = work_dir().join(format!("operator-{lease}-{identity}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the operator's log");
+        let child = Command::new(env!("CARGO_BIN_EXE_operator"))
+            .args([
+                "run",
+                "--admin-addr",
+                &admin.to_string(),
+                "--lease-name",
+                lease,
+            ])
+            .args([
+                "--lease-namespace",
+                OPERATOR_NAMESPACE,
+                "--identity",
+                identity,
+            ])
+            .env("KUBECONFIG", &cluster.operator_kubeconfig)
+            .env("RUST_LOG", "info,kube=warn,operator=debug")
+            .stdout(log_file.try_clone().expect("clone log handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start operator run");
+        Self {
+            child,
+            identity: identity.to_string(),
+            lease: lease.to_string(),
+            admin,
+            log,
+        }
+    }
+
+    /// Start an operator and wait until it holds its Lease with synced caches.
+    pub async fn start_leading(client: &Client, lease: &str, identity: &str) -> Self {
+        let operator = Self::start(lease, identity);
+        operator.wait_leading(client).await;
+        operator
+    }
+
+    /// Wait until this process holds the Lease and answers /readyz.
+    pub async fn wait_leading(&self, client: &Client) {
+        eventually(
+            &format!("{} leads Lease {}", self.identity, self.lease),
+            || async {
+                lease_holder(client, &self.lease).await.as_deref() == Some(self.identity.as_str())
+                    && http_get(self.admin, "/readyz").is_some_and(|(status, _)| status == 200)
+            },
+        )
+        .await;
+    }
+
+    /// Process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal by name (`STOP`, `CONT`, `KILL`, `TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("poll the operator process")
+    }
+
+    /// `sandbox_operator_reconciliations_total` from its /metrics.
+    pub fn reconciliations(&self) -> Option<u64> {
+        let (_, body) = http_get(self.admin, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix("sandbox_operator_reconciliations_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+    }
+
+    /// Wait until its reconciliations stop for `quiet`, and return the count.
+    pub async fn wait_idle(&self, quiet: Duration) -> u64 {
+        let mut last = (self.reconciliations(), Instant::now());
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.reconciliations();
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if now.is_some() && last.1.elapsed() >= quiet {
+                return now.unwrap_or_default();
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{} never went idle",
+                self.identity
+            );
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop it with SIGTERM (as Kubernetes does), wait for it, and fail on any 403 it met:
+    /// the shipped RBAC must allow everything the operator does.
+    pub fn stop(mut self) -> String {
+        if self.exited().is_none() {
+            self.signal("TERM");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.exited().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} ignored SIGTERM",
+                    self.identity
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let log = self.log();
+        assert_no_forbidden(&self.identity, &log);
+        log
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // A failed test must not leave an operator running: kill it hard.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Fail when the operator's log shows a 403 from the API server. The one 403 that is not about
+/// permissions, an Event refused because its namespace is being deleted, does not count.
+pub fn assert_no_forbidden(identity: &str, log: &str) {
+    let forbidden: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Forbidden") || line.contains("code: 403"))
+        .filter(|line| !line.contains("NamespaceTerminating"))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "operator {identity} was refused by RBAC:\n{}",
+        forbidden.join("\n")
+    );
+}
+
+/// Holder of the Lease `name` in the operator's namespace.
+pub async fn lease_holder(client: &Client, name: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    leases
+        .get_opt(name)
+        .await
+        .expect("read the Lease")
+        .and_then(|lease| lease.spec)
+        .and_then(|spec| spec.holder_identity)
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address")
+}
+
+/// A plain HTTP/1.0 GET to the admin server: status and body, `None` when it does not answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())?;
+    Some((status, body))
+}
+
+/// The `resourceVersion` of each object, to show that nothing was written.
+pub fn versions<K: Resource>(objects: &[&K]) -> Vec<(String, Option<String>)> {
+    objects
+        .iter()
+        .map(|o| (o.name_any(), o.resource_version()))
+        .collect()
+}
