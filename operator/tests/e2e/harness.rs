@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -303,12 +304,11 @@ impl Operator {
     pub fn start(lease: &str, identity: &str) -> Self {
         let cluster = cluster();
         let admin = free_port();
-        let log = work_dir().join(format!("operator-{lease}-{identity}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the operator's log");
+        // One log per process of this run: a 403 of an earlier run must not fail this one.
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = work_dir().join(format!("operator-{lease}-{identity}-{n}.log"));
+        let log_file = std::fs::File::create(&log).expect("create the operator's log");
         let child = Command::new(env!("CARGO_BIN_EXE_operator"))
             .args([
                 "run",

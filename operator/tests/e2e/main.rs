@@ -535,28 +535,64 @@ async fn recreated_crs_and_existing_deployments_end_ready_or_degraded_without_40
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 
-    // Deleted and re-created at once: the children still name the old CR until the garbage
-    // collector gets to them, and the operator takes them over (changing ownerReferences).
+    // Deleted and re-created before the garbage collector removed the old children: the
+    // operator takes them over, changing their ownerReferences. A finalizer holds the old
+    // Deployment back, so this happens every time rather than when the operator wins a race.
     apply(&crs, sandbox("recreated", json!({}))).await.unwrap();
-    let first = wait_cr(&crs, "recreated", "is Ready", ready_and_current).await;
-    for round in 0..3 {
-        crs.delete("recreated", &DeleteParams::background())
-            .await
-            .unwrap();
-        eventually("the CR is gone", || async {
-            crs.get_opt("recreated").await.unwrap().is_none()
-        })
-        .await;
-        apply(&crs, sandbox("recreated", json!({}))).await.unwrap();
-        let cr = wait_cr(
-            &crs,
-            "recreated",
-            &format!("is Ready after re-creation {round}"),
-            ready_and_current,
-        )
-        .await;
-        assert_ne!(cr.uid(), first.uid());
+    let old = wait_cr(&crs, "recreated", "is Ready", ready_and_current).await;
+    kubectl_ok(&[
+        "patch",
+        "deployment",
+        "recreated",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["e2e.test/hold"]}}"#,
+    ]);
+    crs.delete("recreated", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("the old CR is gone", || async {
+        crs.get_opt("recreated").await.unwrap().is_none()
+    })
+    .await;
+    apply(&crs, sandbox("recreated", json!({}))).await.unwrap();
+    let new = wait_cr(&crs, "recreated", "exists again", |cr| {
+        cr.uid() != old.uid()
+    })
+    .await;
+    eventually("the held Deployment names the new CR", || async {
+        let held = deployments.get("recreated").await.unwrap();
+        held.owner_references()
+            .iter()
+            .any(|r| Some(&r.uid) == new.uid().as_ref())
+    })
+    .await;
+    kubectl_ok(&[
+        "patch",
+        "deployment",
+        "recreated",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    // The garbage collector may still remove the held Deployment; the operator re-creates it.
+    for round in 0..2 {
+        let cr = wait_cr(&crs, "recreated", "is Ready", ready_and_current).await;
         owned_children(&client, &ns, &cr, false).await;
+        if round == 0 {
+            crs.delete("recreated", &DeleteParams::background())
+                .await
+                .unwrap();
+            eventually("the CR is gone", || async {
+                crs.get_opt("recreated").await.unwrap().is_none()
+            })
+            .await;
+            apply(&crs, sandbox("recreated", json!({}))).await.unwrap();
+        }
     }
 
     // A Deployment made before the CR from `operator render` (a by-hand install): adopted.
