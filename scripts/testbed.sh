@@ -28,10 +28,13 @@ free_port() {
 }
 
 pid_of() { [ -f "$pids/$1.pid" ] && cat "$pids/$1.pid"; }
+# Running, and still this component: not another process that got the recorded pid since.
+# (A binary rebuilt while it ran shows as "<path> (deleted)".)
 running() {
-	local pid
+	local pid exe
 	pid=$(pid_of "$1") || return 1
-	kill -0 "$pid" 2>/dev/null
+	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+	[[ $exe == "$(readlink -f "$bin/$1")"* ]]
 }
 
 # A failed start: which step, and the end of that component's log.
@@ -80,7 +83,8 @@ new_cert() {
 }
 
 make_pki() {
-	[ -f "$pki/.complete" ] && return
+	# Kept between runs while valid for another day.
+	[ -f "$pki/.complete" ] && openssl x509 -checkend 86400 -noout -in "$pki/apiserver.crt" >/dev/null && return
 	rm -rf "$pki" && mkdir -p "$pki"
 	local client="basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
@@ -154,7 +158,9 @@ up() {
 	for component in "${components[@]}" kubectl; do
 		[ -x "$bin/$component" ] || die "$bin/$component is missing: run testbed/build.sh first"
 	done
-	if running kube-apiserver && apiserver_ready; then
+	local all_running=true
+	for component in "${components[@]}"; do running "$component" || all_running=false; done
+	if $all_running && apiserver_ready; then
 		log "already up"
 		print_env
 		return
@@ -228,7 +234,7 @@ stop_all() {
 	for ((i = ${#components[@]} - 1; i >= 0; i--)); do
 		component=${components[i]}
 		pid=$(pid_of "$component") || continue
-		if kill -0 "$pid" 2>/dev/null; then
+		if running "$component"; then
 			kill "$pid" 2>/dev/null || true
 			for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 			kill -9 "$pid" 2>/dev/null || true

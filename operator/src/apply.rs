@@ -3,8 +3,10 @@
 //!
 //! One SSA patch per child and nothing else: no GET before the patch, because the patch
 //! response already carries the object (and the Deployment's status for the CR's status).
+//! Only a child the API server refuses the patch for (422) costs more: see [`replace_lists`].
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -87,7 +89,10 @@ where
     let applied = match api.patch(&name, &params, &Patch::Apply(object)).await {
         Err(kube::Error::Api(status)) if status.code == 422 => {
             if replace_lists(&api, &name, object).await {
-                api.patch(&name, &params, &Patch::Apply(object)).await
+                match api.patch(&name, &params, &Patch::Apply(object)).await {
+                    Ok(reapplied) => drop_repair_entry(&api, &name, reapplied).await,
+                    Err(error) => Err(error),
+                }
             } else {
                 Err(kube::Error::Api(status))
             }
@@ -130,6 +135,30 @@ where
     )
     .await
     .is_ok()
+}
+
+/// Remove the `Update` entry the merge patch of [`replace_lists`] left in managedFields: while
+/// it stays, [`FIELD_MANAGER`] co-owns every field it wrote under two operations, and a field
+/// later dropped from the spec would never be removed from the child.
+async fn drop_repair_entry<K>(api: &Api<K>, name: &str, applied: K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let entries = applied.meta().managed_fields.clone().unwrap_or_default();
+    let is_repair = |entry: &ManagedFieldsEntry| {
+        entry.manager.as_deref() == Some(FIELD_MANAGER)
+            && entry.operation.as_deref() == Some("Update")
+    };
+    if !entries.iter().any(is_repair) {
+        return Ok(applied);
+    }
+    let kept: Vec<&ManagedFieldsEntry> = entries.iter().filter(|entry| !is_repair(entry)).collect();
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    let patch = serde_json::json!({ "metadata": { "managedFields": kept } });
+    api.patch(name, &params, &Patch::Merge(patch)).await
 }
 
 /// Delete the ServiceMonitor `name` if, and only if, this CR owns it: one GET, plus the DELETE

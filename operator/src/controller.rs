@@ -1,8 +1,9 @@
 //! The reconcile loop: a `SandboxService` goes validate → build → apply → update status.
 //!
-//! [`reconcile`] reads top to bottom as that pipeline. Per reconcile it makes at most one
-//! server-side apply per child, one status patch (only when the status changed) and one Event
-//! per transition; see `tests/reconcile.rs` for the counted calls. A CR being deleted is left
+//! [`reconcile`] reads top to bottom as that pipeline. Per reconcile it makes one server-side
+//! apply per child (more only to repair a child the API server refuses it for, see
+//! [`crate::apply`]), one status patch (only when the status changed) and one Event per
+//! transition; see `tests/reconcile.rs` for the counted calls. A CR being deleted is left
 //! to the garbage collector: no call at all.
 
 use std::future::Future;
@@ -26,7 +27,7 @@ use crate::admin::AdminState;
 use crate::apply::{self, MonitoringOutcome};
 use crate::build::{self, MANAGED_BY_SELECTOR, ServiceMonitor};
 use crate::crd::SandboxService;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_refusal};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::rbac::SERVICE_MONITOR_CRD;
@@ -39,8 +40,8 @@ pub const CONTROLLER_NAME: &str = "sandbox-operator";
 /// Periodic re-apply of a healthy CR, repairing drift a missed watch event would hide.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// How soon to look again for a ServiceMonitor CRD that was missing: slow enough not to
-/// hot-loop, fast enough that installing the Prometheus Operator is picked up.
+/// How soon to reconcile again a CR whose ServiceMonitor CRD was missing. Installing the CRD
+/// is noticed at once by the CRD watch; this is the fallback where that watch is not allowed.
 pub const CRD_RECHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// First retry after a failure; doubles per consecutive failure up to [`MAX_BACKOFF`].
@@ -143,11 +144,16 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
                     (Observation::Applied(Box::new(applied)), action)
                 }
                 Err(error) => {
-                    // Say why in the status as well, where `kubectl get sbx` users look; the
-                    // error still goes to `error_policy` for the backoff and the Warning.
-                    let observation = Observation::ApplyFailed(error.to_string());
-                    if let Err(status_error) = update_status(cr, ctx, &observation).await {
-                        warn!(%status_error, name = %cr.name_any(), "recording the apply failure in the status failed");
+                    // A refusal that retrying will not fix goes in the status as well, where
+                    // `kubectl get sbx` users look; the error still goes to `error_policy` for
+                    // the backoff and the Warning.
+                    if let Error::Apply { source, .. } = &error
+                        && is_refusal(source)
+                    {
+                        let observation = Observation::ApplyFailed(error.to_string());
+                        if let Err(status_error) = update_status(cr, ctx, &observation).await {
+                            warn!(%status_error, name = %cr.name_any(), "recording the apply failure in the status failed");
+                        }
                     }
                     return Err(error);
                 }
@@ -206,10 +212,11 @@ pub fn backoff(attempt: u32) -> Duration {
 
 /// Run the controller until `shutdown` completes, then let running reconciles finish.
 ///
-/// ServiceMonitors are watched only while their CRD is installed, otherwise the watch would fail
+/// ServiceMonitors are watched only while their CRD is served, otherwise the watch would fail
 /// forever. The CRD itself is watched: when it is installed or removed, the controller is
 /// stopped gracefully and started again with or without the ServiceMonitor watch, which also
-/// reconciles every CR, so their ServiceMonitors are created at once.
+/// reconciles every CR, so their ServiceMonitors are created at once. Everything runs inside
+/// this future: dropping it (lost leadership) stops it all.
 pub async fn run(
     ctx: Arc<Context>,
     admin: AdminState,
@@ -219,10 +226,11 @@ pub async fn run(
     loop {
         let own_service_monitors = service_monitor_crd_installed(&ctx.client).await;
         let (changed_tx, changed) = tokio::sync::oneshot::channel::<()>();
-        let crd_watch = tokio::spawn(
-            service_monitor_crd_changed(ctx.client.clone(), own_service_monitors)
-                .map(|()| changed_tx.send(())),
-        );
+        let crd_watch = async {
+            service_monitor_crd_changed(&ctx.client, own_service_monitors).await;
+            let _ = changed_tx.send(());
+            futures::future::pending::<()>().await;
+        };
         let stop = {
             let shutdown = shutdown.clone();
             async move {
@@ -232,8 +240,10 @@ pub async fn run(
                 }
             }
         };
-        run_once(ctx.clone(), own_service_monitors, admin.clone(), stop).await;
-        crd_watch.abort();
+        tokio::select! {
+            () = run_once(ctx.clone(), own_service_monitors, admin.clone(), stop) => {}
+            () = crd_watch => {}
+        }
         if shutdown.peek().is_some() {
             break;
         }
@@ -268,23 +278,26 @@ async fn run_once(
         children.clone(),
     );
     if own_service_monitors {
-        controller = controller.owns(Api::<ServiceMonitor>::all(client), children);
+        controller = controller.owns(Api::<ServiceMonitor>::all(client.clone()), children);
     }
 
     // Ready once the controller has the CRs: at its first reconcile, or at once when there is
-    // none to reconcile. Not `store.wait_until_ready()` in a task of our own: kube-runtime's
-    // store readiness wakes only the last of its waiters, so waiting beside the controller's
-    // own runner can leave one of the two asleep forever (seen on a real API server).
+    // none to reconcile. Not `store.wait_until_ready()` beside the controller: kube-runtime's
+    // store readiness wakes only the last of its waiters, so a second waiter can leave the
+    // controller's own runner asleep forever (seen on a real API server).
     let cache = controller.store();
-    let empty_check = tokio::spawn(ready_if_no_crs(ctx.client.clone(), admin.clone()));
-    controller
+    let controller = controller
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
             // so memory stays bounded by the CRs that exist.
             ctx.memory.forget_missing(&cache);
-            if !admin.is_ready() {
+            let reconciled = matches!(
+                result,
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
+            );
+            if reconciled && !admin.is_ready() {
                 info!("SandboxService cache synced; controller ready");
                 admin.set_ready(true);
             }
@@ -297,37 +310,51 @@ async fn run_once(
                     Err(error) => warn!(%error, "controller watch error"),
                 }
             }
-        })
-        .await;
-    empty_check.abort();
+        });
+    futures::join!(controller, ready_if_no_crs(&client, &admin));
 }
 
 /// Mark the controller ready when there is no SandboxService at all, so no reconcile will.
-async fn ready_if_no_crs(client: Client, admin: AdminState) {
-    let crs = Api::<SandboxService>::all(client);
-    match crs.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(list) if list.items.is_empty() => {
-            info!("no SandboxService exists; controller ready");
-            admin.set_ready(true);
-        }
-        Ok(_) => {}
-        Err(error) => {
-            warn!(%error, "listing SandboxServices failed; ready after the first reconcile")
+/// A failed list is retried with the reconcile backoff.
+async fn ready_if_no_crs(client: &Client, admin: &AdminState) {
+    let crs = Api::<SandboxService>::all(client.clone());
+    for attempt in 1.. {
+        match crs.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(list) => {
+                if list.items.is_empty() && !admin.is_ready() {
+                    info!("no SandboxService exists; controller ready");
+                    admin.set_ready(true);
+                }
+                return;
+            }
+            Err(error) => {
+                warn!(%error, attempt, "listing SandboxServices failed");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
         }
     }
 }
 
-/// Completes once the ServiceMonitor CRD's being installed and established differs from
-/// `installed`. A failing watch (e.g. RBAC without the CRD rule) is retried with backoff and
-/// logged; it never stops the controller.
-async fn service_monitor_crd_changed(client: Client, installed: bool) {
-    let crds = Api::<CustomResourceDefinition>::all(client);
+/// How often to ask discovery again while it does not yet agree with the CRD watch.
+const DISCOVERY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Completes once the ServiceMonitor kind's being served differs from `installed`: the CRD's
+/// `Established` condition changed and discovery (what the controller decides by) agrees, so
+/// a restart never meets the old answer again. A failing watch (e.g. RBAC without the CRD
+/// rule) is retried with backoff and logged; it never stops the controller.
+async fn service_monitor_crd_changed(client: &Client, installed: bool) {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
     let mut changes = watch_object(crds, SERVICE_MONITOR_CRD)
         .default_backoff()
         .boxed();
     while let Some(event) = changes.next().await {
         match event {
-            Ok(crd) if established(crd.as_ref()) != installed => return,
+            Ok(crd) if established(crd.as_ref()) != installed => {
+                while service_monitor_crd_installed(client).await == installed {
+                    tokio::time::sleep(DISCOVERY_RECHECK).await;
+                }
+                return;
+            }
             Ok(_) => {}
             Err(error) => {
                 warn!(%error, crd = SERVICE_MONITOR_CRD, "watching the ServiceMonitor CRD failed")
@@ -349,7 +376,7 @@ fn established(crd: Option<&CustomResourceDefinition>) -> bool {
 }
 
 /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind is served by the cluster.
-pub async fn service_monitor_crd_installed(client: &Client) -> bool {
+async fn service_monitor_crd_installed(client: &Client) -> bool {
     let gvk = kube::core::GroupVersionKind::gvk(
         &ServiceMonitor::group(&()),
         &ServiceMonitor::version(&()),

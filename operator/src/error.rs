@@ -132,6 +132,13 @@ impl Error {
     }
 }
 
+/// Whether the API server refused a request for good: a 4xx that trying again unchanged will
+/// not fix (not a timeout, a conflict or throttling).
+pub fn is_refusal(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if (400..500).contains(&status.code) && ![408, 409, 429].contains(&status.code))
+}
+
 /// Whether a Kubernetes API error is a 404 Not Found.
 ///
 /// By status code as well as by reason: for an API group it does not serve (a CRD that is not
@@ -159,5 +166,14 @@ mod tests {
         // What the API server answers for a group it does not serve, as kube reports it.
         assert!(is_not_found(&api_error(404, "Failed to parse error data")));
         assert!(!is_not_found(&api_error(403, "Forbidden")));
+    }
+
+    #[test]
+    fn refusals_are_the_4xx_that_a_retry_does_not_fix() {
+        assert!(is_refusal(&api_error(422, "Invalid")));
+        assert!(is_refusal(&api_error(403, "Forbidden")));
+        for transient in [409, 429, 500, 503] {
+            assert!(!is_refusal(&api_error(transient, "")), "{transient}");
+        }
     }
 }

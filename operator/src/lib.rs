@@ -9,7 +9,8 @@
 //!
 //! [`controller`] wires the steps to kube-runtime's `Controller`, with what it remembers per CR
 //! between reconciles in [`memory`]; [`run`] adds leader election
-//! ([`leader`]), the admin server ([`admin`], [`metrics`]) and graceful shutdown.
+//! ([`leader`]), the admin server ([`admin`], [`metrics`]) and graceful shutdown. Every
+//! Kubernetes client, the binary's and the tests', comes from [`client::connect`].
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]

@@ -101,7 +101,12 @@ pub fn desired(
                     condition(READY, false, reason, format!("waiting for {waiting_for}"))
                 });
             SandboxServiceStatus {
-                observed_generation: generation,
+                // An invalid spec is observed (and refused); a refused apply left the children
+                // at the generation last applied.
+                observed_generation: match observation {
+                    Observation::Invalid(_) => generation,
+                    _ => previous.observed_generation,
+                },
                 conditions: vec![
                     ready,
                     condition(
