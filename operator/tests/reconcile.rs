@@ -669,3 +669,38 @@ fn backoff_is_bounded() {
         operator::controller::MAX_BACKOFF
     );
 }
+
+#[tokio::test]
+async fn a_refused_apply_degrades_without_claiming_the_generation() {
+    // The API server refuses the Deployment for good (422), as for an existing Deployment with
+    // another, immutable selector.
+    let refused = interceptor::Funcs::new().patch(|ctx| {
+        if ctx.patch.get("kind").and_then(|k| k.as_str()) == Some("Deployment") {
+            return Err(kube_fake_client::Error::InvalidRequest(
+                "spec.selector: field is immutable".into(),
+            ));
+        }
+        Ok(None)
+    });
+    let harness = Harness::new(
+        with_service_monitor_crd().with_interceptor_funcs(refused),
+        cr("{}"),
+    )
+    .await;
+
+    let (result, _, _) = harness.reconcile().await;
+
+    assert_eq!(result.unwrap_err().category(), "ApplyFailed");
+    let (status, reason, message) = harness.condition(DEGRADED).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "ApplyFailed"));
+    assert!(message.contains("field is immutable"), "{message}");
+    let cr = harness.crs().get(NAME).await.unwrap();
+    assert_eq!(
+        cr.status.unwrap().observed_generation,
+        None,
+        "nothing of this generation was applied"
+    );
+    let events = harness.events().await;
+    assert_eq!(events.len(), 1, "one Warning per attempt, from reconcile");
+    assert_warning(&events[0], "ApplyFailed", "field is immutable");
+}
