@@ -112,8 +112,8 @@ where
 /// manager does not own, so force-applying ours puts both side by side and the API server
 /// refuses the result (422, e.g. a duplicate port name). A JSON merge patch of our `spec`
 /// replaces such lists whole, as [`FIELD_MANAGER`]; the apply that follows then owns them again.
-/// Whether the merge patch was accepted; if not (an immutable field such as another selector),
-/// the original apply's error stands.
+/// Returns whether the merge patch was accepted; when it was not (an immutable field such as
+/// another selector), the original apply's error stands.
 async fn replace_lists<K>(api: &Api<K>, name: &str, object: &K) -> bool
 where
     K: Clone + Debug + Serialize + DeserializeOwned,
