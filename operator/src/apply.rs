@@ -3,7 +3,8 @@
 //!
 //! One SSA patch per child and nothing else: no GET before the patch, because the patch
 //! response already carries the object (and the Deployment's status for the CR's status).
-//! Only a child the API server refuses the patch for (422) costs more: see [`replace_lists`].
+//! Only a child the API server refuses the patch for (422) costs more: a merge patch of its
+//! spec, the apply again, and the removal of the merge patch's managedFields entry.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
