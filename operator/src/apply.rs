@@ -125,10 +125,7 @@ where
     else {
         return false;
     };
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
+    let params = update_params();
     api.patch(
         name,
         &params,
@@ -136,6 +133,14 @@ where
     )
     .await
     .is_ok()
+}
+
+/// A plain (non-apply) patch, still as [`FIELD_MANAGER`].
+fn update_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    }
 }
 
 /// Remove the `Update` entry the merge patch of [`replace_lists`] left in managedFields: while
@@ -154,10 +159,7 @@ where
         return Ok(applied);
     }
     let kept: Vec<&ManagedFieldsEntry> = entries.iter().filter(|entry| !is_repair(entry)).collect();
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..PatchParams::default()
-    };
+    let params = update_params();
     let patch = serde_json::json!({ "metadata": { "managedFields": kept } });
     api.patch(name, &params, &Patch::Merge(patch)).await
 }
