@@ -467,6 +467,16 @@ async fn drift_is_repaired_replicas_stay_with_the_hpa_and_deletion_collects_chil
     operator.stop();
 }
 
+/// Delete the CR `name`, wait until it is gone, and apply a default one of the same name.
+async fn recreate(crs: &Api<SandboxService>, name: &str) {
+    crs.delete(name, &DeleteParams::background()).await.unwrap();
+    eventually(&format!("the old {name} is gone"), || async {
+        crs.get_opt(name).await.unwrap().is_none()
+    })
+    .await;
+    apply(crs, sandbox(name, json!({}))).await.unwrap();
+}
+
 /// Runs a kubectl command when dropped, also when the test fails half way: what a test changed
 /// for itself must not reach the tests after it, or the next run on the same test bed.
 struct KubectlOnDrop(Vec<String>);
@@ -585,14 +595,7 @@ async fn recreated_crs_and_existing_deployments_end_ready_or_degraded_without_40
     // Released below; also if the test fails first, or the namespace would never go away.
     let release = set_finalizers("null");
     let _release_on_failure = KubectlOnDrop(release.clone());
-    crs.delete("recreated", &DeleteParams::background())
-        .await
-        .unwrap();
-    eventually("the old CR is gone", || async {
-        crs.get_opt("recreated").await.unwrap().is_none()
-    })
-    .await;
-    apply(&crs, sandbox("recreated", json!({}))).await.unwrap();
+    recreate(&crs, "recreated").await;
     let new = wait_cr(&crs, "recreated", "exists again", |cr| {
         cr.uid() != old.uid()
     })
@@ -606,20 +609,12 @@ async fn recreated_crs_and_existing_deployments_end_ready_or_degraded_without_40
     .await;
     kubectl_ok(&args(&release));
     // The garbage collector may still remove the held Deployment; the operator re-creates it.
-    for round in 0..2 {
-        let cr = wait_cr(&crs, "recreated", "is Ready", ready_and_current).await;
-        owned_children(&client, &ns, &cr, false).await;
-        if round == 0 {
-            crs.delete("recreated", &DeleteParams::background())
-                .await
-                .unwrap();
-            eventually("the CR is gone", || async {
-                crs.get_opt("recreated").await.unwrap().is_none()
-            })
-            .await;
-            apply(&crs, sandbox("recreated", json!({}))).await.unwrap();
-        }
-    }
+    // Then once more without the finalizer, racing the garbage collector as a user would.
+    let cr = wait_cr(&crs, "recreated", "is Ready", ready_and_current).await;
+    owned_children(&client, &ns, &cr, false).await;
+    recreate(&crs, "recreated").await;
+    let cr = wait_cr(&crs, "recreated", "is Ready again", ready_and_current).await;
+    owned_children(&client, &ns, &cr, false).await;
 
     // A Deployment made before the CR from `operator render` (a by-hand install): adopted.
     let adopted = sandbox("adopted", json!({}));
