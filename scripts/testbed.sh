@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The test bed: a real Kubernetes control plane on 127.0.0.1, from the binaries testbed/build.sh makes.
 #
-#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler and kwok (3 fake
-#                               Nodes), wait for /readyz, print `export KUBECONFIG=...`; a no-op when running
+#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler, kwok (3 fake
+#                               Nodes), Prometheus, prometheus-adapter (the aggregated API
+#                               custom.metrics.k8s.io) and the stand-in; print the exports; a no-op when running
 #   scripts/testbed.sh down     stop exactly the processes `up` started (pid files), never by name
 #   scripts/testbed.sh status   each component: running or not, and the API server's /readyz
 #   scripts/testbed.sh env      the exports for a shell: eval "$(scripts/testbed.sh env)"
 #
 # Everything lives under target/testbed (TESTBED_DIR): pki/, etcd data, logs/, pids/, kubeconfig.
-# Pods are kwok's fakes: they turn Running and Ready, but no container runs.
+# Pods are kwok's fakes: they turn Running and Ready, but no container runs. For the workload's pods the
+# stand-in (testbed/standin) does what the kubelet, kube-proxy and the Prometheus Operator would: one real
+# `workload` process per running pod, a round-robin address per Service (TESTBED_STANDIN/state lists them),
+# and Prometheus scrape jobs from the ServiceMonitors.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${TESTBED_DIR:-$root/target/testbed}
@@ -16,7 +20,7 @@ bin=${TESTBED_BIN:-$root/target/testbed/bin}
 pki=$dir/pki logs=$dir/logs pids=$dir/pids
 kubeconfig=$dir/kubeconfig
 # The order `up` starts them in; `down` stops them in reverse.
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus prometheus-adapter standin)
 # Fake nodes and how many pods each takes: enough for the operator benchmark's 500+ pods.
 node_count=3 pods_per_node=400
 
@@ -27,6 +31,16 @@ free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# The executable of each component.
+binary() {
+	case $1 in
+	prometheus) command -v prometheus ;;
+	prometheus-adapter) echo "$bin/adapter" ;;
+	standin) echo "$root/target/release/testbed-standin" ;;
+	*) echo "$bin/$1" ;;
+	esac
+}
+
 pid_of() { [ -f "$pids/$1.pid" ] && cat "$pids/$1.pid"; }
 # Running, and still this component: not another process that got the recorded pid since.
 # (A binary rebuilt while it ran shows as "<path> (deleted)".)
@@ -34,7 +48,7 @@ running() {
 	local pid exe
 	pid=$(pid_of "$1") || return 1
 	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-	[[ $exe == "$(readlink -f "$bin/$1")"* ]]
+	[[ $exe == "$(readlink -f "$(binary "$1")")"* ]]
 }
 
 # A failed start: which step, and the end of that component's log.
@@ -84,7 +98,7 @@ new_cert() {
 
 make_pki() {
 	# Kept between runs while valid for another day.
-	[ -f "$pki/.complete" ] && openssl x509 -checkend 86400 -noout -in "$pki/apiserver.crt" >/dev/null && return
+	[ -f "$pki/.complete" ] && [ -f "$pki/adapter.crt" ] && openssl x509 -checkend 86400 -noout -in "$pki/apiserver.crt" >/dev/null && return
 	rm -rf "$pki" && mkdir -p "$pki"
 	local client="basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
@@ -104,6 +118,11 @@ subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,
 	new_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" "$client"
 	openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 	openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+	# prometheus-adapter, reached by the aggregator as the Service prometheus-adapter.monitoring.svc.
+	new_cert ca adapter "/CN=prometheus-adapter" "basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:prometheus-adapter.monitoring.svc"
 	touch "$pki/.complete"
 }
 
@@ -155,9 +174,10 @@ EOF
 
 up() {
 	local component
-	for component in "${components[@]}" kubectl; do
-		[ -x "$bin/$component" ] || die "$bin/$component is missing: run testbed/build.sh first"
+	for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus-adapter kubectl; do
+		[ -x "$(binary "$component")" ] || die "$(binary "$component") is missing: run testbed/build.sh first"
 	done
+	command -v prometheus >/dev/null || die "prometheus is missing: run scripts/install-test-deps.sh"
 	local all_running=true
 	for component in "${components[@]}"; do running "$component" || all_running=false; done
 	if $all_running && apiserver_ready; then
@@ -168,6 +188,8 @@ up() {
 	stop_all
 	mkdir -p "$logs" "$pids"
 	make_pki
+	log "building the workload and the stand-in (release)"
+	(cd "$root" && cargo build --release --locked --quiet -p workload -p testbed-standin)
 	local start_time=$SECONDS
 
 	local etcd_client etcd_peer apiserver
@@ -224,9 +246,86 @@ up() {
 	wait_until kwok 60 kubectl_ wait --for=condition=Ready node --all --timeout=1s
 	# Pods need a ServiceAccount: the controller-manager creates `default` in each namespace.
 	wait_until kube-controller-manager 60 kubectl_ get serviceaccount default -n default
+	start_monitoring
 	for component in "${components[@]}"; do running "$component" || fail_start "$component" "exited"; done
 	log "up in $((SECONDS - start_time)) s"
 	print_env
+}
+
+# The APIService objects registering prometheus-adapter (on 127.0.0.1:PORT) as custom.metrics.k8s.io. An
+# ExternalName Service to localhost is how the aggregator reaches a process outside the cluster network.
+adapter_registration() {
+	local port=$1 version
+	cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: prometheus-adapter, namespace: monitoring}
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports: [{name: https, port: $port}]
+EOF
+	for version in v1beta1 v1beta2; do
+		cat <<EOF
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: $version.custom.metrics.k8s.io}
+spec:
+  group: custom.metrics.k8s.io
+  version: $version
+  service: {name: prometheus-adapter, namespace: monitoring, port: $port}
+  caBundle: $(base64 -w0 "$pki/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+EOF
+	done
+}
+
+adapter_available() {
+	local version
+	for version in v1beta1 v1beta2; do
+		[ "$(kubectl_ get apiservice "$version.custom.metrics.k8s.io" \
+			-o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ] || return 1
+	done
+}
+
+# Prometheus, prometheus-adapter with the config users install (deploy/monitoring/adapter-config.yaml),
+# and the stand-in, which writes Prometheus' scrape jobs.
+start_monitoring() {
+	local prometheus_port adapter_port
+	prometheus_port=$(free_port) adapter_port=$(free_port)
+	echo "$prometheus_port" >"$dir/prometheus.port"
+	rm -rf "$dir/prometheus" "$dir/standin" && mkdir -p "$dir/prometheus" "$dir/standin"
+	echo 'scrape_configs: []' >"$dir/prometheus/prometheus.yml"
+	start prometheus "$(binary prometheus)" --config.file="$dir/prometheus/prometheus.yml" \
+		--storage.tsdb.path="$dir/prometheus/data" --web.listen-address="127.0.0.1:$prometheus_port" \
+		--web.enable-lifecycle
+	wait_until prometheus 60 curl -fsS "http://127.0.0.1:$prometheus_port/-/ready"
+
+	kubectl_ create namespace monitoring >/dev/null
+	kubectl_ apply --server-side -f "$root/deploy/monitoring/adapter-config.yaml" >/dev/null
+	kubectl_ get configmap -n monitoring prometheus-adapter-sandbox \
+		-o jsonpath='{.data.config\.yaml}' >"$dir/adapter-config.yaml"
+	# The relist interval is the one deploy/monitoring/prometheus-adapter-values.yaml ships.
+	start prometheus-adapter "$(binary prometheus-adapter)" \
+		--secure-port="$adapter_port" --bind-address=127.0.0.1 \
+		--tls-cert-file="$pki/adapter.crt" --tls-private-key-file="$pki/adapter.key" \
+		--lister-kubeconfig="$kubeconfig" --authentication-kubeconfig="$kubeconfig" \
+		--authorization-kubeconfig="$kubeconfig" \
+		--prometheus-url="http://127.0.0.1:$prometheus_port" \
+		--metrics-relist-interval="$(adapter_relist_interval)" --config="$dir/adapter-config.yaml"
+	adapter_registration "$adapter_port" | kubectl_ apply --server-side -f - >/dev/null
+	wait_until prometheus-adapter 60 adapter_available
+
+	start standin env KUBECONFIG="$kubeconfig" "$(binary standin)" --workload "$root/target/release/workload" \
+		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
+		--prometheus-url "http://127.0.0.1:$prometheus_port"
+	wait_until standin 30 test -s "$dir/standin/standin.addr"
+}
+
+adapter_relist_interval() {
+	sed -n 's/^metricsRelistInterval: *//p' "$root/deploy/monitoring/prometheus-adapter-values.yaml"
 }
 
 stop_all() {
@@ -260,6 +359,8 @@ status() {
 
 print_env() {
 	echo "export KUBECONFIG=$kubeconfig"
+	echo "export TESTBED_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus.port")"
+	echo "export TESTBED_STANDIN=http://$(cat "$dir/standin/standin.addr")"
 	# The test bed's kubectl matches the API server's version; the machine's may be older.
 	echo "export PATH=$bin:\$PATH"
 }

@@ -1,0 +1,231 @@
+//! What the stand-in runs, shared by the kubelet tasks, the spreaders, the scrape targets and
+//! `GET /state`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::proxy::ServiceProxy;
+
+/// Labels as Kubernetes stores them.
+pub type Labels = BTreeMap<String, String>;
+
+/// Whether every label of `selector` is in `labels` (a Service's `spec.selector`, `matchLabels`).
+pub fn selects(selector: &Labels, labels: &Labels) -> bool {
+    selector
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// One pod's workload process, as the endpoints controller and Prometheus would see it.
+#[derive(Debug)]
+pub struct PodProcess {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: Labels,
+    /// The pod's (only) container, for the `container` target label.
+    pub container: String,
+    /// Where the process listens, standing in for pod IP and container port.
+    pub address: SocketAddr,
+    ready: AtomicBool,
+    terminating: AtomicBool,
+    restarts: AtomicU32,
+}
+
+impl PodProcess {
+    pub fn new(
+        namespace: String,
+        name: String,
+        uid: String,
+        labels: Labels,
+        container: String,
+        address: SocketAddr,
+    ) -> Self {
+        Self {
+            namespace,
+            name,
+            uid,
+            labels,
+            container,
+            address,
+            ready: AtomicBool::new(false),
+            terminating: AtomicBool::new(false),
+            restarts: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether the readiness probe passes.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the pod is being deleted: out of every Service's endpoints from that moment on.
+    pub fn is_terminating(&self) -> bool {
+        self.terminating.load(Ordering::Relaxed)
+    }
+
+    pub fn start_terminating(&self) {
+        self.terminating.store(true, Ordering::Relaxed);
+    }
+
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A Service endpoint: ready and not terminating.
+    pub fn serves(&self) -> bool {
+        self.is_ready() && !self.is_terminating()
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "namespace": self.namespace,
+            "name": self.name,
+            "address": self.address.to_string(),
+            "ready": self.is_ready(),
+            "terminating": self.is_terminating(),
+            "restarts": self.restarts.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The running pods (terminating ones until their process exits) and the Services' spreaders.
+#[derive(Default)]
+pub struct Registry {
+    pods: RwLock<BTreeMap<String, Arc<PodProcess>>>,
+    services: RwLock<BTreeMap<String, Arc<ServiceProxy>>>,
+}
+
+impl Registry {
+    pub fn insert_pod(&self, pod: Arc<PodProcess>) {
+        self.pods.write().unwrap().insert(pod.uid.clone(), pod);
+    }
+
+    pub fn remove_pod(&self, uid: &str) {
+        self.pods.write().unwrap().remove(uid);
+    }
+
+    pub fn pods(&self) -> Vec<Arc<PodProcess>> {
+        self.pods.read().unwrap().values().cloned().collect()
+    }
+
+    /// Addresses of the ready, not terminating pods in `namespace` that `selector` selects.
+    pub fn endpoints(&self, namespace: &str, selector: &Labels) -> Vec<SocketAddr> {
+        self.pods
+            .read()
+            .unwrap()
+            .values()
+            .filter(|pod| pod.namespace == namespace && selects(selector, &pod.labels))
+            .filter(|pod| pod.serves())
+            .map(|pod| pod.address)
+            .collect()
+    }
+
+    /// Keeps exactly the spreaders named in `keep` (`namespace/name`), adding with `start`.
+    pub fn sync_services(
+        &self,
+        keep: BTreeMap<String, Labels>,
+        start: impl Fn(&str, Labels) -> Option<Arc<ServiceProxy>>,
+    ) {
+        let mut services = self.services.write().unwrap();
+        services.retain(|key, _| keep.contains_key(key));
+        for (key, selector) in keep {
+            match services.get(&key) {
+                Some(proxy) => proxy.set_selector(selector),
+                None => {
+                    if let Some(proxy) = start(&key, selector) {
+                        services.insert(key, proxy);
+                    }
+                }
+            }
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let services: Vec<Value> = self
+            .services
+            .read()
+            .unwrap()
+            .values()
+            .map(|proxy| proxy.to_json(self))
+            .collect();
+        let pods: Vec<Value> = self.pods().iter().map(|pod| pod.to_json()).collect();
+        json!({ "services": services, "pods": pods })
+    }
+}
+
+/// `GET /state`: every spreader and pod process as JSON.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route(
+            "/state",
+            get(|State(registry): State<Arc<Registry>>| async move {
+                axum::Json(registry.to_json())
+            }),
+        )
+        .with_state(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_selector_needs_every_label() {
+        let pod = labels(&[("app", "a"), ("tier", "web")]);
+        assert!(selects(&labels(&[("app", "a")]), &pod));
+        assert!(selects(&labels(&[]), &pod));
+        assert!(!selects(&labels(&[("app", "b")]), &pod));
+        assert!(!selects(&labels(&[("app", "a"), ("zone", "x")]), &pod));
+    }
+
+    #[test]
+    fn endpoints_are_ready_pods_of_the_namespace_not_terminating() {
+        let registry = Registry::default();
+        let pod = |ns: &str, name: &str, port: u16| {
+            let pod = Arc::new(PodProcess::new(
+                ns.into(),
+                name.into(),
+                format!("{ns}-{name}"),
+                labels(&[("app", "a")]),
+                "workload".into(),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            ));
+            registry.insert_pod(pod.clone());
+            pod
+        };
+        let ready = pod("ns", "ready", 1);
+        let terminating = pod("ns", "terminating", 2);
+        pod("ns", "starting", 3);
+        let elsewhere = pod("other", "ready", 4);
+        for p in [&ready, &terminating, &elsewhere] {
+            p.set_ready(true);
+        }
+        terminating.start_terminating();
+        let selector = labels(&[("app", "a")]);
+        assert_eq!(
+            registry.endpoints("ns", &selector),
+            vec![SocketAddr::from(([127, 0, 0, 1], 1))]
+        );
+        ready.set_ready(false);
+        assert!(registry.endpoints("ns", &selector).is_empty());
+    }
+}
