@@ -29,6 +29,11 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A file of the repository by its path from the root.
+pub fn repo_file(path: &str) -> PathBuf {
+    repo_root().join(path)
+}
+
 /// Scratch files of this run: the operator's kubeconfig and logs.
 fn work_dir() -> PathBuf {
     let dir = repo_root().join("target/e2e");

@@ -11,6 +11,7 @@
 //! `sandbox-operator` ServiceAccount (a TokenRequest token), so every call it makes goes through
 //! the shipped RBAC; a 403 in its log fails the test.
 
+mod autoscale;
 mod harness;
 #[path = "../support/refused_crs.rs"]
 mod refused_crs;

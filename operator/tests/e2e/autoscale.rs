@@ -1,0 +1,470 @@
+//! The autoscaling loop with real parts: the stand-in's workload processes, Prometheus, prometheus-
+//! adapter as `custom.metrics.k8s.io`, the controller-manager's HPA controller (5 s sync on the test
+//! bed), and `autocannon` as the seed runs it, through the stand-in's address for the Service.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::Api;
+use operator::apply::FIELD_MANAGER;
+use serde_json::Value;
+
+use super::*;
+use crate::harness::http_get;
+
+/// The stand-in's `/state` endpoint (`TESTBED_STANDIN` from `scripts/testbed.sh env`).
+fn standin() -> SocketAddr {
+    let url = std::env::var("TESTBED_STANDIN")
+        .expect("TESTBED_STANDIN is set: eval \"$(scripts/testbed.sh env)\"");
+    url.trim_start_matches("http://")
+        .parse()
+        .expect("TESTBED_STANDIN is http://ADDRESS:PORT")
+}
+
+fn standin_state() -> Value {
+    let (status, body) = http_get(standin(), "/state").expect("the stand-in answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/state is JSON")
+}
+
+/// The stand-in's Service `ns/name`: its address and the answers it gave, by status.
+fn service_state(ns: &str, name: &str) -> Option<Value> {
+    standin_state()["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["namespace"] == ns && s["name"] == name)
+        .cloned()
+}
+
+/// Pods of `ns` the stand-in runs, not terminating: name → (address, ready).
+fn running_pods(ns: &str) -> BTreeMap<String, (SocketAddr, bool)> {
+    let state = standin_state();
+    state["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["namespace"] == ns && p["terminating"] == false)
+        .map(|p| {
+            let address = p["address"].as_str().unwrap().parse().unwrap();
+            (
+                p["name"].as_str().unwrap().to_string(),
+                (address, p["ready"] == true),
+            )
+        })
+        .collect()
+}
+
+/// One sample of a process's own `/metrics`.
+fn process_metric(address: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = http_get(address, "/metrics")?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A Kubernetes quantity as a number (`2`, `1500m`).
+fn quantity(text: &str) -> f64 {
+    match text.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().unwrap() / 1000.0,
+        None => text.parse().unwrap(),
+    }
+}
+
+/// The seed's load: `autocannon -t 60 -c CONNECTIONS -d SECONDS --json`.
+struct Load(std::process::Child);
+
+impl Load {
+    fn start(address: &str, connections: u32, seconds: u32) -> Self {
+        let child = Command::new("autocannon")
+            .args([
+                "-t",
+                "60",
+                "-c",
+                &connections.to_string(),
+                "-d",
+                &seconds.to_string(),
+            ])
+            .args(["--json", &format!("http://{address}/expensive-op")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start autocannon (scripts/install-test-deps.sh installs it)");
+        Self(child)
+    }
+
+    /// autocannon's JSON result, after checking that every answer was 200 or 503 and no request
+    /// failed on its connection or timed out.
+    async fn finish(self) -> Value {
+        let output = tokio::task::spawn_blocking(move || self.0.wait_with_output())
+            .await
+            .unwrap()
+            .expect("autocannon ran");
+        let result: Value = serde_json::from_slice(&output.stdout).expect("autocannon --json");
+        assert_eq!(
+            (&result["errors"], &result["timeouts"]),
+            (&json!(0), &json!(0)),
+            "{result}"
+        );
+        let codes: Vec<&String> = result["statusCodeStats"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert!(
+            codes.iter().all(|c| *c == "200" || *c == "503"),
+            "{codes:?}"
+        );
+        assert!(result["2xx"].as_u64().unwrap() > 0, "{result}");
+        result
+    }
+}
+
+/// One look at the HPA and the Deployment during a run.
+#[derive(Debug, Clone)]
+struct Sample {
+    current: i32,
+    desired: i32,
+    /// `queue_ratio` as the HPA last read it.
+    ratio: Option<f64>,
+    deployment_replicas: i32,
+}
+
+/// Samples the HPA and Deployment `name` every second until dropped.
+struct Sampler {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(client: &Client, ns: &str, name: &str) -> Self {
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (name, into) = (name.to_string(), samples.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if let (Ok(hpa), Ok(deployment)) =
+                    (hpas.get(&name).await, deployments.get(&name).await)
+                {
+                    let status = hpa.status.unwrap_or_default();
+                    let ratio = status.current_metrics.iter().flatten().find_map(|m| {
+                        Some(quantity(
+                            &m.pods.as_ref()?.current.average_value.as_ref()?.0,
+                        ))
+                    });
+                    into.lock().unwrap().push(Sample {
+                        current: status.current_replicas.unwrap_or(0),
+                        desired: status.desired_replicas,
+                        ratio,
+                        deployment_replicas: deployment.spec.and_then(|s| s.replicas).unwrap_or(0),
+                    });
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Self { samples, task }
+    }
+
+    fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A SandboxService from `deploy/examples/seed.yaml` in `ns`, with the monitoring interval and the
+/// scale-down window shortened, and `changes` merged into its spec.
+fn seed_sample(ns: &str, changes: Value) -> Value {
+    let text =
+        std::fs::read_to_string(super::harness::repo_file("deploy/examples/seed.yaml")).unwrap();
+    let mut cr: Value = serde_yaml::from_str(&text).unwrap();
+    cr["metadata"]["namespace"] = json!(ns);
+    let spec = cr["spec"].as_object_mut().unwrap();
+    spec["monitoring"]["interval"] = json!("5s");
+    spec["autoscaling"]["scaleDownStabilizationSeconds"] = json!(20);
+    for (key, value) in changes.as_object().unwrap() {
+        match (spec.get_mut(key), value) {
+            (Some(Value::Object(current)), Value::Object(more)) => current.extend(more.clone()),
+            _ => {
+                spec.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    cr
+}
+
+/// Applies `cr` and waits until it is Ready, its Service has an address at the stand-in, and the
+/// HPA reads `queue_ratio` (the adapter has listed the series).
+async fn ready_to_scale(client: &Client, ns: &str, cr: Value) -> String {
+    let name = cr["metadata"]["name"].as_str().unwrap().to_string();
+    let crs: Api<SandboxService> = Api::namespaced(client.clone(), ns);
+    apply(&crs, cr).await.expect("apply the SandboxService");
+    wait_cr(&crs, &name, "is Ready", ready_and_current).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    eventually("the HPA reads queue_ratio", || async {
+        hpas.get(&name)
+            .await
+            .ok()
+            .and_then(|h| h.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "ScalingActive" && c.status == "True")
+            })
+    })
+    .await;
+    wait_until("the Service has an address at the stand-in", || async {
+        service_state(ns, &name)?["address"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: see the module docs"]
+async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say() {
+    let client = admin_client().await;
+    install_service_monitor_crd();
+    let ns = namespace(&client, "e2e-metrics-api").await;
+    let operator = Operator::start_leading(&client, "e2e-metrics-api", "metrics").await;
+    // Two pods the HPA cannot change; 60 s operations keep a queue steady while it is read.
+    let cr = seed_sample(
+        &ns,
+        json!({"operationDurationMs": 60000, "autoscaling": {"minReplicas": 2, "maxReplicas": 2}}),
+    );
+    ready_to_scale(&client, &ns, cr).await;
+    let pods = wait_until("two ready pods at the stand-in", || async {
+        let pods = running_pods(&ns);
+        (pods.len() == 2 && pods.values().all(|(_, ready)| *ready)).then_some(pods)
+    })
+    .await;
+    // Three operations on the first pod: one runs, two wait, so its queue_ratio is 2.
+    let (loaded, (address, _)) = pods.iter().next().unwrap();
+    let _held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(address).unwrap();
+            write!(stream, "GET /expensive-op HTTP/1.1\r\nHost: pod\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+
+    let path = format!("/apis/custom.metrics.k8s.io/v1beta1/namespaces/{ns}/pods/*/queue_ratio");
+    let served = wait_until(
+        "the adapter serves the loaded pod's queue_ratio 2",
+        || async {
+            let list: Value =
+                serde_json::from_str(&kubectl(&["get", "--raw", &path]).ok()?).ok()?;
+            let served: BTreeMap<String, f64> = list["items"]
+                .as_array()?
+                .iter()
+                .map(|item| {
+                    let pod = item["describedObject"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    (pod, quantity(item["value"].as_str().unwrap()))
+                })
+                .collect();
+            (served.get(loaded) == Some(&2.0)).then_some(served)
+        },
+    )
+    .await;
+    let from_processes: BTreeMap<String, f64> = pods
+        .iter()
+        .map(|(pod, (address, _))| {
+            (
+                pod.clone(),
+                process_metric(*address, "queue_ratio").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served, from_processes,
+        "one value per pod, as each process reports it"
+    );
+    assert_eq!(from_processes.values().copied().sum::<f64>(), 2.0);
+
+    delete_namespace(&client, &ns).await;
+    operator.stop();
+}
+
+/// What the HPA did during a load run, and what autocannon and the stand-in saw.
+struct Run {
+    samples: Vec<Sample>,
+    load: Value,
+}
+
+/// Puts `connections` of load on the Service for `seconds`, sampling the HPA meanwhile.
+async fn load_run(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    address: &str,
+    connections: u32,
+    seconds: u32,
+) -> Run {
+    let sampler = Sampler::start(client, ns, name);
+    let load = Load::start(address, connections, seconds).finish().await;
+    // The stand-in answered nothing itself but 503 for "no ready endpoint": no upstream error.
+    let responses = service_state(ns, name).unwrap()["responses"].clone();
+    assert!(responses.get("upstream_error").is_none(), "{responses}");
+    Run {
+        samples: sampler.samples(),
+        load,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: see the module docs"]
+async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
+    let client = admin_client().await;
+    install_service_monitor_crd();
+    let ns = namespace(&client, "e2e-seed-autoscale").await;
+    let operator = Operator::start_leading(&client, "e2e-seed-autoscale", "seed").await;
+    let cr = seed_sample(&ns, json!({}));
+    let name = cr["metadata"]["name"].as_str().unwrap().to_string();
+    let address = ready_to_scale(&client, &ns, cr).await;
+    let first_pods: Vec<String> = running_pods(&ns).into_keys().collect();
+    assert_eq!(first_pods.len(), 1);
+
+    let sampler = Sampler::start(&client, &ns, &name);
+    let load = Load::start(&address, 6, 50);
+    // Scaled out: new pods Ready at the stand-in, each completing operations.
+    let added = wait_until("new pods are ready and complete operations", || async {
+        let pods = running_pods(&ns);
+        let added: Vec<_> = pods
+            .iter()
+            .filter(|(pod, (address, ready))| {
+                !first_pods.contains(pod)
+                    && *ready
+                    && process_metric(*address, "expensive_operations_completed_total") >= Some(1.0)
+            })
+            .map(|(pod, _)| pod.clone())
+            .collect();
+        (!added.is_empty()).then_some(added)
+    })
+    .await;
+    // `kubectl get sbx` shows the new count of ready pods.
+    eventually("kubectl get sbx shows more than one ready pod", || async {
+        let row = kubectl(&["get", "sbx", &name, "-n", &ns, "--no-headers"]).unwrap_or_default();
+        row.split_whitespace()
+            .nth(1)
+            .and_then(|r| r.parse::<u32>().ok())
+            > Some(1)
+    })
+    .await;
+    // Nobody but the HPA writes spec.replicas: no entry owns it except one through the scale
+    // subresource. (v1.34 records no entry at all for a scale write to a field nobody owned
+    // before, which is the case here, as the operator's apply leaves replicas out.)
+    let deployment: Deployment = Api::namespaced(client.clone(), &ns)
+        .get(&name)
+        .await
+        .unwrap();
+    let owners: Vec<(String, Option<String>)> = deployment
+        .managed_fields()
+        .iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+        })
+        .map(|entry| {
+            (
+                entry.manager.clone().unwrap_or_default(),
+                entry.subresource.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        owners
+            .iter()
+            .all(|(manager, sub)| manager != FIELD_MANAGER && sub.as_deref() == Some("scale")),
+        "{owners:?}"
+    );
+    let replicas = deployment.spec.and_then(|s| s.replicas);
+    assert!(replicas > Some(1), "scaled out by the HPA: {replicas:?}");
+
+    let result = load.finish().await;
+    let responses = service_state(&ns, &name).unwrap()["responses"].clone();
+    assert!(responses.get("upstream_error").is_none(), "{responses}");
+    let samples = sampler.samples();
+    let scaled_to = samples.iter().map(|s| s.desired).max().unwrap();
+    // The seed's load on one pod: the breaker holds its queue at 4, queue_ratio 4 / target 1.
+    assert!(samples.iter().any(|s| s.ratio == Some(4.0)), "{samples:?}");
+    assert_eq!(scaled_to, 4, "ceil(1 pod × 4 / 1): {samples:?}");
+    assert!(!added.is_empty());
+    eprintln!(
+        "seed scenario: {} requests, {:?}",
+        result["requests"]["total"], result["statusCodeStats"]
+    );
+
+    // Load ends: back to minReplicas once the scale-down window (20 s) has passed.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let took = eventually("the Deployment is back to 1 replica", || async {
+        deployments
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|d| d.spec?.replicas)
+            == Some(1)
+    })
+    .await;
+    eprintln!("back to minReplicas {took:?} after the load ended");
+    eventually("one pod left at the stand-in", || async {
+        running_pods(&ns).len() == 1
+    })
+    .await;
+    delete_namespace(&client, &ns).await;
+    operator.stop();
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: see the module docs"]
+async fn concurrency_2_under_more_load_scales_further_in_proportion_to_queue_ratio() {
+    let client = admin_client().await;
+    install_service_monitor_crd();
+    let ns = namespace(&client, "e2e-concurrency-2").await;
+    let operator = Operator::start_leading(&client, "e2e-concurrency-2", "concurrency").await;
+    let cr = seed_sample(&ns, json!({"concurrency": 2}));
+    let name = cr["metadata"]["name"].as_str().unwrap().to_string();
+    let address = ready_to_scale(&client, &ns, cr).await;
+
+    let connections = 20;
+    let run = load_run(&client, &ns, &name, &address, connections, 45).await;
+    // Each decision to scale out asks for no more than ceil(current × queue_ratio / target).
+    for sample in run
+        .samples
+        .iter()
+        .filter(|s| s.desired > s.current && s.current > 0)
+    {
+        let ratio = sample.ratio.expect("a decision has a metric");
+        let proportional = (f64::from(sample.current) * ratio / 1.0).ceil() as i32;
+        assert!(sample.desired <= proportional, "{sample:?}");
+    }
+    // It scales at least to where each pod's queue holds what the target allows: 20 connections
+    // over pods of 2 running + 2 waiting is 5 pods; the seed's 6 connections needed 4 at most.
+    let scaled_to = run
+        .samples
+        .iter()
+        .map(|s| s.deployment_replicas)
+        .max()
+        .unwrap();
+    assert!(scaled_to >= 5, "{:?}", run.samples);
+    eprintln!(
+        "concurrency 2, -c {connections}: up to {scaled_to} replicas; {:?}",
+        run.load["statusCodeStats"]
+    );
+    delete_namespace(&client, &ns).await;
+    operator.stop();
+}
