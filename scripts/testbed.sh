@@ -189,7 +189,10 @@ up() {
 	mkdir -p "$logs" "$pids"
 	make_pki
 	log "building the workload and the stand-in (release)"
-	(cd "$root" && cargo build --release --locked --quiet -p workload -p testbed-standin)
+	# Two builds: together, feature unification would give the workload other tokio features than
+	# scripts/seed-table.sh's build of it, and each would re-link the other's binary.
+	(cd "$root" && cargo build --release --locked --quiet -p workload &&
+		cargo build --release --locked --quiet -p testbed-standin)
 	local start_time=$SECONDS
 
 	local etcd_client etcd_peer apiserver

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The seed's autoscaling loop on the test bed, timed: load fills the queue, Prometheus scrapes
+# queue_ratio, prometheus-adapter serves it, the HPA scales the Deployment out, the new pods take load;
+# load ends, the HPA scales back in. Prints where the time goes and draws the run as a PNG.
+#
+#   scripts/autoscale-bench.sh                   # -c 6 for 60 s, as the seed; ~2.5 minutes
+#   CONNECTIONS=20 CONCURRENCY=2 scripts/autoscale-bench.sh
+#
+# Settings: the ServiceMonitor interval (INTERVAL, 5s) and the scale-down window (WINDOW, 30 s) go into
+# the SandboxService; the HPA sync period is the test bed's controller-manager flag (5 s). Starts the
+# test bed if it is not up (and stops it again), runs the operator as the test bed's admin.
+# Output in target/autoscale-bench: samples.tsv, pods.tsv, autocannon.json, run.png.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+CONNECTIONS=${CONNECTIONS:-6} CONCURRENCY=${CONCURRENCY:-1} DURATION=${DURATION:-60}
+INTERVAL=${INTERVAL:-5s} WINDOW=${WINDOW:-30}
+ns=autoscale-bench name=performance-sandbox
+out=$root/target/autoscale-bench
+testbed=$root/target/testbed
+rm -rf "$out" && mkdir -p "$out"
+
+for tool in autocannon gnuplot jq curl; do
+	command -v "$tool" >/dev/null || { echo "$tool not found: run scripts/install-test-deps.sh" >&2; exit 1; }
+done
+
+started_testbed=false operator_pid="" sampler_pid=""
+cleanup() {
+	[ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null
+	[ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null
+	kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+	$started_testbed && scripts/testbed.sh down
+	wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+if ! scripts/testbed.sh status >/dev/null 2>&1; then
+	testbed/build.sh >/dev/null
+	scripts/testbed.sh up >/dev/null
+	started_testbed=true
+fi
+eval "$(scripts/testbed.sh env)"
+cargo build --quiet --locked -p operator
+
+# The API server, read with curl and the admin certificate: cheaper than kubectl twice a second.
+api=$(sed -n 's/^ *server: //p' "$KUBECONFIG" | head -1)
+get() { curl -fsS --cacert "$testbed/pki/ca.crt" --cert "$testbed/pki/admin.crt" --key "$testbed/pki/admin.key" "$api$1"; }
+now() { date +%s.%N; }
+
+kubectl apply --server-side -f crds/sandboxservice.yaml \
+	-f third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+kubectl get namespace sandbox-system >/dev/null 2>&1 || kubectl create namespace sandbox-system >/dev/null
+kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
+kubectl create namespace "$ns" >/dev/null
+
+target/debug/operator run --admin-addr 127.0.0.1:0 --lease-name autoscale-bench \
+	--lease-namespace sandbox-system --identity bench >"$out/operator.log" 2>&1 &
+operator_pid=$!
+
+# The seed's sample, with the monitoring interval and the scale-down window of this run.
+sed -e "s/namespace: default/namespace: $ns/" -e "s/concurrency: 1/concurrency: $CONCURRENCY/" \
+	-e "s/maxReplicas: 10/maxReplicas: 10\n    scaleDownStabilizationSeconds: $WINDOW/" \
+	-e "s/^  monitoring:/  monitoring:\n    interval: $INTERVAL/" deploy/examples/seed.yaml >"$out/cr.yaml"
+kubectl apply -f "$out/cr.yaml" >/dev/null
+kubectl wait -n "$ns" --for=condition=Ready "sbx/$name" --timeout=120s >/dev/null
+echo "waiting until the HPA reads queue_ratio (the adapter lists new series every $(sed -n 's/^metricsRelistInterval: *//p' deploy/monitoring/prometheus-adapter-values.yaml))" >&2
+until kubectl get hpa -n "$ns" "$name" -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].status}' | grep -qx True; do sleep 1; done
+service=$(curl -fsS "$TESTBED_STANDIN/state" | jq -r --arg ns "$ns" '.services[] | select(.namespace == $ns) | .address')
+
+# One line per half second: time, Deployment replicas, ready endpoints, HPA desired replicas, the HPA's
+# queue_ratio, and the Service's answers so far (200, 503, no ready endpoint). Per pod: its own gauge.
+sample() {
+	# A pod can go between listing and scraping it: a failed read skips it, it does not stop the sampler.
+	set +e +o pipefail
+	local t state hpa deployment
+	while true; do
+		t=$(now)
+		state=$(curl -fsS "$TESTBED_STANDIN/state")
+		hpa=$(get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
+		deployment=$(get "/apis/apps/v1/namespaces/$ns/deployments/$name")
+		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" \
+			"$(jq '.spec.replicas' <<<"$deployment")" \
+			"$(jq --arg ns "$ns" '[.services[] | select(.namespace == $ns) | .endpoints[]] | length' <<<"$state")" \
+			"$(jq '.status.desiredReplicas // 0' <<<"$hpa")" \
+			"$(jq -r '.status.currentMetrics[0].pods.current.averageValue // "-"' <<<"$hpa")" \
+			"$(jq -r --arg ns "$ns" '.services[] | select(.namespace == $ns) | .responses
+				| "\(."200" // 0)\t\(."503" // 0)\t\(.no_endpoints // 0)"' <<<"$state")" >>"$out/samples.tsv"
+		jq -r --arg ns "$ns" '.pods[] | select(.namespace == $ns and (.terminating | not)) | "\(.name) \(.address)"' <<<"$state" |
+			while read -r pod address; do
+				metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
+				ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
+				completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
+				printf '%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}"
+			done >>"$out/pods.tsv"
+		sleep 0.5
+	done
+}
+sample &
+sampler_pid=$!
+sleep 3
+
+echo "load: autocannon -t 60 -c $CONNECTIONS -d $DURATION http://$service/expensive-op" >&2
+load_start=$(now)
+autocannon -t 60 -c "$CONNECTIONS" -d "$DURATION" --json "http://$service/expensive-op" >"$out/autocannon.json" 2>/dev/null
+load_end=$(now)
+echo "load ended; waiting for the scale-in (window ${WINDOW}s)" >&2
+until [ "$(get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.replicas')" = 1 ] &&
+	[ "$(curl -fsS "$TESTBED_STANDIN/state" | jq --arg ns "$ns" '[.pods[] | select(.namespace == $ns)] | length')" = 1 ]; do
+	sleep 1
+done
+scaled_in=$(now)
+sleep 3
+kill "$sampler_pid" && wait "$sampler_pid" 2>/dev/null || true
+sampler_pid=""
+
+# Prometheus' own samples: when the first scrape saw the full queue.
+prometheus_seen=$(curl -fsS "$TESTBED_PROMETHEUS/api/v1/query" \
+	--data-urlencode "query=queue_ratio{namespace=\"$ns\"}[10m]" |
+	jq --argjson start "$load_start" '[.data.result[].values[] | select(.[0] >= $start and (.[1] | tonumber) >= 1) | .[0]] | min // empty')
+
+scripts/autoscale-report.sh "$out" "$load_start" "$load_end" "$scaled_in" "${prometheus_seen:-}" \
+	"$INTERVAL" "$WINDOW" "$CONNECTIONS" "$CONCURRENCY"

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The table and the chart of one scripts/autoscale-bench.sh run, from the files it wrote in OUT:
+#   samples.tsv  time, Deployment replicas, ready endpoints, HPA desired, HPA queue_ratio, 200s, 503s,
+#                no-endpoint 503s (cumulative)
+#   pods.tsv     time, pod, its queue_ratio, its completed operations
+# usage: autoscale-report.sh OUT LOAD_START LOAD_END SCALED_IN PROMETHEUS_SEEN INTERVAL WINDOW C CONCURRENCY
+set -euo pipefail
+out=$1 load_start=$2 load_end=$3 scaled_in=$4 prometheus_seen=$5 interval=$6 window=$7
+connections=$8 concurrency=$9
+
+# Times relative to the load's start, in seconds.
+rel() { awk -v t="$1" -v s="$load_start" 'BEGIN { if (t == "") print "-"; else printf "%.1f", t - s }'; }
+first() { awk -F'\t' "$1 { print \$1; exit }" "$2"; }
+
+queue_full=$(first "\$3 + 0 >= 4 && \$1 >= $load_start" "$out/pods.tsv")
+decision=$(first "\$4 > 1 && \$1 >= $load_start" "$out/samples.tsv")
+replicas_up=$(first "\$2 > 1 && \$1 >= $load_start" "$out/samples.tsv")
+endpoints_up=$(first "\$3 > 1 && \$1 >= $load_start" "$out/samples.tsv")
+first_pod=$(awk -F'\t' '{ print $2; exit }' "$out/pods.tsv")
+new_pod_load=$(first "\$2 != \"$first_pod\" && \$4 > 0" "$out/pods.tsv")
+drained=$(awk -F'\t' -v end="$load_end" '$1 >= end && $3 + 0 > 0 { last = $1 } END { print (last ? last : end) }' "$out/pods.tsv")
+scale_in=$(first "\$4 == 1 && \$1 >= $load_end" "$out/samples.tsv")
+peak=$(awk -F'\t' '$2 > max { max = $2 } END { print max }' "$out/samples.tsv")
+span() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; else printf "%.1f", b - a }'; }
+
+jq -r '"autocannon: \(.requests.total) requests, \(."2xx") × 200, \(.non2xx) × 503 and other, \(.errors) errors, \(.timeouts) timeouts; codes \(.statusCodeStats | keys | join(","))"' "$out/autocannon.json"
+no_endpoint=$(awk -F'\t' 'END { print $8 }' "$out/samples.tsv")
+echo "of the 503s, $no_endpoint came from the Service having no ready endpoint (every pod's readiness 429)"
+echo
+echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, ServiceMonitor interval $interval, HPA sync 5s, scale-down window ${window}s; peak $peak replicas"
+printf '| %-58s | %8s | %8s |\n' "step" "at (s)" "took (s)"
+printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})"
+row() { printf '| %-58s | %8s | %8s |\n' "$1" "$(rel "$2")" "$3"; }
+row "load starts" "$load_start" ""
+row "(a) queue full on the first pod (queue_ratio 4)" "$queue_full" "$(span "$load_start" "$queue_full")"
+row "    first Prometheus sample with it (scrape interval)" "$prometheus_seen" "$(span "$queue_full" "$prometheus_seen")"
+row "(b) HPA decides to scale out (adapter + HPA sync)" "$decision" "$(span "$prometheus_seen" "$decision")"
+row "    Deployment replicas raised" "$replicas_up" "$(span "$decision" "$replicas_up")"
+row "(c) new pods Ready at the Service (readiness probe)" "$endpoints_up" "$(span "$replicas_up" "$endpoints_up")"
+row "    a new pod completes operations" "$new_pod_load" "$(span "$endpoints_up" "$new_pod_load")"
+row "    queue full -> scale-out decision" "$decision" "$(span "$queue_full" "$decision")"
+row "load ends" "$load_end" ""
+row "    queues drained (last queue_ratio > 0)" "$drained" "$(span "$load_end" "$drained")"
+row "(d) HPA decides to scale in to min (window + sync)" "$scale_in" "$(span "$drained" "$scale_in")"
+row "    back to one pod" "$scaled_in" "$(span "$scale_in" "$scaled_in")"
+row "    load end -> one pod" "$scaled_in" "$(span "$load_end" "$scaled_in")"
+
+# --- the chart -------------------------------------------------------------------------------------
+# Answers per second from the cumulative counts; the HPA's quantity (500m) as a number.
+awk -F'\t' -v s="$load_start" 'NR > 1 && $1 > pt {
+	dt = $1 - pt
+	ratio = $5; if (ratio ~ /m$/) ratio = substr(ratio, 1, length(ratio) - 1) / 1000; if (ratio == "-") ratio = "nan"
+	printf "%.2f\t%s\t%s\t%s\t%s\t%.1f\t%.1f\n", $1 - s, $2, $3, $4, ratio, ($6 - p6) / dt, ($7 - p7 + $8 - p8) / dt
+} { pt = $1; p6 = $6; p7 = $7; p8 = $8 }' "$out/samples.tsv" >"$out/chart-samples.tsv"
+# One gnuplot data block per pod.
+sort -t$'\t' -k2,2 -k1,1n "$out/pods.tsv" | awk -F'\t' -v s="$load_start" '
+	$2 != pod { if (pod != "") printf "\n\n"; pod = $2; print pod }
+	{ printf "%.2f\t%s\n", $1 - s, $3 }' >"$out/chart-pods.tsv"
+pod_blocks=$(cut -f2 "$out/pods.tsv" | sort -u | wc -l)
+# Each change of the HPA's desired replicas is a decision: a dashed line on every panel.
+decisions=$(awk -F'\t' 'NR > 1 && $4 != prev { printf "%s ", $1 } { prev = $4 }' "$out/chart-samples.tsv")
+x_max=$(awk -F'\t' 'END { printf "%d", $1 + 2 }' "$out/chart-samples.tsv")
+load_seconds=$(awk -v a="$load_start" -v b="$load_end" 'BEGIN { printf "%.1f", b - a }')
+
+gnuplot <<EOF
+set terminal pngcairo size 1100,900 font ",10" noenhanced
+set output "$out/run.png"
+set multiplot layout 3,1 title "Seed scenario on the test bed: autocannon -c $connections for ${load_seconds} s, CONCURRENCY $concurrency, scrape $interval, HPA sync 5 s, scale-down window ${window} s"
+set xlabel "seconds since load start"
+set grid
+set key outside right
+set xrange [-3:$x_max]
+# The same plot area in every panel, whatever the width of its legend.
+set lmargin at screen 0.07
+set rmargin at screen 0.75
+set object 1 rect from 0, graph 0 to $load_seconds, graph 1 fc rgb "#f0f0f0" fs solid noborder behind
+do for [t in "$decisions"] { set arrow from t+0, graph 0 to t+0, graph 1 nohead dt 2 lc rgb "#aa3333" }
+set ylabel "pods"
+set yrange [0:*]
+plot "$out/chart-samples.tsv" using 1:2 with steps lw 2 title "replicas", \
+     "" using 1:3 with steps lw 2 title "ready endpoints", \
+     "" using 1:4 with steps dt 3 title "HPA desired (dashed lines: decisions)"
+set ylabel "queue_ratio"
+plot for [i=0:$((pod_blocks - 1))] "$out/chart-pods.tsv" index i using 1:2 with lines title columnheader(1), \
+     "$out/chart-samples.tsv" using 1:5 with steps lw 2 lc rgb "black" title "HPA's average", \
+     1 with lines dt 2 lc rgb "gray" title "target"
+set ylabel "answers / s"
+set logscale y
+set yrange [0.1:*]
+plot "$out/chart-samples.tsv" using 1:(\$6 > 0 ? \$6 : 1/0) with impulses lw 2 title "200", \
+     "" using 1:(\$7 > 0 ? \$7 : 1/0) with points pt 7 ps 0.5 title "503"
+unset multiplot
+EOF
+echo
+echo "chart: $out/run.png"
