@@ -229,7 +229,8 @@ pub struct Monitoring {
     #[serde(default = "default_true")]
     pub service_monitor: bool,
 
-    /// Scrape interval as a Prometheus duration, e.g. `15s`, `1m30s`.
+    /// Scrape interval as a Prometheus duration, e.g. `5s`, `1m30s`. The default, 5s, is part of
+    /// the time from a full queue to the HPA's decision (scrape + the HPA's sync period).
     #[serde(default = "default_interval")]
     #[schemars(length(min = 2), pattern(INTERVAL_PATTERN))]
     pub interval: String,
@@ -374,7 +375,7 @@ fn default_true() -> bool {
 }
 
 fn default_interval() -> String {
-    "15s".to_string()
+    "5s".to_string()
 }
 
 /// The CRD: the derived schema plus a `metadata.name` restriction.
@@ -433,7 +434,7 @@ mod tests {
         assert_eq!(spec.service.type_, ServiceType::ClusterIP);
         assert_eq!(spec.service.port, 80);
         assert!(spec.monitoring.service_monitor);
-        assert_eq!(spec.monitoring.interval, "15s");
+        assert_eq!(spec.monitoring.interval, "5s");
         assert_eq!(spec.image(), DEFAULT_IMAGE);
         assert!(DEFAULT_IMAGE.ends_with(env!("CARGO_PKG_VERSION")));
     }

@@ -95,7 +95,7 @@ mod tests {
         let endpoint = &sm.spec.endpoints[0];
         assert_eq!(endpoint.port.as_deref(), Some("http"));
         assert_eq!(endpoint.path.as_deref(), Some("/metrics"));
-        assert_eq!(endpoint.interval.as_deref(), Some("15s"));
+        assert_eq!(endpoint.interval.as_deref(), Some("5s"));
         assert_eq!(
             sm.spec.selector.match_labels.unwrap()["app.kubernetes.io/instance"],
             "demo"

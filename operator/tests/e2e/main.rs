@@ -426,7 +426,7 @@ async fn drift_is_repaired_replicas_stay_with_the_hpa_and_deletion_collects_chil
     ]);
     eventually("the ServiceMonitor's interval is restored", || async {
         let sm = serde_json::to_value(monitors.get("drift").await.unwrap()).unwrap();
-        sm["spec"]["endpoints"][0]["interval"] == "15s"
+        sm["spec"]["endpoints"][0]["interval"] == "5s"
     })
     .await;
 
