@@ -7,7 +7,8 @@
 #   CONNECTIONS=20 CONCURRENCY=2 scripts/autoscale-bench.sh
 #
 # Settings: the ServiceMonitor interval (INTERVAL, 5s) and the scale-down window (WINDOW, 30 s) go into
-# the SandboxService; the HPA sync period is the test bed's controller-manager flag (5 s). Starts the
+# the SandboxService; the HPA sync period is the test bed's (TESTBED_HPA_SYNC=15s scripts/testbed.sh up for
+# a cluster's default; 5s otherwise). Starts the
 # test bed if it is not up (and stops it again), runs the operator as the test bed's admin.
 # Output in target/autoscale-bench: samples.tsv, pods.tsv, autocannon.json, run.png.
 set -euo pipefail
@@ -121,4 +122,4 @@ prometheus_seen=$(curl -fsS "$TESTBED_PROMETHEUS/api/v1/query" \
 	jq --argjson start "$load_start" '[.data.result[].values[] | select(.[0] >= $start and (.[1] | tonumber) >= 1) | .[0]] | min // empty')
 
 scripts/autoscale-report.sh "$out" "$load_start" "$load_end" "$scaled_in" "${prometheus_seen:-}" \
-	"$INTERVAL" "$WINDOW" "$CONNECTIONS" "$CONCURRENCY"
+	"$INTERVAL" "$WINDOW" "$CONNECTIONS" "$CONCURRENCY" "$TESTBED_HPA_SYNC"

@@ -3,10 +3,10 @@
 #   samples.tsv  time, Deployment replicas, ready endpoints, HPA desired, HPA queue_ratio, 200s, 503s,
 #                no-endpoint 503s (cumulative)
 #   pods.tsv     time, pod, its queue_ratio, its completed operations
-# usage: autoscale-report.sh OUT LOAD_START LOAD_END SCALED_IN PROMETHEUS_SEEN INTERVAL WINDOW C CONCURRENCY
+# usage: autoscale-report.sh OUT LOAD_START LOAD_END SCALED_IN PROMETHEUS_SEEN INTERVAL WINDOW C CONCURRENCY SYNC
 set -euo pipefail
 out=$1 load_start=$2 load_end=$3 scaled_in=$4 prometheus_seen=$5 interval=$6 window=$7
-connections=$8 concurrency=$9
+connections=$8 concurrency=$9 sync=${10}
 
 # Times relative to the load's start, in seconds.
 rel() { awk -v t="$1" -v s="$load_start" 'BEGIN { if (t == "") print "-"; else printf "%.1f", t - s }'; }
@@ -27,7 +27,7 @@ jq -r '"autocannon: \(.requests.total) requests, \(."2xx") × 200, \(.non2xx) ×
 no_endpoint=$(awk -F'\t' 'END { print $8 }' "$out/samples.tsv")
 echo "of the 503s, $no_endpoint came from the Service having no ready endpoint (every pod's readiness 429)"
 echo
-echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, ServiceMonitor interval $interval, HPA sync 5s, scale-down window ${window}s; peak $peak replicas"
+echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, ServiceMonitor interval $interval, HPA sync $sync, scale-down window ${window}s; peak $peak replicas"
 printf '| %-58s | %8s | %8s |\n' "step" "at (s)" "took (s)"
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})"
 row() { printf '| %-58s | %8s | %8s |\n' "$1" "$(rel "$2")" "$3"; }
@@ -65,7 +65,7 @@ load_seconds=$(awk -v a="$load_start" -v b="$load_end" 'BEGIN { printf "%.1f", b
 gnuplot <<EOF
 set terminal pngcairo size 1100,900 font ",10" noenhanced
 set output "$out/run.png"
-set multiplot layout 3,1 title "Seed scenario on the test bed: autocannon -c $connections for ${load_seconds} s, CONCURRENCY $concurrency, scrape $interval, HPA sync 5 s, scale-down window ${window} s"
+set multiplot layout 3,1 title "Seed scenario on the test bed: autocannon -c $connections for ${load_seconds} s, CONCURRENCY $concurrency, scrape $interval, HPA sync $sync, scale-down window ${window} s"
 set xlabel "seconds since load start"
 set grid
 set key outside right

@@ -23,6 +23,8 @@ kubeconfig=$dir/kubeconfig
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus prometheus-adapter standin)
 # Fake nodes and how many pods each takes: enough for the operator benchmark's 500+ pods.
 node_count=3 pods_per_node=400
+# The HPA controller's sync period (the controller-manager's default is 15s).
+hpa_sync=${TESTBED_HPA_SYNC:-5s}
 
 die() { echo "testbed: error: $*" >&2; exit 1; }
 log() { echo "testbed: $*" >&2; }
@@ -232,7 +234,7 @@ up() {
 		--root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
 		--use-service-account-credentials=true \
 		--service-cluster-ip-range=10.96.0.0/16 \
-		--horizontal-pod-autoscaler-sync-period=5s
+		--horizontal-pod-autoscaler-sync-period="$hpa_sync"
 	write_kubeconfig "$dir/scheduler.kubeconfig" scheduler
 	start kube-scheduler "$bin/kube-scheduler" \
 		--kubeconfig="$dir/scheduler.kubeconfig" \
@@ -299,6 +301,7 @@ start_monitoring() {
 	local prometheus_port adapter_port
 	prometheus_port=$(free_port) adapter_port=$(free_port)
 	echo "$prometheus_port" >"$dir/prometheus.port"
+	echo "$hpa_sync" >"$dir/hpa-sync"
 	rm -rf "$dir/prometheus" "$dir/standin" && mkdir -p "$dir/prometheus" "$dir/standin"
 	echo 'scrape_configs: []' >"$dir/prometheus/prometheus.yml"
 	start prometheus "$(binary prometheus)" --config.file="$dir/prometheus/prometheus.yml" \
@@ -362,6 +365,7 @@ status() {
 
 print_env() {
 	echo "export KUBECONFIG=$kubeconfig"
+	echo "export TESTBED_HPA_SYNC=$(cat "$dir/hpa-sync")"
 	echo "export TESTBED_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus.port")"
 	echo "export TESTBED_STANDIN=http://$(cat "$dir/standin/standin.addr")"
 	# The test bed's kubectl matches the API server's version; the machine's may be older.
