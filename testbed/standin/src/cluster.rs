@@ -2,6 +2,7 @@
 //! spreaders and scrape targets match them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
     let http = http_client();
     let registry = Arc::new(Registry::default());
-    serve_state(&args, registry.clone()).await?;
+    serve_state(&args, registry.clone(), &log_dir).await?;
 
     let runtime = Arc::new(Runtime {
         workload: args.workload.clone(),
@@ -192,7 +193,7 @@ impl Node {
     }
 }
 
-async fn serve_state(args: &Args, registry: Arc<Registry>) -> Result<(), Error> {
+async fn serve_state(args: &Args, registry: Arc<Registry>, pod_logs: &Path) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Listen {
@@ -209,8 +210,9 @@ async fn serve_state(args: &Args, registry: Arc<Registry>) -> Result<(), Error> 
         path: addr_file,
         source,
     })?;
+    let app = crate::state::router(registry, pod_logs);
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, crate::state::router(registry)).await {
+        if let Err(err) = axum::serve(listener, app).await {
             warn!(%err, "state endpoint stopped");
         }
     });

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -165,13 +166,17 @@ impl Registry {
     }
 }
 
-/// `GET /state`: every spreader and pod process as JSON.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// `GET /state`: every spreader and pod process as JSON, and where the pods' logs are
+/// (`NAMESPACE_POD.log`, kept after the pod is gone).
+pub fn router(registry: Arc<Registry>, pod_logs: &Path) -> Router {
+    let pod_logs = pod_logs.display().to_string();
     Router::new()
         .route(
             "/state",
             get(|State(registry): State<Arc<Registry>>| async move {
-                axum::Json(registry.to_json())
+                let mut state = registry.to_json();
+                state["pod_logs"] = json!(pod_logs);
+                axum::Json(state)
             }),
         )
         .with_state(registry)
