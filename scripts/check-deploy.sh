@@ -8,8 +8,9 @@
 #   - deploy/examples/full.yaml sets every field of the CRD's spec;
 #   - README.md's "Running in Kubernetes" section names only files that exist;
 #   - deploy/monitoring/: the adapter ConfigMap passes kubernetes-validate, the operator's ServiceMonitor
-#     the ServiceMonitor schema, and the Helm values files parse.
-# The RBAC and the adapter rule have their own tests (operator/tests/rbac.rs, workload/tests/adapter_rule.rs).
+#     the ServiceMonitor schema, the alerts the PrometheusRule schema, and the Helm values files parse.
+# The RBAC, the adapter rule and the alerts have their own tests (operator/tests/rbac.rs,
+# workload/tests/adapter_rule.rs, workload/tests/alert_rules.rs).
 #   scripts/check-deploy.sh       SERVICEMONITOR_CRD=... overrides the ServiceMonitor CRD file
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 # The Kubernetes version the operator is built against (k8s-openapi feature v1_34).
 KUBERNETES_VERSION=1.34.0
 SERVICEMONITOR_CRD=${SERVICEMONITOR_CRD:-third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml}
+PROMETHEUSRULE_CRD=third_party/prometheus-operator/monitoring.coreos.com_prometheusrules.yaml
 
 fail() { echo "check-deploy: $*" >&2; exit 1; }
 command -v kubectl >/dev/null || fail "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/)"
@@ -42,13 +44,13 @@ for example in "${examples[@]}"; do
 done
 
 echo "--- validating"
-python3 - "$KUBERNETES_VERSION" "$SERVICEMONITOR_CRD" "$work/install.yaml" \
+python3 - "$KUBERNETES_VERSION" "$SERVICEMONITOR_CRD" "$PROMETHEUSRULE_CRD" "$work/install.yaml" \
   --examples "${examples[@]}" --rendered "${rendered[@]}" <<'PY'
 import copy, subprocess, sys
 import jsonschema, yaml
 
-version, servicemonitor_crd, install = sys.argv[1:4]
-rest = sys.argv[4:]
+version, servicemonitor_crd, prometheusrule_crd, install = sys.argv[1:5]
+rest = sys.argv[5:]
 examples = rest[rest.index("--examples") + 1 : rest.index("--rendered")]
 rendered = rest[rest.index("--rendered") + 1 :]
 problems = []
@@ -88,18 +90,25 @@ with open(servicemonitor_crd) as f:
     servicemonitor = crd_validator(yaml.safe_load(f))
 with open("crds/sandboxservice.yaml") as f:
     sandboxservice = crd_validator(yaml.safe_load(f))
-custom = {"monitoring.coreos.com/v1": servicemonitor, "sandbox.perf.dev/v1alpha1": sandboxservice}
+with open(prometheusrule_crd) as f:
+    prometheusrule = crd_validator(yaml.safe_load(f))
+custom = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): servicemonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): prometheusrule,
+    ("sandbox.perf.dev/v1alpha1", "SandboxService"): sandboxservice,
+}
 
 # The strict validators really reject a misspelt field.
 assert not servicemonitor.is_valid({"spec": {"endpoints": [{"intervall": "15s"}]}})
 assert not sandboxservice.is_valid({"spec": {"autoscaling": {"maxReplica": 3}}})
+assert not prometheusrule.is_valid({"spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "exp": "1"}]}]}})
 
 
 def check(docs, label, expect_kinds=None):
     builtins = []
     for path, doc in docs:
         name = f'{doc["kind"].lower()}/{doc["metadata"]["name"]}'
-        validator = custom.get(doc["apiVersion"])
+        validator = custom.get((doc["apiVersion"], doc["kind"]))
         if validator is None:
             builtins.append((path, name))
             continue
@@ -129,6 +138,7 @@ check(documents(install), "deploy/operator",
        "Role", "RoleBinding", "Deployment", "Service"])
 check(documents("deploy/monitoring/adapter-config.yaml"), "deploy/monitoring", ["ConfigMap"])
 check(documents("deploy/monitoring/operator-servicemonitor.yaml"), "deploy/monitoring", ["ServiceMonitor"])
+check(documents("deploy/monitoring/alerts.yaml"), "deploy/monitoring", ["PrometheusRule"])
 for values in ["prometheus-adapter-values.yaml", "kube-prometheus-stack-values.yaml"]:
     with open(f"deploy/monitoring/{values}") as f:
         if not isinstance(yaml.safe_load(f), dict):
