@@ -10,6 +10,12 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::admission::QueueLimits;
+use crate::connections::ConnectionLimits;
+
+/// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows, half of it
+/// for connections at [`crate::connections::BYTES_PER_CONNECTION`] each.
+pub const DEFAULT_MAX_CONNECTIONS: usize =
+    64 * 1024 * 1024 / crate::connections::BYTES_PER_CONNECTION;
 
 /// Settings of the workload service.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
@@ -24,7 +30,7 @@ pub struct Config {
     pub host: IpAddr,
 
     /// Expensive operations that run at the same time.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 1, value_parser = parse_at_least_one)]
+    #[arg(long, env = "CONCURRENCY", default_value_t = 1, value_parser = parse_at_least_one::<usize>)]
     pub concurrency: usize,
 
     /// How long one expensive operation takes, in milliseconds.
@@ -32,12 +38,21 @@ pub struct Config {
     pub operation_duration_ms: u64,
 
     /// `/readiness` answers 429 when more than this × CONCURRENCY tasks wait.
-    #[arg(long, env = "READINESS_QUEUE_FACTOR", default_value_t = 2, value_parser = parse_at_least_one)]
+    #[arg(long, env = "READINESS_QUEUE_FACTOR", default_value_t = 2, value_parser = parse_at_least_one::<usize>)]
     pub readiness_queue_factor: usize,
 
     /// `/expensive-op` answers 503 when accepting would make more than this × CONCURRENCY tasks wait.
-    #[arg(long, env = "BREAKER_QUEUE_FACTOR", default_value_t = 4, value_parser = parse_at_least_one)]
+    #[arg(long, env = "BREAKER_QUEUE_FACTOR", default_value_t = 4, value_parser = parse_at_least_one::<usize>)]
     pub breaker_queue_factor: usize,
+
+    /// How long a request's head (request line and headers) may take to arrive, in milliseconds; also
+    /// how long a kept-alive connection may stay idle between requests.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 5_000, value_parser = parse_at_least_one::<u64>)]
+    pub header_read_timeout_ms: u64,
+
+    /// Connections served in full; past it, a connection gets one probe or /metrics request only.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_at_least_one::<usize>)]
+    pub max_connections: usize,
 
     /// After SIGTERM, how long accepted operations may take to finish before the process exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 30_000, value_parser = parse_whole_number)]
@@ -127,6 +142,14 @@ impl Config {
         Duration::from_millis(self.operation_duration_ms)
     }
 
+    /// The bounds on open connections.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+
     /// Longest drain after SIGTERM.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -169,9 +192,11 @@ fn parse_whole_number(value: &str) -> Result<u64, String> {
         .map_err(|_| "a whole number >= 0".to_owned())
 }
 
-fn parse_at_least_one(value: &str) -> Result<usize, String> {
-    match value.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+fn parse_at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(
+    value: &str,
+) -> Result<T, String> {
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err("a whole number >= 1".to_owned()),
     }
 }

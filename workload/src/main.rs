@@ -71,6 +71,7 @@ async fn run(config: Config) -> Result<Shutdown, String> {
         state,
         server::termination_signal(),
         config.shutdown_grace(),
+        config.connection_limits(),
     )
     .await
     .map_err(|err| format!("server failed: {err}"))

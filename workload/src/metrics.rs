@@ -30,6 +30,8 @@ pub struct Metrics {
     rejected_circuit_open: IntCounter,
     rejected_shutting_down: IntCounter,
     request_duration: HistogramVec,
+    connections_open: IntGauge,
+    connections_over_limit: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +70,11 @@ impl Metrics {
                 ]),
                 &["method", "route", "status_code"],
             )?,
+            connections_open: IntGauge::new("http_connections_open", "Open HTTP connections")?,
+            connections_over_limit: IntCounter::new(
+                "http_connections_over_limit_total",
+                "Connections accepted past MAX_CONNECTIONS, served one probe or /metrics request only",
+            )?,
             registry,
         };
         for collector in [
@@ -78,6 +85,8 @@ impl Metrics {
             Box::new(metrics.completed.clone()),
             Box::new(rejected),
             Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.connections_open.clone()),
+            Box::new(metrics.connections_over_limit.clone()),
         ] {
             metrics.registry.register(collector)?;
         }
@@ -100,6 +109,16 @@ impl Metrics {
             Rejection::CircuitOpen => self.rejected_circuit_open.inc(),
             Rejection::ShuttingDown => self.rejected_shutting_down.inc(),
         }
+    }
+
+    /// Records how many connections are open.
+    pub fn set_connections_open(&self, open: usize) {
+        self.connections_open.set(open as i64);
+    }
+
+    /// Counts a connection accepted past `MAX_CONNECTIONS`.
+    pub fn connection_over_limit(&self) {
+        self.connections_over_limit.inc();
     }
 
     /// The request-duration histogram, for [`crate::request_metrics::RecordDurationLayer`].

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::connections::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::routes::{AppState, app};
 
@@ -37,23 +38,28 @@ pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
     ))
 }
 
-/// Serves `state` on `listener` until `shutdown_signal` resolves, then drains for at most `grace`.
+/// Serves `state` on `listener` within `limits` until `shutdown_signal` resolves, then drains for at
+/// most `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown_signal: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    limits: ConnectionLimits,
 ) -> std::io::Result<Shutdown> {
     let admission = Arc::clone(&state.admission);
+    let metrics = state.metrics.clone();
     let (close_listener, listener_closed) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async move {
-                // Either a send or a dropped sender means "stop".
-                let _ = listener_closed.await;
-            })
-            .into_future(),
-    );
+    let accepting = tokio::spawn(connections::accept(
+        listener,
+        app(state),
+        metrics,
+        limits,
+        async move {
+            // Either a send or a dropped sender means "stop".
+            let _ = listener_closed.await;
+        },
+    ));
 
     shutdown_signal.await;
     admission.start_draining();
@@ -77,10 +83,14 @@ pub async fn serve(
     };
     drop(close_listener);
     if outcome == Shutdown::Drained {
-        // Let the last responses reach their clients, still within the grace period.
-        match tokio::time::timeout_at(deadline, server).await {
-            Ok(joined) => joined.map_err(std::io::Error::other)??,
-            Err(_) => tracing::warn!("connections still open when the grace period ended"),
+        // Let the last responses reach their clients, still within the grace period; idle
+        // kept-alive connections are closed at once.
+        let connections = accepting.await.map_err(std::io::Error::other)?;
+        if tokio::time::timeout_at(deadline, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open when the grace period ended");
         }
     }
     Ok(outcome)

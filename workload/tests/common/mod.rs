@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use workload::admission::QueueLimits;
+use workload::config::DEFAULT_MAX_CONNECTIONS;
+use workload::connections::ConnectionLimits;
 use workload::metrics::Metrics;
 use workload::routes::AppState;
 use workload::server::{self, Shutdown};
@@ -33,6 +35,19 @@ pub struct Service {
 
 impl Service {
     pub async fn start(limits: QueueLimits, operation: Duration) -> Self {
+        let connections = ConnectionLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(5),
+        };
+        Self::start_with(limits, operation, connections).await
+    }
+
+    /// [`Service::start`] with connection limits of the test's choosing.
+    pub async fn start_with(
+        limits: QueueLimits,
+        operation: Duration,
+        connections: ConnectionLimits,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = AppState::new(limits, Metrics::new().unwrap(), operation);
@@ -44,6 +59,7 @@ impl Service {
                 let _ = stopped.await;
             },
             Duration::from_secs(30),
+            connections,
         ));
         Self {
             addr,
