@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{CONTAINER_PORT, HTTP_PORT_NAME, labels, metadata, selector_labels};
+use super::{CONTAINER_PORT, HTTP_PORT_NAME, connections, labels, metadata, selector_labels};
 use crate::validate::Validated;
 
 /// Name of the workload container.
@@ -46,6 +46,14 @@ pub fn build(valid: &Validated) -> Deployment {
         ),
         ("PORT", CONTAINER_PORT.to_string()),
         ("SHUTDOWN_GRACE_MS", SHUTDOWN_GRACE_MS.to_string()),
+        (
+            "HEADER_READ_TIMEOUT_MS",
+            connections::HEADER_READ_TIMEOUT_MS.to_string(),
+        ),
+        (
+            "MAX_CONNECTIONS",
+            connections::max_connections(&spec.resources()).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(name, value)| EnvVar {
@@ -182,6 +190,8 @@ mod tests {
                 ("OPERATION_DURATION_MS".into(), "2000".into()),
                 ("PORT".into(), "3000".into()),
                 ("SHUTDOWN_GRACE_MS".into(), "30000".into()),
+                ("HEADER_READ_TIMEOUT_MS".into(), "5000".into()),
+                ("MAX_CONNECTIONS".into(), "2048".into()),
             ]
         );
         let container = container(&deployment);
@@ -262,6 +272,10 @@ mod tests {
         let env = env(&deployment);
         assert!(env.contains(&("CONCURRENCY".into(), "4".into())));
         assert!(env.contains(&("OPERATION_DURATION_MS".into(), "250".into())));
+        assert!(
+            env.contains(&("MAX_CONNECTIONS".into(), "4096".into())),
+            "256Mi"
+        );
         let container = container(&deployment);
         assert_eq!(
             container.image.as_deref(),

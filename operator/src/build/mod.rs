@@ -2,6 +2,7 @@
 //! one module per kind. `operator run` applies exactly these objects and `operator render`
 //! prints them, so what a user renders is what the cluster gets.
 
+pub mod connections;
 pub mod deployment;
 pub mod hpa;
 pub mod service;
