@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, free_port, get_status, send_signal, wait_until_listening, workload_command};
+use common::{
+    client, free_port, get_status, sample, send_signal, wait_until_listening, workload_command,
+};
 
 #[test]
 fn bad_configuration_exits_non_zero_with_one_line() {
@@ -47,6 +49,35 @@ fn bad_configuration_exits_non_zero_with_one_line() {
     }
 }
 
+/// Waits until the service at `base` runs `in_flight` operations with `waiting` queued: a signal
+/// sent after a fixed sleep could, on a loaded machine, arrive before the requests were admitted.
+async fn wait_queued(base: &str, in_flight: f64, waiting: f64) {
+    let metrics = format!("{base}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = client()
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let queued = (
+            sample(&body, "queue_in_flight_tasks"),
+            sample(&body, "queue_waiting_tasks"),
+        );
+        if queued == (Some(in_flight), Some(waiting)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not queued as expected: {queued:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_every_accepted_operation() {
     let port = free_port();
@@ -68,7 +99,7 @@ async fn sigterm_drains_every_accepted_operation() {
             tokio::spawn(async move { get_status(&client(), &url).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_queued(&base, 1.0, 2.0).await;
     send_signal(&child, "TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -112,7 +143,7 @@ async fn the_grace_period_bounds_the_drain() {
     wait_until_listening(port, &mut child).await;
     let url = format!("http://127.0.0.1:{port}/expensive-op");
     let _stuck = tokio::spawn(async move { get_status(&client(), &url).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_queued(&format!("http://127.0.0.1:{port}"), 1.0, 0.0).await;
 
     let signalled = Instant::now();
     send_signal(&child, "TERM");
