@@ -32,6 +32,16 @@ fn bad_configuration_exits_non_zero_with_one_line() {
             r#"error: OPERATION_DURATION_MS must be a whole number >= 0, got "2s""#,
         ),
         (
+            "MAX_CONNECTIONS",
+            "0",
+            r#"error: MAX_CONNECTIONS must be a whole number >= 1, got "0""#,
+        ),
+        (
+            "HEADER_READ_TIMEOUT_MS",
+            "5s",
+            r#"error: HEADER_READ_TIMEOUT_MS must be a whole number >= 1, got "5s""#,
+        ),
+        (
             "BREAKER_QUEUE_FACTOR",
             "1",
             r#"error: BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (2), got "1""#,
