@@ -56,7 +56,8 @@ kubectl get namespace sandbox-system >/dev/null 2>&1 || kubectl create namespace
 kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
 kubectl create namespace "$ns" >/dev/null
 
-target/debug/operator run --admin-addr 127.0.0.1:0 --lease-name autoscale-bench \
+admin=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+target/debug/operator run --admin-addr "$admin" --lease-name autoscale-bench \
 	--lease-namespace sandbox-system --identity bench >"$out/operator.log" 2>&1 &
 operator_pid=$!
 
@@ -103,6 +104,8 @@ sampler_pid=$!
 sleep 3
 
 echo "load: autocannon -t 60 -c $CONNECTIONS -d $DURATION http://$service/expensive-op" >&2
+reconciles() { curl -fsS "http://$admin/metrics" | sed -n 's/^sandbox_operator_reconciliations_total //p'; }
+reconciles_before=$(reconciles)
 load_start=$(now)
 autocannon -t 60 -c "$CONNECTIONS" -d "$DURATION" --json "http://$service/expensive-op" >"$out/autocannon.json" 2>/dev/null
 load_end=$(now)
@@ -112,6 +115,9 @@ until [ "$(get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.repl
 	sleep 1
 done
 scaled_in=$(now)
+# The operator's reconciles from load start to scale-in: it watches the HPA and Deployment it owns, so
+# each of their status writes (an HPA sync that moved the metric, a pod turning ready) starts one.
+echo "$(($(reconciles) - reconciles_before))" >"$out/operator-reconciles"
 sleep 3
 kill "$sampler_pid" && wait "$sampler_pid" 2>/dev/null || true
 sampler_pid=""

@@ -26,6 +26,8 @@ span() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; els
 jq -r '"autocannon: \(.requests.total) requests, \(."2xx") × 200, \(.non2xx) × 503 and other, \(.errors) errors, \(.timeouts) timeouts; codes \(.statusCodeStats | keys | join(","))"' "$out/autocannon.json"
 no_endpoint=$(awk -F'\t' 'END { print $8 }' "$out/samples.tsv")
 echo "of the 503s, $no_endpoint came from the Service having no ready endpoint (every pod's readiness 429)"
+[ -f "$out/operator-reconciles" ] &&
+	echo "the operator reconciled $(cat "$out/operator-reconciles") times from load start to scale-in (its watches on the HPA and the Deployment fire on each of their status writes)"
 echo
 echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, ServiceMonitor interval $interval, HPA sync $sync, scale-down window ${window}s; peak $peak replicas"
 printf '| %-58s | %8s | %8s |\n' "step" "at (s)" "took (s)"
