@@ -21,7 +21,8 @@ new_pod_load=$(first "\$2 != \"$first_pod\" && \$4 > 0" "$out/pods.tsv")
 drained=$(awk -F'\t' -v end="$load_end" '$1 >= end && $3 + 0 > 0 { last = $1 } END { print (last ? last : end) }' "$out/pods.tsv")
 scale_in=$(first "\$4 == 1 && \$1 >= $load_end" "$out/samples.tsv")
 peak=$(awk -F'\t' '$2 > max { max = $2 } END { print max }' "$out/samples.tsv")
-span() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; else printf "%.1f", b - a }'; }
+# From a to b; two events within one sample of each other can come out in either order: 0.
+span() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; else printf "%.1f", (b > a ? b - a : 0) }'; }
 
 jq -r '"autocannon: \(.requests.total) requests, \(."2xx") × 200, \(.non2xx) × 503 and other, \(.errors) errors, \(.timeouts) timeouts; codes \(.statusCodeStats | keys | join(","))"' "$out/autocannon.json"
 no_endpoint=$(awk -F'\t' 'END { print $8 }' "$out/samples.tsv")
