@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use kube::core::DynamicObject;
+use kube::core::{DynamicObject, Selector, SelectorExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -45,15 +46,15 @@ pub fn jobs(
     for monitor in monitors {
         let namespace = monitor.namespace().unwrap_or_default();
         let spec = &monitor.data["spec"];
-        let Some(selector) = match_labels(&spec["selector"]) else {
-            warn!(monitor = %monitor.name_any(), "only selector.matchLabels is supported; skipped");
+        let Some(selector) = selector(&spec["selector"]) else {
+            warn!(monitor = %monitor.name_any(), "selector is not a valid label selector; skipped");
             continue;
         };
         let selected: Vec<&Service> = services
             .iter()
             .map(AsRef::as_ref)
             .filter(|service| service.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|service| selects(&selector, service.labels()))
+            .filter(|service| selector.matches(service.labels()))
             .collect();
         let endpoints = spec["endpoints"].as_array().cloned().unwrap_or_default();
         for (index, endpoint) in endpoints.iter().enumerate() {
@@ -104,17 +105,13 @@ pub fn jobs(
     jobs
 }
 
-/// `matchLabels` of a selector without `matchExpressions` (`None` when it has some).
-fn match_labels(selector: &Value) -> Option<Labels> {
-    if selector["matchExpressions"]
-        .as_array()
-        .is_some_and(|e| !e.is_empty())
-    {
-        return None;
+/// A ServiceMonitor's `selector` (`matchLabels` and `matchExpressions`); absent selects all.
+fn selector(selector: &Value) -> Option<Selector> {
+    if selector.is_null() {
+        return Some(Selector::default());
     }
-    serde_json::from_value(selector["matchLabels"].clone())
-        .ok()
-        .or(Some(Labels::new()))
+    let selector: LabelSelector = serde_json::from_value(selector.clone()).ok()?;
+    Selector::try_from(selector).ok()
 }
 
 /// The Prometheus configuration for `jobs`, each reading its targets from a file in `targets_dir`.
@@ -293,6 +290,27 @@ spec: {selector: {app: a}, ports: [{name: http, port: 80}]}
         let jobs = jobs(&[object(MONITOR)], &[object(SERVICE)], &[starting, leaving]);
         assert_eq!(jobs[0].targets.len(), 1);
         assert_eq!(jobs[0].targets[0].labels["pod"], "starting");
+    }
+
+    #[test]
+    fn match_expressions_select_too() {
+        let by_expression = MONITOR.replace(
+            "selector: {matchLabels: {instance: demo}}",
+            "selector: {matchExpressions: [{key: instance, operator: In, values: [demo]}]}",
+        );
+        let by_other = by_expression.replace("values: [demo]", "values: [other]");
+        let pods = [pod("ns", "p", "a", 1)];
+        assert_eq!(
+            jobs(&[object(&by_expression)], &[object(SERVICE)], &pods)[0]
+                .targets
+                .len(),
+            1
+        );
+        assert!(
+            jobs(&[object(&by_other)], &[object(SERVICE)], &pods)[0]
+                .targets
+                .is_empty()
+        );
     }
 
     #[test]

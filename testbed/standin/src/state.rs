@@ -17,7 +17,8 @@ use crate::proxy::ServiceProxy;
 /// Labels as Kubernetes stores them.
 pub type Labels = BTreeMap<String, String>;
 
-/// Whether every label of `selector` is in `labels` (a Service's `spec.selector`, `matchLabels`).
+/// Whether every label of `selector` is in `labels`: a Service's `spec.selector`, which has only
+/// equality. The spreader asks for every request, so no `kube::core::Selector` is built per call.
 pub fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector
         .iter()
