@@ -231,30 +231,16 @@ async fn malformed_and_odd_requests_get_an_answer_or_a_clean_close() {
         .collect();
     assert_eq!(statuses, ["200", "404"], "{both}");
 
-    // Clients that close mid-head or while queued leave nothing behind.
+    // A client that closes mid-head leaves nothing behind (one that closes while queued:
+    // tests/queue_behaviour.rs; thousands of both: tests/fuzz_requests.rs).
     let mut cut = TcpStream::connect(addr).await.unwrap();
     cut.write_all(b"GET /expensive-op HTTP/1.1\r\nHo")
         .await
         .unwrap();
     drop(cut);
-    let mut queued = Vec::new();
-    for _ in 0..3 {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /expensive-op HTTP/1.1\r\nHost: s\r\n\r\n")
-            .await
-            .unwrap();
-        queued.push(stream);
-    }
     service
-        .wait_for_metric("queue_waiting_tasks", 2.0, Duration::from_secs(5))
+        .wait_for_metric("http_connections_open", 1.0, Duration::from_secs(5))
         .await;
-    drop(queued);
-    service
-        .wait_for_metric("queue_ratio", 0.0, Duration::from_secs(5))
-        .await;
-    service
-        .wait_for_metric("queue_in_flight_tasks", 0.0, Duration::from_secs(5))
-        .await;
+    assert_eq!(service.metric("queue_ratio").await, 0.0);
     assert_eq!(service.status("/readiness").await, 200);
 }
