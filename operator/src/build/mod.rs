@@ -5,6 +5,7 @@
 pub mod connections;
 pub mod deployment;
 pub mod hpa;
+pub mod quantity;
 pub mod service;
 pub mod service_monitor;
 

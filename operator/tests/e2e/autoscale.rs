@@ -89,10 +89,7 @@ fn process_metric(address: SocketAddr, name: &str) -> Option<f64> {
 
 /// A Kubernetes quantity as a number (`2`, `1500m`).
 fn quantity(text: &str) -> f64 {
-    match text.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().unwrap() / 1000.0,
-        None => text.parse().unwrap(),
-    }
+    operator::build::quantity::value(text).unwrap_or_else(|| panic!("not a quantity: {text}"))
 }
 
 /// The seed's load: `autocannon -t 60 -c CONNECTIONS -d SECONDS --json`.

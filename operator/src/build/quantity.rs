@@ -1,0 +1,54 @@
+//! Kubernetes quantities read as numbers: memory limits (`128Mi`) and the HPA's metric values
+//! (`1500m`). The inverse for ratios is [`super::hpa::ratio_quantity`].
+
+/// The value of a quantity: a decimal number with an optional milli (`m`), binary (`Ki`…`Ei`),
+/// decimal (`k`…`E`) or exponent (`e6`) suffix. `None` for anything else or a negative value.
+pub fn value(text: &str) -> Option<f64> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exponent => 10f64.powi(exponent.strip_prefix(['e', 'E'])?.parse().ok()?),
+    };
+    let value = number * multiplier;
+    (value.is_finite() && value >= 0.0).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_notation() {
+        for (text, expected) in [
+            ("134217728", Some(134_217_728.0)),
+            ("128Mi", Some(134_217_728.0)),
+            ("0.5Gi", Some(536_870_912.0)),
+            ("1e9", Some(1e9)),
+            ("1E3", Some(1000.0)),
+            ("2k", Some(2000.0)),
+            ("1500m", Some(1.5)),
+            ("4", Some(4.0)),
+            ("12x", None),
+            ("Mi", None),
+        ] {
+            assert_eq!(value(text), expected, "{text}");
+        }
+    }
+}
