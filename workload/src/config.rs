@@ -12,10 +12,8 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use crate::admission::QueueLimits;
 use crate::connections::ConnectionLimits;
 
-/// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows, half of it
-/// for connections at [`crate::connections::BYTES_PER_CONNECTION`] each.
-pub const DEFAULT_MAX_CONNECTIONS: usize =
-    64 * 1024 * 1024 / crate::connections::BYTES_PER_CONNECTION;
+/// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows.
+pub const DEFAULT_MAX_CONNECTIONS: usize = crate::contract::MAX_CONNECTIONS.default as usize;
 
 /// Settings of the workload service.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]

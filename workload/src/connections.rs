@@ -34,20 +34,17 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::contract::{LIVENESS_PATH, METRICS_PATH, READINESS_PATH};
 use crate::metrics::Metrics;
 
 /// Largest request head, request line and headers together (hyper's smallest buffer is 8 KiB).
 pub const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 
-/// Memory an open, idle connection costs the process, measured by `scripts/hostile.sh` (rounded up):
-/// the basis of `MAX_CONNECTIONS`' default and of the operator's value for a memory limit.
-pub const BYTES_PER_CONNECTION: usize = 32 * 1024;
-
 /// How long a connection past the bound has to send its one request's head.
 pub const OVERFLOW_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Paths an overflow connection is served: what the kubelet and Prometheus ask for.
-const OVERFLOW_PATHS: [&str; 3] = ["/liveness", "/readiness", "/metrics"];
+const OVERFLOW_PATHS: [&str; 3] = [LIVENESS_PATH, READINESS_PATH, METRICS_PATH];
 
 /// How many connections are served in full, and how long a request's head may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

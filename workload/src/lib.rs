@@ -1,5 +1,7 @@
 //! The performance-sandbox workload: an HTTP service whose expensive operation sits behind a bounded queue.
 //!
+//! - [`contract`]: names and defaults the operator relies on; the only module without the
+//!   `server` feature.
 //! - [`admission`]: the queue and its rules (circuit breaker, backpressure), as pure functions.
 //! - [`config`]: environment and flags.
 //! - [`connections`]: accepting connections within bounds (header timeout, connection limit).
@@ -8,10 +10,19 @@
 //! - [`request_metrics`]: the per-route request-duration layer.
 //! - [`server`]: serving and draining on shutdown.
 
+pub mod contract;
+
+#[cfg(feature = "server")]
 pub mod admission;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod connections;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod request_metrics;
+#[cfg(feature = "server")]
 pub mod routes;
+#[cfg(feature = "server")]
 pub mod server;

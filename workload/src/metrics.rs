@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use crate::admission::{QueueSnapshot, Rejection};
+use crate::contract::QUEUE_RATIO_METRIC;
 
 /// How often process metrics are re-read from `/proc`. Reading them costs more than the rest of a scrape
 /// together, and a second's resolution is far finer than any scrape interval.
@@ -47,7 +48,7 @@ impl Metrics {
         )?;
         let metrics = Self {
             queue_ratio: Gauge::new(
-                "queue_ratio",
+                QUEUE_RATIO_METRIC,
                 "Tasks waiting for a slot divided by CONCURRENCY; the HPA scales on this",
             )?,
             waiting: IntGauge::new("queue_waiting_tasks", "Accepted tasks waiting for a slot")?,

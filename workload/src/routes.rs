@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::admission::{Admission, QueueLimits, Readiness, Rejection};
+use crate::contract::{EXPENSIVE_OP_PATH, LIVENESS_PATH, METRICS_PATH, READINESS_PATH};
 use crate::metrics::Metrics;
 use crate::request_metrics::RecordDurationLayer;
 
@@ -111,10 +112,13 @@ pub fn app(state: AppState) -> Router {
         handler.layer(RecordDurationLayer::new(histogram.clone(), route))
     };
     Router::new()
-        .route("/expensive-op", timed("/expensive-op", get(expensive_op)))
-        .route("/readiness", timed("/readiness", get(readiness)))
-        .route("/liveness", timed("/liveness", get(liveness)))
-        .route("/metrics", timed("/metrics", get(metrics)))
+        .route(
+            EXPENSIVE_OP_PATH,
+            timed(EXPENSIVE_OP_PATH, get(expensive_op)),
+        )
+        .route(READINESS_PATH, timed(READINESS_PATH, get(readiness)))
+        .route(LIVENESS_PATH, timed(LIVENESS_PATH, get(liveness)))
+        .route(METRICS_PATH, timed(METRICS_PATH, get(metrics)))
         .fallback(timed(UNMATCHED_ROUTE, any(not_found)))
         .with_state(state)
 }

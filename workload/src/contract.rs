@@ -1,0 +1,101 @@
+//! The workload's interface to whoever runs it: environment variables and their defaults, the
+//! container port, the HTTP routes and the metric names.
+//!
+//! The operator builds its pod template from these constants (through a path dependency on this
+//! crate without its `server` feature), so a name or a default is written once, here. This module
+//! depends on nothing: it must build without the server's crates.
+
+/// An environment variable the workload reads, with its default as the workload applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// Variable name, e.g. `CONCURRENCY`.
+    pub env: &'static str,
+    /// Default when the variable is unset, as written in the environment.
+    pub default: u64,
+}
+
+/// TCP port the workload listens on; the container port.
+pub const PORT: Setting = Setting {
+    env: "PORT",
+    default: 3000,
+};
+
+/// Address to listen on (`0.0.0.0` when unset); the operator never sets it.
+pub const HOST_ENV: &str = "HOST";
+
+/// Operations that run at once.
+pub const CONCURRENCY: Setting = Setting {
+    env: "CONCURRENCY",
+    default: 1,
+};
+
+/// Duration of one simulated operation, in milliseconds.
+pub const OPERATION_DURATION_MS: Setting = Setting {
+    env: "OPERATION_DURATION_MS",
+    default: 2000,
+};
+
+/// `/readiness` answers 429 when more than this × concurrency operations wait.
+pub const READINESS_QUEUE_FACTOR: Setting = Setting {
+    env: "READINESS_QUEUE_FACTOR",
+    default: 2,
+};
+
+/// `/expensive-op` answers 503 when accepting would make more than this × concurrency wait.
+pub const BREAKER_QUEUE_FACTOR: Setting = Setting {
+    env: "BREAKER_QUEUE_FACTOR",
+    default: 4,
+};
+
+/// How long a request head may take to arrive, and a kept-alive connection may idle, in ms.
+pub const HEADER_READ_TIMEOUT_MS: Setting = Setting {
+    env: "HEADER_READ_TIMEOUT_MS",
+    default: 5000,
+};
+
+/// Memory one open connection may cost, rounded up from the 19.1 KiB measured by
+/// `scripts/hostile.sh`; the connection limit is derived from a memory budget with it.
+pub const BYTES_PER_CONNECTION: u64 = 32 * 1024;
+
+/// The connection limit for a memory limit of `memory_limit_bytes`: half of it for connections.
+pub const fn max_connections_for_memory(memory_limit_bytes: u64) -> u64 {
+    let connections = memory_limit_bytes / 2 / BYTES_PER_CONNECTION;
+    if connections == 0 { 1 } else { connections }
+}
+
+/// Connections served in full; past it a connection gets one probe or `/metrics` request only.
+/// The default is what a 128 MiB memory limit allows.
+pub const MAX_CONNECTIONS: Setting = Setting {
+    env: "MAX_CONNECTIONS",
+    default: max_connections_for_memory(128 * 1024 * 1024),
+};
+
+/// After SIGTERM, how long accepted operations may take to finish before the process exits.
+pub const SHUTDOWN_GRACE_MS: Setting = Setting {
+    env: "SHUTDOWN_GRACE_MS",
+    default: 30_000,
+};
+
+/// The simulated expensive operation.
+pub const EXPENSIVE_OP_PATH: &str = "/expensive-op";
+/// Readiness probe: 429 under backpressure.
+pub const READINESS_PATH: &str = "/readiness";
+/// Liveness probe: always 200 while the process serves.
+pub const LIVENESS_PATH: &str = "/liveness";
+/// Prometheus text exposition.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Per-pod gauge the HPA scales on: operations waiting per unit of concurrency.
+pub const QUEUE_RATIO_METRIC: &str = "queue_ratio";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limit_is_half_the_memory_at_the_per_connection_cost() {
+        assert_eq!(MAX_CONNECTIONS.default, 2048);
+        assert_eq!(max_connections_for_memory(256 * 1024 * 1024), 4096);
+        assert_eq!(max_connections_for_memory(0), 1, "never zero");
+    }
+}
