@@ -1,7 +1,9 @@
 //! The one way this crate, its binary and its tests get a Kubernetes client.
 
-use kube::Client;
+use kube::client::ClientBuilder;
+use kube::{Client, Config};
 
+use crate::api_calls::ApiRequests;
 use crate::error::{Error, Result};
 
 /// A client from the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the in-cluster service
@@ -12,9 +14,25 @@ use crate::error::{Error, Result};
 /// rustls without a default, and the first TLS handshake panics. Choosing it here, rather than
 /// in `main`, means no caller can forget it.
 pub async fn connect() -> Result<Client> {
+    client(None).await
+}
+
+/// [`connect`], with every request counted into `requests` (see [`crate::api_calls`]). `operator
+/// run` makes its one client this way, shared by the controller and the leader election.
+pub async fn connect_counted(requests: &ApiRequests) -> Result<Client> {
+    client(Some(requests)).await
+}
+
+/// kube's default stack (`Client::try_default`), with the counting layer outermost if asked.
+async fn client(requests: Option<&ApiRequests>) -> Result<Client> {
     // An Err only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default()
+    let config = Config::infer()
         .await
-        .map_err(|e| Error::Config(Box::new(e)))
+        .map_err(|e| Error::Config(Box::new(kube::Error::InferConfig(e))))?;
+    let builder = ClientBuilder::try_from(config).map_err(|e| Error::Config(Box::new(e)))?;
+    Ok(match requests {
+        Some(requests) => builder.with_layer(&requests.layer()).build(),
+        None => builder.build(),
+    })
 }

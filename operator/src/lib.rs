@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api_calls;
 pub mod apply;
 pub mod build;
 pub mod client;

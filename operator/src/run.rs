@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::api_calls::ApiRequests;
 use crate::controller::{self, Context};
 use crate::error::{Error, Result};
 use crate::leader::{self, Election, LeaseConfig};
@@ -36,8 +37,10 @@ pub struct RunConfig {
 pub async fn run(config: RunConfig) -> Result<()> {
     let listener = admin::bind(config.admin_addr).await?;
     let admin_addr = listener.local_addr().unwrap_or(config.admin_addr);
-    let client = crate::client::connect().await?;
     let metrics = Metrics::new();
+    // One client, counted, for the controller and the leader election alike.
+    let requests = ApiRequests::registered(&metrics.registry);
+    let client = crate::client::connect_counted(&requests).await?;
     let admin_state = AdminState::new(metrics.clone());
 
     let (shutdown_tx, shutdown) = watch::channel(false);
