@@ -1,119 +1,164 @@
-//! Configuration from the environment and the same names as command-line flags.
+//! Configuration from command-line flags and environment variables of the same names.
 //!
-//! The seed was configured by environment variables only, so when both are given the environment wins.
-//! Every problem is reported as one line naming the variable and the value it got.
+//! clap's standard precedence: a flag wins over its environment variable, which wins over the default.
+//! The names and defaults come from [`crate::contract`], which the operator builds its pods from.
+//! Every problem is reported as one line naming the variable, its flag and the value it got.
 
-use std::net::{IpAddr, SocketAddr};
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::builder::StyledStr;
+use clap::error::{ContextKind, ContextValue, ErrorFormatter, ErrorKind, RichFormatter};
 use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::admission::QueueLimits;
 use crate::connections::ConnectionLimits;
+use crate::contract;
 
 /// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows.
-pub const DEFAULT_MAX_CONNECTIONS: usize = crate::contract::MAX_CONNECTIONS.default as usize;
+pub const DEFAULT_MAX_CONNECTIONS: usize = contract::MAX_CONNECTIONS.default as usize;
 
 /// Settings of the workload service.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
 #[command(name = "workload", version, about, args_override_self = true)]
 pub struct Config {
     /// TCP port to listen on (0 picks a free port).
-    #[arg(long, env = "PORT", default_value_t = 3000, value_parser = parse_port)]
+    #[arg(long, env = contract::PORT.env, default_value_t = contract::PORT.default as u16, value_parser = parse_port)]
     pub port: u16,
 
     /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0", value_parser = parse_host)]
+    #[arg(long, env = contract::HOST_ENV, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED), value_parser = parse_host)]
     pub host: IpAddr,
 
     /// Expensive operations that run at the same time.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 1, value_parser = parse_at_least_one::<usize>)]
+    #[arg(long, env = contract::CONCURRENCY.env, default_value_t = contract::CONCURRENCY.default as usize, value_parser = parse_at_least_one::<usize>)]
     pub concurrency: usize,
 
     /// How long one expensive operation takes, in milliseconds.
-    #[arg(long, env = "OPERATION_DURATION_MS", default_value_t = 2000, value_parser = parse_whole_number)]
+    #[arg(long, env = contract::OPERATION_DURATION_MS.env, default_value_t = contract::OPERATION_DURATION_MS.default, value_parser = parse_whole_number)]
     pub operation_duration_ms: u64,
 
     /// `/readiness` answers 429 when more than this × CONCURRENCY tasks wait.
-    #[arg(long, env = "READINESS_QUEUE_FACTOR", default_value_t = 2, value_parser = parse_at_least_one::<usize>)]
+    #[arg(long, env = contract::READINESS_QUEUE_FACTOR.env, default_value_t = contract::READINESS_QUEUE_FACTOR.default as usize, value_parser = parse_at_least_one::<usize>)]
     pub readiness_queue_factor: usize,
 
     /// `/expensive-op` answers 503 when accepting would make more than this × CONCURRENCY tasks wait.
-    #[arg(long, env = "BREAKER_QUEUE_FACTOR", default_value_t = 4, value_parser = parse_at_least_one::<usize>)]
+    #[arg(long, env = contract::BREAKER_QUEUE_FACTOR.env, default_value_t = contract::BREAKER_QUEUE_FACTOR.default as usize, value_parser = parse_at_least_one::<usize>)]
     pub breaker_queue_factor: usize,
 
     /// How long a request's head (request line and headers) may take to arrive, in milliseconds; also
     /// how long a kept-alive connection may stay idle between requests.
-    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 5_000, value_parser = parse_at_least_one::<u64>)]
+    #[arg(long, env = contract::HEADER_READ_TIMEOUT_MS.env, default_value_t = contract::HEADER_READ_TIMEOUT_MS.default, value_parser = parse_at_least_one::<u64>)]
     pub header_read_timeout_ms: u64,
 
     /// Connections served in full; past it, a connection gets one probe or /metrics request only.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_at_least_one::<usize>)]
+    #[arg(long, env = contract::MAX_CONNECTIONS.env, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_at_least_one::<usize>)]
     pub max_connections: usize,
 
     /// After SIGTERM, how long accepted operations may take to finish before the process exits anyway.
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 30_000, value_parser = parse_whole_number)]
+    #[arg(long, env = contract::SHUTDOWN_GRACE_MS.env, default_value_t = contract::SHUTDOWN_GRACE_MS.default, value_parser = parse_whole_number)]
     pub shutdown_grace_ms: u64,
 }
 
-/// A configuration value that cannot be used; `Display` is the one line printed at start-up.
+/// The breaker would open before readiness fails, so Kubernetes would never see backpressure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A value that does not parse or is out of range.
-    #[error("{variable} must be {requirement}, got \"{value}\"")]
-    Invalid {
-        variable: String,
-        requirement: String,
-        value: String,
-    },
-    /// The breaker would open before readiness fails, so Kubernetes would never see backpressure.
-    #[error(
-        "BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR ({readiness}), got \"{breaker}\""
-    )]
-    BreakerBelowReadiness { breaker: usize, readiness: usize },
-    /// `--help`, `--version` or a usage mistake: clap's own message.
-    #[error("{0}")]
-    Usage(String),
+#[error(
+    "{breaker_env} must be >= {readiness_env} ({readiness}), got \"{breaker}\"",
+    breaker_env = contract::BREAKER_QUEUE_FACTOR.env,
+    readiness_env = contract::READINESS_QUEUE_FACTOR.env
+)]
+pub struct BreakerBelowReadiness {
+    pub breaker: usize,
+    pub readiness: usize,
+}
+
+/// Why the configuration cannot be loaded, or `--help`/`--version`; printed by [`OneLine`].
+pub type ConfigError = clap::error::Error<OneLine>;
+
+/// Formats clap's errors as one line. A bad value, from the flag or the variable, reads
+/// `error: CONCURRENCY (--concurrency) must be a whole number >= 1, got "abc"`: clap shows the argument
+/// as `--concurrency <CONCURRENCY>`, whose value name is the variable's, and the value parser's error is
+/// the requirement. Anything else is clap's own message with its lines joined.
+pub struct OneLine;
+
+impl ErrorFormatter for OneLine {
+    fn format_error(error: &clap::error::Error<Self>) -> StyledStr {
+        let line = bad_value(error).unwrap_or_else(|| clap_message(error));
+        format!("error: {line}\n").into()
+    }
+}
+
+/// `CONCURRENCY (--concurrency) must be …, got "abc"` for a value its parser rejected.
+fn bad_value(error: &ConfigError) -> Option<String> {
+    if error.kind() != ErrorKind::ValueValidation {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        error.get(ContextKind::InvalidArg),
+        error.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let requirement = std::error::Error::source(error)?;
+    let (flag, value_name) = arg.split_once(' ')?;
+    let variable = value_name.trim_start_matches('<').trim_end_matches('>');
+    Some(format!(
+        "{variable} ({flag}) must be {requirement}, got {value:?}"
+    ))
+}
+
+/// clap's own message without the usage block, its lines (message, tips) joined by "; ".
+fn clap_message(error: &ConfigError) -> String {
+    let mut rich = clap::error::Error::<RichFormatter>::new(error.kind());
+    for (kind, value) in error.context() {
+        if kind != ContextKind::Usage {
+            rich.insert(kind, value.clone());
+        }
+    }
+    let rendered = rich.render().to_string();
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let joined = lines.join("; ");
+    joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
 }
 
 impl Config {
-    /// Reads the configuration from `args` (program name first) and the variables in `env`.
-    /// A variable that is set takes precedence over the flag of the same name.
-    pub fn from_sources<I, E>(args: I, env: E) -> Result<Self, (ConfigError, ErrorKind)>
+    /// Reads the flags in `args` (program name first) and the process environment; a flag wins over
+    /// its variable. `--help` and `--version` come back as errors of kind `DisplayHelp` and
+    /// `DisplayVersion`: the error's `print` and `exit_code` handle every case.
+    pub fn try_load_from<I, T>(args: I) -> Result<Self, ConfigError>
     where
-        I: IntoIterator<Item = String>,
-        E: Fn(&str) -> Option<String>,
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
     {
-        let command = Self::command();
-        // clap ranks flags above the environment; appending the set variables as flags (the last occurrence
-        // wins) turns that around. clap's own env lookup is disabled so `env` is the only source.
-        let mut argv: Vec<String> = args.into_iter().collect();
-        for arg in command.get_arguments() {
-            if let (Some(variable), Some(long)) = (arg.get_env(), arg.get_long())
-                && let Some(value) = env(&variable.to_string_lossy())
-            {
-                argv.push(format!("--{long}={value}"));
-            }
-        }
-        let parser = command.clone().mut_args(|arg| arg.env(None::<&str>));
-        let matches = parser
-            .try_get_matches_from(argv)
-            .map_err(|err| (describe_clap_error(&command, &err), err.kind()))?;
-        let config = Self::from_arg_matches(&matches).map_err(|err| {
-            let kind = err.kind();
-            (describe_clap_error(&command, &err), kind)
+        Self::load(Self::command(), args)
+    }
+
+    /// [`Config::try_load_from`] with `command`, which tests build without the environment.
+    fn load<I, T>(command: clap::Command, args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let config = command
+            .try_get_matches_from(args)
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .map_err(clap::Error::apply)?;
+        config.validate().map_err(|err| {
+            // A raw message, not formatted with the command, prints as "error: " and itself.
+            ConfigError::raw(ErrorKind::ValueValidation, format!("{err}\n"))
         })?;
-        config
-            .validate()
-            .map_err(|err| (err, ErrorKind::ValueValidation))?;
         Ok(config)
     }
 
     /// Checks the rules that involve more than one value.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), BreakerBelowReadiness> {
         if self.breaker_queue_factor < self.readiness_queue_factor {
-            return Err(ConfigError::BreakerBelowReadiness {
+            return Err(BreakerBelowReadiness {
                 breaker: self.breaker_queue_factor,
                 readiness: self.readiness_queue_factor,
             });
@@ -154,35 +199,6 @@ impl Config {
     }
 }
 
-/// Turns clap's multi-line report of a bad value into one line that names the environment variable.
-fn describe_clap_error(command: &clap::Command, err: &clap::Error) -> ConfigError {
-    let invalid_arg = match err.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => Some(arg.as_str()),
-        _ => None,
-    };
-    let invalid_value = match err.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) => Some(value.clone()),
-        _ => None,
-    };
-    let requirement = std::error::Error::source(err).map(ToString::to_string);
-    let variable = invalid_arg.and_then(|shown| {
-        // clap shows the argument as `--concurrency <CONCURRENCY>`.
-        let long = shown.trim_start_matches("--").split([' ', '=']).next()?;
-        let arg = command
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long))?;
-        Some(arg.get_env()?.to_string_lossy().into_owned())
-    });
-    match (variable, invalid_value, requirement) {
-        (Some(variable), Some(value), Some(requirement)) => ConfigError::Invalid {
-            variable,
-            requirement,
-            value,
-        },
-        _ => ConfigError::Usage(err.render().to_string().trim_end().to_owned()),
-    }
-}
-
 fn parse_whole_number(value: &str) -> Result<u64, String> {
     value
         .trim()
@@ -216,23 +232,21 @@ fn parse_host(value: &str) -> Result<IpAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let argv = std::iter::once("workload")
-            .chain(args.iter().copied())
-            .map(String::from);
-        Config::from_sources(argv, |name| env.get(name).cloned())
-            .map_err(|(err, _)| err.to_string())
+    /// Loads from flags alone: the test runner's environment (HOST is often set) must not leak in.
+    /// The environment and its precedence are tested on the binary, in `tests/process.rs`.
+    fn load(args: &[&str]) -> Result<Config, String> {
+        let command = Config::command().mut_args(|arg| arg.env(None::<&str>));
+        Config::load(
+            command,
+            std::iter::once("workload").chain(args.iter().copied()),
+        )
+        .map_err(|err| err.to_string())
     }
 
     #[test]
     fn defaults_match_the_seed() {
-        let config = load(&[], &[]).unwrap();
+        let config = load(&[]).unwrap();
         assert_eq!(config.listen_addr().to_string(), "0.0.0.0:3000");
         assert_eq!(config.concurrency, 1);
         assert_eq!(config.operation_duration_ms, 2000);
@@ -240,62 +254,91 @@ mod tests {
             (config.readiness_queue_factor, config.breaker_queue_factor),
             (2, 4)
         );
+        assert_eq!(config.header_read_timeout_ms, 5000);
+        assert_eq!(config.max_connections, 2048);
         assert_eq!(config.shutdown_grace_ms, 30_000);
     }
 
     #[test]
-    fn environment_wins_over_flags() {
-        let config = load(
-            &["--concurrency", "2", "--port", "8080"],
-            &[("CONCURRENCY", "5")],
-        )
+    fn flags_set_the_values_and_the_last_one_wins() {
+        let config = load(&[
+            "--concurrency",
+            "2",
+            "--port=8080",
+            "--host",
+            "::1",
+            "--concurrency",
+            "3",
+        ])
         .unwrap();
-        assert_eq!(config.concurrency, 5);
-        assert_eq!(config.port, 8080);
+        assert_eq!(config.concurrency, 3);
+        assert_eq!(config.listen_addr().to_string(), "[::1]:8080");
     }
 
+    /// The formatter reads the variable from clap's `--concurrency <CONCURRENCY>`.
     #[test]
-    fn bad_values_name_the_variable_and_value() {
-        let cases = [
-            (
-                ("CONCURRENCY", "abc"),
-                r#"CONCURRENCY must be a whole number >= 1, got "abc""#,
-            ),
-            (
-                ("CONCURRENCY", "0"),
-                r#"CONCURRENCY must be a whole number >= 1, got "0""#,
-            ),
-            (
-                ("PORT", "70000"),
-                r#"PORT must be a port number from 0 to 65535, got "70000""#,
-            ),
-            (
-                ("OPERATION_DURATION_MS", "-5"),
-                r#"OPERATION_DURATION_MS must be a whole number >= 0, got "-5""#,
-            ),
-            (
-                ("HOST", "not-an-ip"),
-                r#"HOST must be an IPv4 or IPv6 address, got "not-an-ip""#,
-            ),
-        ];
-        for ((variable, value), expected) in cases {
-            assert_eq!(load(&[], &[(variable, value)]).unwrap_err(), expected);
+    fn every_value_name_is_its_variable() {
+        for arg in Config::command().get_arguments() {
+            let Some(variable) = arg.get_env() else {
+                continue;
+            };
+            let names: Vec<&str> = arg
+                .get_value_names()
+                .unwrap_or_default()
+                .iter()
+                .map(|n| n.as_str())
+                .collect();
+            assert_eq!(names, [variable.to_str().unwrap()], "{}", arg.get_id());
         }
     }
 
     #[test]
-    fn bad_flag_values_are_reported_the_same_way() {
-        assert_eq!(
-            load(&["--concurrency", "x"], &[]).unwrap_err(),
-            r#"CONCURRENCY must be a whole number >= 1, got "x""#
-        );
+    fn bad_values_are_one_line_naming_variable_flag_and_value() {
+        let cases = [
+            (
+                "--concurrency=abc",
+                r#"CONCURRENCY (--concurrency) must be a whole number >= 1, got "abc""#,
+            ),
+            (
+                "--concurrency=0",
+                r#"CONCURRENCY (--concurrency) must be a whole number >= 1, got "0""#,
+            ),
+            (
+                "--port=70000",
+                r#"PORT (--port) must be a port number from 0 to 65535, got "70000""#,
+            ),
+            (
+                "--operation-duration-ms=-5",
+                r#"OPERATION_DURATION_MS (--operation-duration-ms) must be a whole number >= 0, got "-5""#,
+            ),
+            (
+                "--host=not-an-ip",
+                r#"HOST (--host) must be an IPv4 or IPv6 address, got "not-an-ip""#,
+            ),
+            (
+                "--max-connections=two\nlines",
+                r#"MAX_CONNECTIONS (--max-connections) must be a whole number >= 1, got "two\nlines""#,
+            ),
+        ];
+        for (flag, expected) in cases {
+            assert_eq!(load(&[flag]).unwrap_err(), format!("error: {expected}\n"));
+        }
     }
 
     #[test]
     fn breaker_factor_below_readiness_factor_is_rejected() {
         assert_eq!(
-            load(&[], &[("BREAKER_QUEUE_FACTOR", "1")]).unwrap_err(),
-            r#"BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (2), got "1""#
+            load(&["--breaker-queue-factor", "1"]).unwrap_err(),
+            "error: BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (2), got \"1\"\n"
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_clap_messages_on_one_line() {
+        let message = load(&["--concurency", "2"]).unwrap_err();
+        assert_eq!(
+            message,
+            "error: unexpected argument '--concurency' found; tip: a similar argument exists: '--concurrency'\n"
         );
     }
 }

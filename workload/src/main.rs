@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use workload::config::Config;
@@ -8,20 +7,12 @@ use workload::server::{self, Shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_sources(std::env::args(), |name| std::env::var(name).ok()) {
+    let config = match Config::try_load_from(std::env::args_os()) {
         Ok(config) => config,
-        Err((message, ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)) => {
-            println!("{message}");
-            return ExitCode::SUCCESS;
-        }
-        Err((message, _)) => {
-            let message = message.to_string();
-            // clap's own usage errors already start with "error:".
-            match message.starts_with("error:") {
-                true => eprintln!("{message}"),
-                false => eprintln!("error: {message}"),
-            }
-            return ExitCode::from(2);
+        Err(err) => {
+            // `--help` and `--version` go to stdout with 0; a bad value or usage, one line on stderr with 2.
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
         }
     };
     tracing_subscriber::fmt()

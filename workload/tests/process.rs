@@ -1,62 +1,169 @@
-//! The `workload` binary as a user runs it: configuration errors and draining on SIGTERM.
+//! The `workload` binary as a user runs it: configuration from flags and the environment, its errors,
+//! and draining on SIGTERM.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use common::{
     client, free_port, get_status, sample, send_signal, wait_until_listening, workload_command,
 };
 
+/// Runs the binary to its end (it must not start) and checks the exit code 2 and the one line on stderr.
+fn assert_rejected(env: &[(&str, &str)], args: &[&str], expected: &str) {
+    let output = workload_command(env).args(args).output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{env:?} {args:?}: {stderr}");
+    assert_eq!(stderr, format!("error: {expected}\n"), "{env:?} {args:?}");
+    assert!(
+        output.stdout.is_empty(),
+        "nothing may start: {env:?} {args:?}"
+    );
+}
+
 #[test]
-fn bad_configuration_exits_non_zero_with_one_line() {
+fn bad_variables_exit_2_with_one_line_naming_variable_and_value() {
     let cases = [
         (
             "CONCURRENCY",
             "abc",
-            r#"error: CONCURRENCY must be a whole number >= 1, got "abc""#,
+            r#"CONCURRENCY (--concurrency) must be a whole number >= 1, got "abc""#,
         ),
         (
             "CONCURRENCY",
             "0",
-            r#"error: CONCURRENCY must be a whole number >= 1, got "0""#,
+            r#"CONCURRENCY (--concurrency) must be a whole number >= 1, got "0""#,
         ),
         (
             "PORT",
             "65536",
-            r#"error: PORT must be a port number from 0 to 65535, got "65536""#,
+            r#"PORT (--port) must be a port number from 0 to 65535, got "65536""#,
+        ),
+        (
+            "HOST",
+            "not-an-ip",
+            r#"HOST (--host) must be an IPv4 or IPv6 address, got "not-an-ip""#,
         ),
         (
             "OPERATION_DURATION_MS",
             "2s",
-            r#"error: OPERATION_DURATION_MS must be a whole number >= 0, got "2s""#,
+            r#"OPERATION_DURATION_MS (--operation-duration-ms) must be a whole number >= 0, got "2s""#,
         ),
         (
             "MAX_CONNECTIONS",
             "0",
-            r#"error: MAX_CONNECTIONS must be a whole number >= 1, got "0""#,
+            r#"MAX_CONNECTIONS (--max-connections) must be a whole number >= 1, got "0""#,
         ),
         (
             "HEADER_READ_TIMEOUT_MS",
             "5s",
-            r#"error: HEADER_READ_TIMEOUT_MS must be a whole number >= 1, got "5s""#,
+            r#"HEADER_READ_TIMEOUT_MS (--header-read-timeout-ms) must be a whole number >= 1, got "5s""#,
         ),
         (
             "BREAKER_QUEUE_FACTOR",
             "1",
-            r#"error: BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (2), got "1""#,
+            r#"BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (2), got "1""#,
         ),
     ];
     for (variable, value, expected) in cases {
-        let output = workload_command(&[(variable, value)]).output().unwrap();
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert_eq!(output.status.code(), Some(2), "{variable}={value}");
-        assert_eq!(stderr, format!("{expected}\n"), "{variable}={value}");
-        assert!(
-            output.stdout.is_empty(),
-            "nothing may start: {variable}={value}"
-        );
+        assert_rejected(&[(variable, value)], &[], expected);
     }
+}
+
+#[test]
+fn bad_flags_exit_2_with_the_same_line() {
+    assert_rejected(
+        &[],
+        &["--concurrency", "abc"],
+        r#"CONCURRENCY (--concurrency) must be a whole number >= 1, got "abc""#,
+    );
+    // The flag's bad value is reported, not the variable's good one.
+    assert_rejected(
+        &[("PORT", "8080")],
+        &["--port=65536"],
+        r#"PORT (--port) must be a port number from 0 to 65535, got "65536""#,
+    );
+    // The rule across two values holds wherever each one comes from.
+    assert_rejected(
+        &[("READINESS_QUEUE_FACTOR", "3")],
+        &["--breaker-queue-factor", "2"],
+        r#"BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (3), got "2""#,
+    );
+}
+
+#[test]
+fn an_unknown_flag_exits_2_with_clap_s_message_on_one_line() {
+    assert_rejected(&[], &["--nope"], "unexpected argument '--nope' found");
+}
+
+#[test]
+fn help_and_version_go_to_stdout_with_exit_0() {
+    for (flag, expected) in [
+        ("--help", "[env: CONCURRENCY=] [default: 1]"),
+        ("--version", env!("CARGO_PKG_VERSION")),
+    ] {
+        let output = workload_command(&[]).arg(flag).output().unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert!(stdout.contains(expected), "{flag}: {stdout}");
+        assert!(output.stderr.is_empty(), "{flag}");
+    }
+}
+
+/// The start-up log line ("listening" with the settings in use) of the binary run with `env` and
+/// `args`, on 127.0.0.1 and a port of its choosing; the process is killed once it has been read.
+fn listening_line(env: &[(&str, &str)], args: &[&str]) -> String {
+    let local = [("HOST", "127.0.0.1"), ("PORT", "0")];
+    let mut child = workload_command(&[&local, env].concat())
+        .args(args)
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map(Result::unwrap)
+        .find(|line| line.contains("listening"));
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    line.unwrap_or_else(|| {
+        panic!(
+            "{env:?} {args:?}: exited without listening: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// `name`'s value in a log line of `name=value` fields.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+}
+
+#[test]
+fn a_flag_wins_over_its_variable_which_wins_over_the_default() {
+    let concurrency = |env: &[(&str, &str)], args: &[&str]| {
+        let line = listening_line(env, args);
+        field(&line, "concurrency").map(str::to_owned)
+    };
+    let variable = [("CONCURRENCY", "5")];
+    assert_eq!(concurrency(&[], &[]).as_deref(), Some("1"), "default");
+    assert_eq!(
+        concurrency(&variable, &[]).as_deref(),
+        Some("5"),
+        "variable"
+    );
+    assert_eq!(
+        concurrency(&variable, &["--concurrency", "3"]).as_deref(),
+        Some("3"),
+        "flag"
+    );
+    // The variable is not even read when the flag is given.
+    assert_eq!(
+        concurrency(&[("CONCURRENCY", "abc")], &["--concurrency=2"]).as_deref(),
+        Some("2"),
+        "flag over a bad variable"
+    );
 }
 
 /// Waits until the service at `base` runs `in_flight` operations with `waiting` queued: a signal
