@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -32,6 +32,7 @@ use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::rbac::SERVICE_MONITOR_CRD;
 use crate::status::{self, Notice, Observation};
+use crate::triggers;
 use crate::validate::validate;
 
 /// Name of the controller in Events (`reportingController`) and logs.
@@ -258,7 +259,8 @@ pub async fn run(
 /// One run of kube-runtime's Controller until `stop`.
 ///
 /// Every child kind is owned, so an edited or deleted child triggers a reconcile that repairs
-/// it. Children are watched by the `managed-by` label only.
+/// it; status writes do not (see [`triggers`]). Children are watched by the `managed-by` label
+/// only, and all but the Deployment (whose status the CR's status is made of) metadata-only.
 async fn run_once(
     ctx: Arc<Context>,
     own_service_monitors: bool,
@@ -266,19 +268,37 @@ async fn run_once(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let children = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     let mut controller = Controller::new(
         Api::<SandboxService>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .owns(Api::<Deployment>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        children.clone(),
-    );
+    .owns_stream(triggers::significant_changes(
+        watcher::watcher(Api::<Deployment>::all(client.clone()), children()),
+        triggers::deployment,
+    ))
+    .owns_stream(triggers::significant_changes(
+        watcher::watcher(
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
+            children(),
+        ),
+        triggers::metadata,
+    ))
+    .owns_stream(triggers::significant_changes(
+        watcher::watcher(
+            Api::<PartialObjectMeta<HorizontalPodAutoscaler>>::all(client.clone()),
+            children(),
+        ),
+        triggers::metadata,
+    ));
     if own_service_monitors {
-        controller = controller.owns(Api::<ServiceMonitor>::all(client.clone()), children);
+        controller = controller.owns_stream(triggers::significant_changes(
+            watcher::watcher(
+                Api::<PartialObjectMeta<ServiceMonitor>>::all(client.clone()),
+                children(),
+            ),
+            triggers::metadata,
+        ));
     }
 
     // Ready once the controller has the CRs: at its first reconcile, or at once when there is

@@ -1,10 +1,11 @@
 //! The `SandboxService` custom resource (`sandbox.perf.dev/v1alpha1`).
 //!
 //! The Rust types are the single source of the CRD: `operator crd` prints [`SandboxService::crd`],
-//! and `crds/sandboxservice.yaml` is that output, checked by a test. The OpenAPI minimums and CEL
-//! rules here (and the `metadata.name` pattern added by [`crd`]) are mirrored, rule for rule,
-//! by [`crate::validate`] so a CR that slips past the
-//! schema (an old CRD, `--validate=false`, a file given to `operator render`) is still rejected.
+//! and `crds/sandboxservice.yaml` is that output, checked by a test. The OpenAPI bounds here (and
+//! the `metadata.name` pattern added by [`crd`]) are mirrored, rule for rule, by
+//! [`crate::validate`]; the CEL rules, added by [`crd`], and their Rust checks are both generated
+//! from [`crate::rules::SPEC_RULES`]. So a CR that slips past the schema (an old CRD,
+//! `--validate=false`, a file given to `operator render`) is still rejected.
 
 use std::collections::BTreeMap;
 
@@ -13,9 +14,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use workload::contract;
+
+use crate::rules::{MIN_TARGET_QUEUE_RATIO, SPEC_RULES, SpecRule};
 
 /// Image used when `spec.image` is not set: the workload released together with this operator.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -23,12 +27,13 @@ pub const DEFAULT_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-/// The workload's `READINESS_QUEUE_FACTOR`: a pod turns not-ready once `queue_ratio` exceeds it,
-/// so the HPA target must stay below it or pods drop out of the Service before a scale-up.
-pub const READINESS_QUEUE_FACTOR: f64 = 2.0;
+/// Largest `readinessQueueFactor` and `breakerQueueFactor`: a queue of a thousand times the
+/// concurrency is already hours of drain at the default operation duration.
+pub const MAX_QUEUE_FACTOR: i64 = 1000;
 
-/// Smallest `targetQueueRatio`; the HPA target is expressed in milli-units.
-pub const MIN_TARGET_QUEUE_RATIO: f64 = 0.001;
+/// Longest `operationDurationMs`, one hour: the pod's grace period is derived from it (see
+/// [`crate::build::deployment`]), so it must stay a duration a node can wait for.
+pub const MAX_OPERATION_DURATION_MS: i64 = 3_600_000;
 
 /// Upper bound of `behavior.scaleDown.stabilizationWindowSeconds` accepted by the HPA API.
 pub const MAX_STABILIZATION_SECONDS: i32 = 3600;
@@ -50,7 +55,7 @@ pub const DNS1035_LABEL_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 /// Desired state of one workload deployment and everything it needs to run and autoscale.
 // Repeated `printcolumn(...)` entries are distinct columns, not duplicates.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sandbox.perf.dev",
     version = "v1alpha1",
@@ -103,10 +108,24 @@ pub struct SandboxServiceSpec {
     #[schemars(range(min = 1, max = MAX_INT32))]
     pub concurrency: i64,
 
-    /// Duration of one operation in milliseconds (the `OPERATION_DURATION_MS` env).
+    /// Duration of one operation in milliseconds (the `OPERATION_DURATION_MS` env), at most an
+    /// hour. The pods' shutdown grace is derived from it so that a full queue always drains.
     #[serde(default = "default_operation_duration_ms")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_OPERATION_DURATION_MS))]
     pub operation_duration_ms: i64,
+
+    /// A pod fails `/readiness` (and leaves the Service) when more than this × concurrency
+    /// operations wait (the `READINESS_QUEUE_FACTOR` env). `autoscaling.targetQueueRatio` must
+    /// stay below it.
+    #[serde(default = "default_readiness_queue_factor")]
+    #[schemars(range(min = 1, max = MAX_QUEUE_FACTOR))]
+    pub readiness_queue_factor: i64,
+
+    /// A pod answers `503` at once when accepting would make more than this × concurrency
+    /// operations wait (the `BREAKER_QUEUE_FACTOR` env); at least `readinessQueueFactor`.
+    #[serde(default = "default_breaker_queue_factor")]
+    #[schemars(range(min = 1, max = MAX_QUEUE_FACTOR))]
+    pub breaker_queue_factor: i64,
 
     /// HorizontalPodAutoscaler settings: scale on the pods' `queue_ratio` metric.
     #[serde(default)]
@@ -142,24 +161,7 @@ pub enum ImagePullPolicy {
 }
 
 /// HorizontalPodAutoscaler settings.
-#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
-#[x_kube(
-    validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas")
-        .message("maxReplicas must be greater than or equal to minReplicas")
-        .field_path(".maxReplicas")
-)]
-// The schema's `minimum` says the same, but kube-apiserver 1.34 lets a literal `0` through it
-// (seen on the test bed: 0 is accepted, 0.0005 refused), so CEL says it again.
-#[x_kube(
-    validation = kube::core::Rule::new(format!("self.targetQueueRatio >= {MIN_TARGET_QUEUE_RATIO}"))
-        .message(format!("targetQueueRatio must be at least {MIN_TARGET_QUEUE_RATIO}").as_str())
-        .field_path(".targetQueueRatio")
-)]
-#[x_kube(
-    validation = kube::core::Rule::new("self.targetQueueRatio < 2.0")
-        .message("targetQueueRatio must be below the workload's readiness factor (2), or pods turn not-ready before the HPA scales up")
-        .field_path(".targetQueueRatio")
-)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Autoscaling {
     /// Lower bound of the HPA.
@@ -172,8 +174,8 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = MAX_INT32))]
     pub max_replicas: i64,
 
-    /// Average `queue_ratio` per pod the HPA aims for (rounded to 0.001); below 2, the
-    /// workload's readiness factor.
+    /// Average `queue_ratio` per pod the HPA aims for (rounded to 0.001); below
+    /// `readinessQueueFactor`.
     #[serde(default = "default_target_queue_ratio")]
     #[schemars(range(min = MIN_TARGET_QUEUE_RATIO))]
     pub target_queue_ratio: f64,
@@ -303,6 +305,8 @@ impl Default for SandboxServiceSpec {
             image_pull_policy: None,
             concurrency: default_concurrency(),
             operation_duration_ms: default_operation_duration_ms(),
+            readiness_queue_factor: default_readiness_queue_factor(),
+            breaker_queue_factor: default_breaker_queue_factor(),
             autoscaling: Autoscaling::default(),
             service: ServiceSettings::default(),
             monitoring: Monitoring::default(),
@@ -342,12 +346,21 @@ impl Default for Monitoring {
     }
 }
 
+// The workload's own defaults, so a SandboxService that sets nothing runs the seed's numbers.
 fn default_concurrency() -> i64 {
-    1
+    contract::CONCURRENCY.default as i64
 }
 
 fn default_operation_duration_ms() -> i64 {
-    2000
+    contract::OPERATION_DURATION_MS.default as i64
+}
+
+fn default_readiness_queue_factor() -> i64 {
+    contract::READINESS_QUEUE_FACTOR.default as i64
+}
+
+fn default_breaker_queue_factor() -> i64 {
+    contract::BREAKER_QUEUE_FACTOR.default as i64
 }
 
 fn default_min_replicas() -> i64 {
@@ -378,7 +391,8 @@ fn default_interval() -> String {
     "5s".to_string()
 }
 
-/// The CRD: the derived schema plus a `metadata.name` restriction.
+/// The CRD: the derived schema plus the cross-field rules of [`SPEC_RULES`] on `spec` and a
+/// `metadata.name` restriction.
 ///
 /// The name names the Service, so it must be a DNS-1035 label. A CRD may constrain
 /// `metadata.name` in its OpenAPI schema, which costs nothing at admission, whereas a CEL regex
@@ -403,9 +417,12 @@ pub fn crd() -> CustomResourceDefinition {
             .as_mut()
             .and_then(|schema| schema.open_api_v3_schema.as_mut())
         {
-            root.properties
-                .get_or_insert_default()
-                .insert("metadata".to_string(), metadata.clone());
+            let properties = root.properties.get_or_insert_default();
+            properties.insert("metadata".to_string(), metadata.clone());
+            if let Some(spec) = properties.get_mut("spec") {
+                spec.x_kubernetes_validations =
+                    Some(SPEC_RULES.iter().map(SpecRule::cel).collect());
+            }
         }
     }
     crd
@@ -436,7 +453,10 @@ mod tests {
         assert!(spec.monitoring.service_monitor);
         assert_eq!(spec.monitoring.interval, "5s");
         assert_eq!(spec.image(), DEFAULT_IMAGE);
-        assert!(DEFAULT_IMAGE.ends_with(env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            (spec.readiness_queue_factor, spec.breaker_queue_factor),
+            (2, 4)
+        );
     }
 
     #[test]
@@ -454,8 +474,9 @@ mod tests {
         for needle in [
             "name: sandboxservices.sandbox.perf.dev",
             "- sbx",
-            "self.minReplicas <= self.maxReplicas",
-            "self.targetQueueRatio < 2.0",
+            "self.autoscaling.maxReplicas >= self.autoscaling.minReplicas",
+            "self.autoscaling.targetQueueRatio < double(self.readinessQueueFactor)",
+            "self.breakerQueueFactor >= self.readinessQueueFactor",
             "pattern: ^[a-z]([-a-z0-9]*[a-z0-9])?$",
             "maxLength: 63",
             "jsonPath: .status.readyReplicas",

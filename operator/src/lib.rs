@@ -28,8 +28,10 @@ pub mod memory;
 pub mod metrics;
 pub mod rbac;
 pub mod render;
+pub mod rules;
 pub mod run;
 pub mod status;
+pub mod triggers;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -12,13 +12,18 @@
 //! `spec.podAnnotations`. Kubernetes would reject them when applying the child; catching them
 //! here turns an apply error loop into one clear condition.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
+use crate::build::quantity;
 use crate::crd::{
-    MAX_INT32, MAX_STABILIZATION_SECONDS, MIN_TARGET_QUEUE_RATIO, READINESS_QUEUE_FACTOR,
+    MAX_INT32, MAX_OPERATION_DURATION_MS, MAX_QUEUE_FACTOR, MAX_STABILIZATION_SECONDS,
     SandboxService, SandboxServiceSpec,
 };
+use crate::rules::SPEC_RULES;
 
 /// A spec rule a `SandboxService` breaks; `field` is the path of the offending field in the CR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +36,7 @@ pub struct InvalidSpec {
 }
 
 impl InvalidSpec {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -80,7 +85,24 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
         return Err(InvalidSpec::new("spec.image", "must not be empty"));
     }
     in_range("spec.concurrency", spec.concurrency, 1, MAX_INT32)?;
-    at_least("spec.operationDurationMs", spec.operation_duration_ms, 0)?;
+    in_range(
+        "spec.operationDurationMs",
+        spec.operation_duration_ms,
+        0,
+        MAX_OPERATION_DURATION_MS,
+    )?;
+    in_range(
+        "spec.readinessQueueFactor",
+        spec.readiness_queue_factor,
+        1,
+        MAX_QUEUE_FACTOR,
+    )?;
+    in_range(
+        "spec.breakerQueueFactor",
+        spec.breaker_queue_factor,
+        1,
+        MAX_QUEUE_FACTOR,
+    )?;
 
     let scaling = &spec.autoscaling;
     in_range(
@@ -95,24 +117,6 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
         1,
         MAX_INT32,
     )?;
-    if scaling.min_replicas > scaling.max_replicas {
-        return Err(InvalidSpec::new(
-            "spec.autoscaling.maxReplicas",
-            format!(
-                "must be greater than or equal to minReplicas ({}), got {}",
-                scaling.min_replicas, scaling.max_replicas
-            ),
-        ));
-    }
-    let ratio = scaling.target_queue_ratio;
-    if !(MIN_TARGET_QUEUE_RATIO..READINESS_QUEUE_FACTOR).contains(&ratio) {
-        return Err(InvalidSpec::new(
-            "spec.autoscaling.targetQueueRatio",
-            format!(
-                "must be at least {MIN_TARGET_QUEUE_RATIO} and below the workload's readiness factor ({READINESS_QUEUE_FACTOR}), got {ratio}"
-            ),
-        ));
-    }
     in_range(
         "spec.autoscaling.scaleDownStabilizationSeconds",
         scaling.scale_down_stabilization_seconds.into(),
@@ -136,7 +140,49 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
     for key in spec.pod_annotations.keys() {
         check_qualified_name(&format!("spec.podAnnotations[{key:?}]"), key)?;
     }
+    check_resources(spec)?;
+    for rule in SPEC_RULES {
+        rule.check(spec)?;
+    }
     Ok(())
+}
+
+/// Quantities that parse, and no request above its limit: the API server would refuse the
+/// Deployment with a 422 on every apply, which retrying cannot fix.
+fn check_resources(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
+    let Some(resources) = &spec.resources else {
+        return Ok(());
+    };
+    let requests = quantities("requests", resources.requests.as_ref())?;
+    let limits = quantities("limits", resources.limits.as_ref())?;
+    for (resource, (request, request_text)) in &requests {
+        if let Some((limit, limit_text)) = limits.get(resource)
+            && request > limit
+        {
+            return Err(InvalidSpec::new(
+                format!("spec.resources.requests[{resource:?}]"),
+                format!("must not exceed its limit ({limit_text}), got {request_text}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each quantity of `spec.resources.<kind>` with its value, or the first that does not parse.
+fn quantities<'a>(
+    kind: &str,
+    map: Option<&'a BTreeMap<String, Quantity>>,
+) -> Result<BTreeMap<&'a str, (f64, &'a str)>, InvalidSpec> {
+    map.into_iter()
+        .flatten()
+        .map(|(resource, Quantity(text))| match quantity::value(text) {
+            Some(value) => Ok((resource.as_str(), (value, text.as_str()))),
+            None => Err(InvalidSpec::new(
+                format!("spec.resources.{kind}[{resource:?}]"),
+                format!("must be a Kubernetes quantity such as 100m, 128Mi or 1.5, got {text:?}"),
+            )),
+        })
+        .collect()
 }
 
 fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidSpec> {
@@ -144,16 +190,6 @@ fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidSp
         return Err(InvalidSpec::new(
             field,
             format!("must be between {min} and {max}, got {value}"),
-        ));
-    }
-    Ok(())
-}
-
-fn at_least(field: &str, value: i64, min: i64) -> Result<(), InvalidSpec> {
-    if value < min {
-        return Err(InvalidSpec::new(
-            field,
-            format!("must be at least {min}, got {value}"),
         ));
     }
     Ok(())
@@ -338,6 +374,29 @@ mod tests {
                 "spec.autoscaling.maxReplicas",
             ),
             ("operationDurationMs: -1", "spec.operationDurationMs"),
+            ("operationDurationMs: 3600001", "spec.operationDurationMs"),
+            ("readinessQueueFactor: 0", "spec.readinessQueueFactor"),
+            ("breakerQueueFactor: 1001", "spec.breakerQueueFactor"),
+            (
+                "{readinessQueueFactor: 3, breakerQueueFactor: 2}",
+                "spec.breakerQueueFactor",
+            ),
+            (
+                "{readinessQueueFactor: 3, breakerQueueFactor: 3, autoscaling: {targetQueueRatio: 3}}",
+                "spec.autoscaling.targetQueueRatio",
+            ),
+            (
+                "resources: {limits: {memory: 12x}}",
+                r#"spec.resources.limits["memory"]"#,
+            ),
+            (
+                "resources: {requests: {memory: 256Mi}, limits: {memory: 128Mi}}",
+                r#"spec.resources.requests["memory"]"#,
+            ),
+            (
+                "resources: {requests: {cpu: '2'}, limits: {cpu: 1500m}}",
+                r#"spec.resources.requests["cpu"]"#,
+            ),
             (
                 "autoscaling: {minReplicas: 0}",
                 "spec.autoscaling.minReplicas",
@@ -400,6 +459,11 @@ mod tests {
         for spec in [
             "concurrency: 1",
             "operationDurationMs: 0",
+            "operationDurationMs: 3600000",
+            "{readinessQueueFactor: 3, breakerQueueFactor: 3, autoscaling: {targetQueueRatio: 2.999}}",
+            "{readinessQueueFactor: 1000, breakerQueueFactor: 1000}",
+            "resources: {requests: {memory: 128Mi, cpu: 1500m}, limits: {memory: 128Mi, cpu: '2'}}",
+            "resources: {requests: {memory: 1Gi}, limits: {cpu: 100m}}",
             "autoscaling: {minReplicas: 3, maxReplicas: 3}",
             "autoscaling: {targetQueueRatio: 1.999}",
             "autoscaling: {targetQueueRatio: 0.001}",

@@ -4,29 +4,25 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use super::quantity;
+use workload::contract;
 
 /// The workload's `HEADER_READ_TIMEOUT_MS`: a request head must arrive within it, and a kept-alive
 /// connection may stay idle that long. Probes and load tools send their heads at once.
-pub const HEADER_READ_TIMEOUT_MS: i64 = 5_000;
+pub const HEADER_READ_TIMEOUT_MS: i64 = contract::HEADER_READ_TIMEOUT_MS.default as i64;
 
-/// What one open connection costs the workload: 19.1 KiB measured by `scripts/hostile.sh`, rounded
-/// up (the workload's `connections::BYTES_PER_CONNECTION`).
-pub const BYTES_PER_CONNECTION: i64 = 32 * 1024;
-
-/// `MAX_CONNECTIONS` without a memory limit: the workload's default, sized for 128 MiB.
-pub const DEFAULT_MAX_CONNECTIONS: i64 = 2048;
-
-/// Connections a pod with `resources` may hold: half its memory limit at
-/// [`BYTES_PER_CONNECTION`] each (the other half is the process and its queue), at least 1.
+/// Connections a pod with `resources` may hold: half its memory limit at the workload's
+/// [`contract::BYTES_PER_CONNECTION`] each (the other half is the process and its queue), at
+/// least 1; the workload's default without a memory limit.
 pub fn max_connections(resources: &ResourceRequirements) -> i64 {
-    resources
+    let connections = resources
         .limits
         .as_ref()
         .and_then(|limits| limits.get("memory"))
         .and_then(|limit| quantity::value(&limit.0))
-        .map_or(DEFAULT_MAX_CONNECTIONS, |bytes| {
-            ((bytes / 2.0) as i64 / BYTES_PER_CONNECTION).max(1)
-        })
+        .map_or(contract::MAX_CONNECTIONS.default, |bytes| {
+            contract::max_connections_for_memory(bytes as u64)
+        });
+    i64::try_from(connections).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

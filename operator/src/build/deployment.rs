@@ -3,33 +3,56 @@
 //! It never sets `spec.replicas`: the HPA owns the replica count, and an operator that applies
 //! replicas resets every scale-up on its next reconcile.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
+    SleepAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{CONTAINER_PORT, HTTP_PORT_NAME, connections, labels, metadata, selector_labels};
+use crate::crd::SandboxServiceSpec;
 use crate::validate::Validated;
+use workload::contract;
 
 /// Name of the workload container.
 pub const CONTAINER_NAME: &str = "workload";
 
-/// The workload's `SHUTDOWN_GRACE_MS`, set explicitly so the grace period below stays above it
-/// even if the workload's default changes.
-pub const SHUTDOWN_GRACE_MS: i64 = 30_000;
+/// How long the pod keeps serving after it is marked for deletion, before SIGTERM: the time
+/// endpoint removal takes to reach every kube-proxy, so no connection meets a closed port. A
+/// `sleep` action, because the image has no shell.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 
-/// Longer than the workload's drain (`SHUTDOWN_GRACE_MS`) plus the time endpoints take to drop
-/// the pod, so the kubelet never kills a pod that is still finishing accepted operations.
-pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 45;
+/// Added to the worst-case drain for the last answers to reach their clients.
+pub const DRAIN_MARGIN_MS: i64 = 5_000;
 
-// Checked at compile time: the drain plus 10 s for endpoint removal fits in the grace period.
-const _: () = assert!(TERMINATION_GRACE_PERIOD_SECONDS * 1000 >= SHUTDOWN_GRACE_MS + 10_000);
+/// Between the workload's own deadline and the kubelet's SIGKILL.
+pub const KILL_MARGIN_SECONDS: i64 = 5;
 
-/// Probe period of the seed chart: a loaded pod leaves the Service within ~3 s.
-pub const PROBE_PERIOD_SECONDS: i32 = 3;
+/// Readiness probe period: an overloaded pod leaves the Service within a second (one failed
+/// probe) and is back within a second of its queue draining (one success).
+pub const READINESS_PERIOD_SECONDS: i32 = 1;
+
+/// Liveness probe period; with 3 failures, a pod is restarted after 15 s without an answer.
+pub const LIVENESS_PERIOD_SECONDS: i32 = 5;
+
+/// The workload's `SHUTDOWN_GRACE_MS`: the longest drain a pod can owe. At SIGTERM its queue
+/// holds at most the breaker limit (`breakerQueueFactor` × concurrency) waiting plus
+/// `concurrency` running, which takes `(breakerQueueFactor + 1)` operation durations.
+pub fn shutdown_grace_ms(spec: &SandboxServiceSpec) -> i64 {
+    (spec.breaker_queue_factor + 1) * spec.operation_duration_ms + DRAIN_MARGIN_MS
+}
+
+/// `terminationGracePeriodSeconds`: the preStop sleep, the drain and a margin, so the kubelet
+/// never kills a pod that is still finishing accepted operations.
+pub fn termination_grace_period_seconds(spec: &SandboxServiceSpec) -> i64 {
+    let drain_seconds = (shutdown_grace_ms(spec) + 999) / 1000;
+    PRE_STOP_SLEEP_SECONDS + drain_seconds + KILL_MARGIN_SECONDS
+}
 
 /// UID/GID of the `nonroot` user of distroless images, which the workload image runs as.
 pub const RUN_AS_USER: i64 = 65532;
@@ -38,27 +61,31 @@ pub const RUN_AS_USER: i64 = 65532;
 pub fn build(valid: &Validated) -> Deployment {
     let spec = &valid.spec;
     let owner = &valid.owner;
+    // Every setting the pods' behaviour depends on, explicitly: none relies on the workload's
+    // defaults matching this operator's.
     let env = [
-        ("CONCURRENCY", spec.concurrency.to_string()),
+        (contract::CONCURRENCY, spec.concurrency),
+        (contract::OPERATION_DURATION_MS, spec.operation_duration_ms),
         (
-            "OPERATION_DURATION_MS",
-            spec.operation_duration_ms.to_string(),
+            contract::READINESS_QUEUE_FACTOR,
+            spec.readiness_queue_factor,
         ),
-        ("PORT", CONTAINER_PORT.to_string()),
-        ("SHUTDOWN_GRACE_MS", SHUTDOWN_GRACE_MS.to_string()),
+        (contract::BREAKER_QUEUE_FACTOR, spec.breaker_queue_factor),
+        (contract::PORT, CONTAINER_PORT.into()),
+        (contract::SHUTDOWN_GRACE_MS, shutdown_grace_ms(spec)),
         (
-            "HEADER_READ_TIMEOUT_MS",
-            connections::HEADER_READ_TIMEOUT_MS.to_string(),
+            contract::HEADER_READ_TIMEOUT_MS,
+            connections::HEADER_READ_TIMEOUT_MS,
         ),
         (
-            "MAX_CONNECTIONS",
-            connections::max_connections(&spec.resources()).to_string(),
+            contract::MAX_CONNECTIONS,
+            connections::max_connections(&spec.resources()),
         ),
     ]
     .into_iter()
-    .map(|(name, value)| EnvVar {
-        name: name.to_string(),
-        value: Some(value),
+    .map(|(setting, value)| EnvVar {
+        name: setting.env.to_string(),
+        value: Some(value.to_string()),
         ..Default::default()
     })
     .collect();
@@ -74,8 +101,25 @@ pub fn build(valid: &Validated) -> Deployment {
             protocol: Some("TCP".to_string()),
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe("/readiness")),
-        liveness_probe: Some(http_probe("/liveness")),
+        readiness_probe: Some(http_probe(
+            contract::READINESS_PATH,
+            READINESS_PERIOD_SECONDS,
+            1,
+        )),
+        liveness_probe: Some(http_probe(
+            contract::LIVENESS_PATH,
+            LIVENESS_PERIOD_SECONDS,
+            3,
+        )),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: Some(spec.resources()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -99,6 +143,15 @@ pub fn build(valid: &Validated) -> Deployment {
                 match_labels: Some(selector_labels(&owner.name)),
                 ..Default::default()
             },
+            // A new pod must be Ready before an old one stops taking traffic, so a rollout
+            // never lowers capacity under load; the old one then drains what it accepted.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".to_string())),
+                }),
+            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&owner.name)),
@@ -109,7 +162,7 @@ pub fn build(valid: &Validated) -> Deployment {
                     containers: vec![container],
                     // The workload never talks to the API server.
                     automount_service_account_token: Some(false),
-                    termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+                    termination_grace_period_seconds: Some(termination_grace_period_seconds(spec)),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),
@@ -126,14 +179,17 @@ pub fn build(valid: &Validated) -> Deployment {
     }
 }
 
-fn http_probe(path: &str) -> Probe {
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
             port: IntOrString::String(HTTP_PORT_NAME.to_string()),
             ..Default::default()
         }),
-        period_seconds: Some(PROBE_PERIOD_SECONDS),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        success_threshold: Some(1),
+        timeout_seconds: Some(1),
         ..Default::default()
     }
 }
@@ -182,17 +238,33 @@ mod tests {
         assert!(json["spec"].get("replicas").is_none());
 
         let pod = spec.template.spec.as_ref().unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(45));
+        // 5 s preStop + (4 + 1) × 2 s + 5 s drain margin + 5 s before SIGKILL.
+        assert_eq!(pod.termination_grace_period_seconds, Some(25));
         assert_eq!(
             env(&deployment),
             [
                 ("CONCURRENCY".into(), "1".into()),
                 ("OPERATION_DURATION_MS".into(), "2000".into()),
+                ("READINESS_QUEUE_FACTOR".into(), "2".into()),
+                ("BREAKER_QUEUE_FACTOR".into(), "4".into()),
                 ("PORT".into(), "3000".into()),
-                ("SHUTDOWN_GRACE_MS".into(), "30000".into()),
+                ("SHUTDOWN_GRACE_MS".into(), "15000".into()),
                 ("HEADER_READ_TIMEOUT_MS".into(), "5000".into()),
                 ("MAX_CONNECTIONS".into(), "2048".into()),
             ]
+        );
+        let pre_stop = container(&deployment)
+            .lifecycle
+            .as_ref()
+            .and_then(|lifecycle| lifecycle.pre_stop.as_ref())
+            .unwrap();
+        assert_eq!(pre_stop.sleep.as_ref().map(|sleep| sleep.seconds), Some(5));
+        assert!(pre_stop.exec.is_none(), "the image has no shell");
+        let rolling = spec.strategy.as_ref().unwrap().rolling_update.as_ref();
+        assert_eq!(
+            rolling.and_then(|r| r.max_unavailable.clone()),
+            Some(IntOrString::Int(0)),
+            "capacity never drops during a rollout"
         );
         let container = container(&deployment);
         assert_eq!(container.image.as_deref(), Some(DEFAULT_IMAGE));
@@ -207,13 +279,20 @@ mod tests {
             readiness.http_get.as_ref().unwrap().path.as_deref(),
             Some("/readiness")
         );
-        assert_eq!(readiness.period_seconds, Some(3));
+        assert_eq!(
+            (readiness.period_seconds, readiness.failure_threshold),
+            (Some(1), Some(1)),
+            "an overloaded pod leaves the Service at its first failed probe"
+        );
         let liveness = container.liveness_probe.as_ref().unwrap();
         assert_eq!(
             liveness.http_get.as_ref().unwrap().path.as_deref(),
             Some("/liveness")
         );
-        assert_eq!(liveness.period_seconds, Some(3));
+        assert_eq!(
+            (liveness.period_seconds, liveness.failure_threshold),
+            (Some(5), Some(3))
+        );
         let requests = container
             .resources
             .as_ref()
@@ -236,6 +315,20 @@ mod tests {
                 .annotations
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_drain_fits_a_full_queue_of_long_operations() {
+        let deployment = build(&valid(
+            "concurrency: 3\noperationDurationMs: 10000\nreadinessQueueFactor: 3\nbreakerQueueFactor: 6",
+        ));
+        let env = env(&deployment);
+        assert!(env.contains(&("READINESS_QUEUE_FACTOR".into(), "3".into())));
+        assert!(env.contains(&("BREAKER_QUEUE_FACTOR".into(), "6".into())));
+        // 18 waiting + 3 running at 3 at a time: 7 operations of 10 s, plus the 5 s margin.
+        assert!(env.contains(&("SHUTDOWN_GRACE_MS".into(), "75000".into())));
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(5 + 75 + 5));
     }
 
     #[test]

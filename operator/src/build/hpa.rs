@@ -11,7 +11,7 @@ use super::metadata;
 use crate::validate::Validated;
 
 /// Per-pod metric the workload exports on `/metrics` (via a metrics adapter to the HPA).
-pub const QUEUE_RATIO_METRIC: &str = "queue_ratio";
+pub use workload::contract::QUEUE_RATIO_METRIC;
 
 /// A replica count that `validate` has bounded to `1..=MAX_INT32`, as the HPA's int32.
 fn int32(count: i64) -> i32 {
@@ -40,7 +40,10 @@ pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
                     },
                     target: MetricTarget {
                         type_: "AverageValue".to_string(),
-                        average_value: Some(ratio_quantity(scaling.target_queue_ratio)),
+                        average_value: Some(ratio_quantity(
+                            scaling.target_queue_ratio,
+                            valid.spec.readiness_queue_factor,
+                        )),
                         ..Default::default()
                     },
                 }),
@@ -61,10 +64,10 @@ pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
 /// The ratio as a canonical Kubernetes quantity in milli-units (`1`, `500m`, `1250m`), the form
 /// the API server stores, so the applied value reads back unchanged.
 ///
-/// Validation admits any ratio in [0.001, 2); one that would round up to 2 is kept at 1.999 so
-/// the target stays below the readiness factor.
-pub fn ratio_quantity(ratio: f64) -> Quantity {
-    let milli = ((ratio * 1000.0).round() as i64).clamp(1, 1999);
+/// Validation admits any ratio in [0.001, readiness factor); one that would round up to the
+/// factor is kept 0.001 below it, so the target stays below the readiness limit.
+pub fn ratio_quantity(ratio: f64, readiness_factor: i64) -> Quantity {
+    let milli = ((ratio * 1000.0).round() as i64).clamp(1, readiness_factor * 1000 - 1);
     if milli % 1000 == 0 {
         Quantity((milli / 1000).to_string())
     } else {
@@ -119,6 +122,17 @@ mod tests {
     }
 
     #[test]
+    fn the_target_follows_the_readiness_factor() {
+        let spec = build(&valid(
+            "readinessQueueFactor: 3\nbreakerQueueFactor: 6\nautoscaling: {targetQueueRatio: 2.9996}",
+        ))
+        .spec
+        .unwrap();
+        let target = spec.metrics.unwrap()[0].pods.clone().unwrap().target;
+        assert_eq!(target.average_value, Some(Quantity("2999m".into())));
+    }
+
+    #[test]
     fn ratio_quantities_are_canonical_milli_units() {
         for (ratio, text) in [
             (1.0, "1"),
@@ -128,7 +142,7 @@ mod tests {
             (1.9999, "1999m"),
             (0.1 + 0.2, "300m"),
         ] {
-            assert_eq!(ratio_quantity(ratio).0, text, "{ratio}");
+            assert_eq!(ratio_quantity(ratio, 2).0, text, "{ratio}");
         }
     }
 }

@@ -22,8 +22,8 @@ pub use service_monitor::ServiceMonitor;
 /// Name of the container port (and the Service port) serving HTTP.
 pub const HTTP_PORT_NAME: &str = "http";
 
-/// Port the workload listens on (its `PORT` env).
-pub const CONTAINER_PORT: i32 = 3000;
+/// Port the workload listens on (its `PORT` env, set to this).
+pub const CONTAINER_PORT: i32 = workload::contract::PORT.default as i32;
 
 /// `app.kubernetes.io/managed-by` value on every child; the controller watches children by it.
 pub const MANAGED_BY: &str = "sandbox-operator";
