@@ -1,4 +1,4 @@
-//! The `operator` binary: `run` (default), `crd`, `render`.
+//! The `operator` binary: `run` (default), `crd`, `rbac`, `render`.
 
 use std::process::ExitCode;
 
@@ -21,6 +21,9 @@ enum Command {
     Run(RunConfig),
     /// Print the SandboxService CRD as YAML.
     Crd,
+    /// Print the operator's ClusterRole and leader-election Role, with their bindings, as
+    /// multi-document YAML.
+    Rbac,
     /// Print the objects `run` would apply for a SandboxService, as multi-document YAML.
     Render {
         /// SandboxService YAML file, `-` for stdin.
@@ -34,6 +37,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Crd) => {
             print!("{}", operator::crd::crd_yaml());
+            Ok(())
+        }
+        Some(Command::Rbac) => {
+            print!("{}", operator::rbac::rbac_yaml());
             Ok(())
         }
         Some(Command::Render { file }) => {

@@ -1,5 +1,24 @@
-//! The Kubernetes API this operator uses, as data: the single list a ClusterRole is derived
-//! from (and checked against).
+//! The Kubernetes API this operator uses, as data: the single list the install's RBAC is
+//! generated from. `operator rbac` prints [`rbac_yaml`] (a ClusterRole for what the operator does
+//! in every namespace, a Role for its leader-election Lease, and their bindings), and
+//! `deploy/operator/rbac.yaml` is that output, checked by a test and by CI.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+/// Where a grant applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (and cluster-scoped objects): the ClusterRole.
+    Cluster,
+    /// Only the operator's own namespace (`POD_NAMESPACE`): the leader-election Role.
+    OperatorNamespace,
+}
 
 /// One resource the operator calls, with the verbs it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,13 +31,26 @@ pub struct ManagedResource {
     pub verbs: &'static [&'static str],
     /// The only objects the grant covers (`resourceNames`); empty for all of them.
     pub resource_names: &'static [&'static str],
+    /// Which of the two roles grants it.
+    pub scope: Scope,
 }
 
-// Server-side apply of an object that does not exist yet is authorized as `create`. `delete`
-// is what the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened
-// clusters) asks of whoever changes an object's `ownerReferences`: adopting an existing child,
-// or taking over the children of a re-created CR before the garbage collector removed them.
+// Children are watched for drift and written by server-side apply; the apply of an object that
+// does not exist yet is authorized as `create`, otherwise as `patch`. `delete` is what the
+// OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) asks of
+// whoever changes an object's `ownerReferences`: adopting an existing child, or taking over the
+// children of a re-created CR before the garbage collector removed them.
 const CHILD_VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+
+/// Namespace `deploy/operator` installs the operator in (its kustomization's `namespace`).
+pub const INSTALL_NAMESPACE: &str = "sandbox-system";
+
+/// The operator's ServiceAccount in `deploy/operator`, also the name of its ClusterRole and
+/// ClusterRoleBinding.
+pub const SERVICE_ACCOUNT: &str = "sandbox-operator";
+
+/// Name of the Role and RoleBinding for the leader-election Lease.
+pub const LEADER_ELECTION_ROLE: &str = "sandbox-operator-leader-election";
 
 /// Name of the Prometheus Operator's ServiceMonitor CRD, the one CRD the operator reads.
 pub const SERVICE_MONITOR_CRD: &str = "servicemonitors.monitoring.coreos.com";
@@ -30,12 +62,14 @@ pub const MANAGED_RESOURCES: &[ManagedResource] = &[
         resource: "sandboxservices",
         verbs: &["get", "list", "watch"],
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     ManagedResource {
         api_group: "sandbox.perf.dev",
         resource: "sandboxservices/status",
         verbs: &["get", "patch"],
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     // The owner references of the children block the CR's deletion until they are gone
     // (`blockOwnerDeletion`), which OwnerReferencesPermissionEnforcement allows only to those
@@ -45,24 +79,28 @@ pub const MANAGED_RESOURCES: &[ManagedResource] = &[
         resource: "sandboxservices/finalizers",
         verbs: &["update"],
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     ManagedResource {
         api_group: "apps",
         resource: "deployments",
         verbs: CHILD_VERBS,
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     ManagedResource {
         api_group: "",
         resource: "services",
         verbs: CHILD_VERBS,
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     ManagedResource {
         api_group: "autoscaling",
         resource: "horizontalpodautoscalers",
         verbs: CHILD_VERBS,
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     // Watched so that installing the Prometheus Operator later starts ServiceMonitors at once.
     ManagedResource {
@@ -70,26 +108,151 @@ pub const MANAGED_RESOURCES: &[ManagedResource] = &[
         resource: "customresourcedefinitions",
         verbs: &["get", "list", "watch"],
         resource_names: &[SERVICE_MONITOR_CRD],
+        scope: Scope::Cluster,
     },
+    // Also deleted when a SandboxService switches `monitoring.serviceMonitor` off.
     ManagedResource {
         api_group: "monitoring.coreos.com",
         resource: "servicemonitors",
-        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        verbs: CHILD_VERBS,
         resource_names: &[],
+        scope: Scope::Cluster,
     },
     ManagedResource {
         api_group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],
         resource_names: &[],
+        scope: Scope::Cluster,
     },
+    // The leader-election Lease, in the operator's own namespace.
     ManagedResource {
         api_group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "patch"],
         resource_names: &[],
+        scope: Scope::OperatorNamespace,
     },
 ];
+
+/// What `deploy/operator/rbac.yaml` starts with: serialized objects carry no comments.
+const HEADER: &str = "\
+# Generated by `operator rbac` from MANAGED_RESOURCES in operator/src/rbac.rs: do not edit, regenerate with
+#   cargo run -q -p operator -- rbac > deploy/operator/rbac.yaml
+# (operator/tests/rbac.rs and CI fail when this file is stale).
+# The ClusterRole is what the operator does in every namespace; the leader-election Lease lives in the
+# operator's own namespace (POD_NAMESPACE), so its grant is a Role there.
+# Children (Deployments, Services, HPAs, ServiceMonitors) are watched for drift and written by server-side
+# apply (create when absent, patch otherwise). `delete` is what the OwnerReferencesPermissionEnforcement
+# admission plugin asks of whoever changes ownerReferences: adopting an existing object, or taking over the
+# children of a CR deleted and re-created; a ServiceMonitor is also deleted when a SandboxService switches
+# `monitoring.serviceMonitor` off. The children's owner references block the CR's deletion
+# (blockOwnerDeletion), which with that plugin needs update on sandboxservices/finalizers.
+# The one CRD read is the ServiceMonitor's, watched so that a Prometheus Operator installed later gets
+# ServiceMonitors without a restart.
+";
+
+fn metadata(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_string(),
+            SERVICE_ACCOUNT.to_string(),
+        )])),
+        ..ObjectMeta::default()
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| item.to_string()).collect()
+}
+
+/// One rule per managed resource of `scope`, in the order of [`MANAGED_RESOURCES`].
+fn rules(scope: Scope) -> Vec<PolicyRule> {
+    MANAGED_RESOURCES
+        .iter()
+        .filter(|managed| managed.scope == scope)
+        .map(|managed| PolicyRule {
+            api_groups: Some(strings(&[managed.api_group])),
+            resources: Some(strings(&[managed.resource])),
+            resource_names: (!managed.resource_names.is_empty())
+                .then(|| strings(managed.resource_names)),
+            verbs: strings(managed.verbs),
+            non_resource_urls: None,
+        })
+        .collect()
+}
+
+/// The grants of [`Scope::Cluster`].
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: metadata(SERVICE_ACCOUNT),
+        rules: Some(rules(Scope::Cluster)),
+        aggregation_rule: None,
+    }
+}
+
+/// The grants of [`Scope::OperatorNamespace`]; the Role takes the install's namespace from the
+/// kustomization, like the operator's other namespaced objects.
+pub fn leader_election_role() -> Role {
+    Role {
+        metadata: metadata(LEADER_ELECTION_ROLE),
+        rules: Some(rules(Scope::OperatorNamespace)),
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn service_account(namespace: Option<&str>) -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_string(),
+        name: SERVICE_ACCOUNT.to_string(),
+        namespace: namespace.map(str::to_string),
+        api_group: None,
+    }
+}
+
+/// Grants [`cluster_role`] to the operator's ServiceAccount, named with its namespace (a
+/// cluster-scoped binding has none of its own).
+pub fn cluster_role_binding() -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: metadata(SERVICE_ACCOUNT),
+        role_ref: role_ref("ClusterRole", SERVICE_ACCOUNT),
+        subjects: Some(vec![service_account(Some(INSTALL_NAMESPACE))]),
+    }
+}
+
+/// Grants [`leader_election_role`] to the operator's ServiceAccount of the binding's namespace.
+pub fn leader_election_role_binding() -> RoleBinding {
+    RoleBinding {
+        metadata: metadata(LEADER_ELECTION_ROLE),
+        role_ref: role_ref("Role", LEADER_ELECTION_ROLE),
+        subjects: Some(vec![service_account(None)]),
+    }
+}
+
+fn document(object: &impl Serialize) -> String {
+    // Serializing k8s-openapi objects built here cannot fail; a failure is a programming error.
+    serde_yaml::to_string(object).expect("RBAC objects serialize to YAML")
+}
+
+/// The install's RBAC as multi-document YAML, exactly what `operator rbac` prints and
+/// `deploy/operator/rbac.yaml` holds.
+pub fn rbac_yaml() -> String {
+    let documents = [
+        document(&cluster_role()),
+        document(&cluster_role_binding()),
+        document(&leader_election_role()),
+        document(&leader_election_role_binding()),
+    ];
+    format!("{HEADER}{}", documents.join("---\n"))
+}
 
 #[cfg(test)]
 mod tests {
@@ -126,6 +289,24 @@ mod tests {
             entry::<Lease>(),
         ];
         assert_eq!(listed, used);
+    }
+
+    #[test]
+    fn the_lease_is_granted_in_the_operators_namespace_only() {
+        let resources = |rules: Option<Vec<PolicyRule>>| -> Vec<String> {
+            rules
+                .into_iter()
+                .flatten()
+                .flat_map(|rule| rule.resources.unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(resources(leader_election_role().rules), ["leases"]);
+        let cluster_wide = resources(cluster_role().rules);
+        assert!(
+            !cluster_wide.contains(&"leases".to_string()),
+            "{cluster_wide:?}"
+        );
+        assert_eq!(cluster_wide.len(), MANAGED_RESOURCES.len() - 1);
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! grants the operator's ServiceAccount exactly what `operator::rbac::MANAGED_RESOURCES` lists: no
 //! wildcard, no verb missing, none extra. The Deployment runs that ServiceAccount, the image of this
 //! version and its probes on the admin port. `kubectl` is required: a missing one fails the test.
+//! The RBAC file in `deploy/operator` is what `operator rbac` prints.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
 use operator::crd::DEFAULT_IMAGE;
-use operator::rbac::{MANAGED_RESOURCES, ManagedResource};
+use operator::rbac::{MANAGED_RESOURCES, ManagedResource, rbac_yaml};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -191,6 +192,25 @@ fn install_grants_exactly_the_verbs_the_operator_uses() {
     );
     let role = one(&objects, "Role");
     assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
+}
+
+#[test]
+fn committed_rbac_is_what_operator_rbac_prints() {
+    let printed = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .arg("rbac")
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert_eq!(printed, rbac_yaml());
+    let file = deploy_dir().join("rbac.yaml");
+    let committed = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    assert!(
+        committed == printed,
+        "deploy/operator/rbac.yaml is stale: run \
+         `cargo run -q -p operator -- rbac > deploy/operator/rbac.yaml`"
+    );
 }
 
 #[test]
