@@ -1,8 +1,9 @@
 //! Pipeline step 3, **apply** (needs a client): server-side apply of every child with the one
 //! field manager [`FIELD_MANAGER`], and removal of a ServiceMonitor the spec no longer wants.
 //!
-//! One SSA patch per child and nothing else: no GET before the patch, because the patch
-//! response already carries the object (and the Deployment's status for the CR's status).
+//! At most one SSA patch per child and nothing else: none for a child that is as last applied
+//! (see [`crate::applied`]), and no GET before a patch, because the patch response already
+//! carries the object (and the Deployment's status for the CR's status).
 //! Only a child the API server refuses the patch for (422) costs more: a merge patch of its
 //! spec, the apply again, and the removal of the merge patch's managedFields entry.
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
+use crate::applied::{Applied as LastApplied, CachedChild};
 use crate::build::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_not_found};
 
@@ -42,27 +44,37 @@ pub struct Applied {
     pub monitoring: MonitoringOutcome,
 }
 
-/// Apply every child into `namespace`: Deployment, Service, HPA, then the ServiceMonitor last,
-/// so a missing ServiceMonitor CRD leaves the rest applied. `owner_uid` identifies the
-/// ServiceMonitor to delete when monitoring is switched off.
+/// Apply every child into `namespace` that is not as last applied: Deployment, Service, HPA,
+/// then the ServiceMonitor last, so a missing ServiceMonitor CRD leaves the rest applied.
+/// `owner_uid` identifies the ServiceMonitor to delete when monitoring is switched off.
 pub async fn apply_children(
     client: &Client,
     namespace: &str,
     children: &Children,
     owner_uid: &str,
+    last: &LastApplied,
 ) -> Result<Applied> {
-    let deployment = apply(client, namespace, &children.deployment).await?;
-    apply(client, namespace, &children.service).await?;
-    apply(client, namespace, &children.hpa).await?;
+    let cached = last
+        .unchanged(namespace, &children.deployment)
+        .then(|| last.cached_deployment(namespace, &children.deployment.name_any()))
+        .flatten();
+    let deployment = match cached {
+        Some(deployment) => deployment,
+        None => apply_and_record(client, namespace, &children.deployment, last).await?,
+    };
+    apply_if_changed(client, namespace, &children.service, last).await?;
+    apply_if_changed(client, namespace, &children.hpa, last).await?;
 
     let monitoring = match &children.service_monitor {
-        Some(service_monitor) => match apply(client, namespace, service_monitor).await {
-            Ok(_) => MonitoringOutcome::Applied,
-            Err(Error::Apply { source, .. }) if is_not_found(&source) => {
-                MonitoringOutcome::CrdMissing
+        Some(service_monitor) => {
+            match apply_if_changed(client, namespace, service_monitor, last).await {
+                Ok(()) => MonitoringOutcome::Applied,
+                Err(Error::Apply { source, .. }) if is_not_found(&source) => {
+                    MonitoringOutcome::CrdMissing
+                }
+                Err(error) => return Err(error),
             }
-            Err(error) => return Err(error),
-        },
+        }
         None => {
             let name = children.deployment.name_any();
             delete_owned_service_monitor(client, namespace, &name, owner_uid).await?
@@ -72,6 +84,53 @@ pub async fn apply_children(
         deployment,
         monitoring,
     })
+}
+
+/// Apply `object` unless it is as last applied.
+async fn apply_if_changed<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    last: &LastApplied,
+) -> Result<()>
+where
+    K: CachedChild
+        + Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    if !last.unchanged(namespace, object) {
+        apply_and_record(client, namespace, object, last).await?;
+    }
+    Ok(())
+}
+
+/// [`apply`], remembering what was applied and how the API server stored it.
+async fn apply_and_record<K>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+    last: &LastApplied,
+) -> Result<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    match apply(client, namespace, object).await {
+        Ok(applied) => {
+            last.record(namespace, object, applied.meta());
+            Ok(applied)
+        }
+        Err(error) => {
+            last.forget(namespace, object);
+            Err(error)
+        }
+    }
 }
 
 /// Server-side apply one object with [`FIELD_MANAGER`], forcing ownership of the fields it

@@ -19,11 +19,13 @@ use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watch_object};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::admin::AdminState;
+use crate::applied::{Applied, ChildCaches};
 use crate::apply::{self, MonitoringOutcome};
 use crate::build::{self, MANAGED_BY_SELECTOR, ServiceMonitor};
 use crate::crd::SandboxService;
@@ -62,6 +64,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures and the last written status, per CR.
     pub memory: Memory,
+    /// What was last applied of each child, and the children's watch caches.
+    pub applied: Applied,
 }
 
 impl Context {
@@ -76,6 +80,7 @@ impl Context {
             client,
             metrics,
             memory: Memory::default(),
+            applied: Applied::default(),
         }
     }
 
@@ -135,7 +140,9 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
         }
         Ok(valid) => {
             let children = build::children(&valid);
-            match apply::apply_children(&ctx.client, &namespace, &children, &uid).await {
+            match apply::apply_children(&ctx.client, &namespace, &children, &uid, &ctx.applied)
+                .await
+            {
                 Ok(applied) => {
                     let action = if applied.monitoring == MonitoringOutcome::CrdMissing {
                         Action::requeue(CRD_RECHECK_INTERVAL)
@@ -268,38 +275,43 @@ async fn run_once(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let children = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let (deployments, deployment_events) = cached_watch(Api::<Deployment>::all(client.clone()));
+    let (services, service_events) =
+        cached_watch(Api::<PartialObjectMeta<Service>>::all(client.clone()));
+    let (hpas, hpa_events) = cached_watch(Api::<PartialObjectMeta<HorizontalPodAutoscaler>>::all(
+        client.clone(),
+    ));
     let mut controller = Controller::new(
         Api::<SandboxService>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .owns_stream(triggers::significant_changes(
-        watcher::watcher(Api::<Deployment>::all(client.clone()), children()),
+        deployment_events,
         triggers::deployment,
     ))
     .owns_stream(triggers::significant_changes(
-        watcher::watcher(
-            Api::<PartialObjectMeta<Service>>::all(client.clone()),
-            children(),
-        ),
+        service_events,
         triggers::metadata,
     ))
     .owns_stream(triggers::significant_changes(
-        watcher::watcher(
-            Api::<PartialObjectMeta<HorizontalPodAutoscaler>>::all(client.clone()),
-            children(),
-        ),
+        hpa_events,
         triggers::metadata,
     ));
+    let mut service_monitors = None;
     if own_service_monitors {
-        controller = controller.owns_stream(triggers::significant_changes(
-            watcher::watcher(
-                Api::<PartialObjectMeta<ServiceMonitor>>::all(client.clone()),
-                children(),
-            ),
-            triggers::metadata,
+        let (store, events) = cached_watch(Api::<PartialObjectMeta<ServiceMonitor>>::all(
+            client.clone(),
         ));
+        service_monitors = Some(store);
+        controller =
+            controller.owns_stream(triggers::significant_changes(events, triggers::metadata));
     }
+    ctx.applied.set_caches(Some(ChildCaches {
+        deployments,
+        services,
+        hpas,
+        service_monitors,
+    }));
 
     // Ready once the controller has the CRs: at its first reconcile, or at once when there is
     // none to reconcile. Not `store.wait_until_ready()` beside the controller: kube-runtime's
@@ -313,6 +325,9 @@ async fn run_once(
             // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
             // so memory stays bounded by the CRs that exist.
             ctx.memory.forget_missing(&cache);
+            ctx.applied.retain(|namespace, name| {
+                cache.get(&ObjectRef::new(name).within(namespace)).is_some()
+            });
             let reconciled = matches!(
                 result,
                 Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
@@ -332,6 +347,30 @@ async fn run_once(
             }
         });
     futures::join!(controller, ready_if_no_crs(&client, &admin));
+}
+
+/// A watch of the children of kind `K` (by the `managed-by` label) that fills a cache as it is
+/// polled: the cache and the stream of its events.
+fn cached_watch<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher::watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .default_backoff()
+        .reflect(writer);
+    (store, events)
 }
 
 /// Mark the controller ready when there is no SandboxService at all, so no reconcile will.

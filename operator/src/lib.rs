@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod api_calls;
+pub mod applied;
 pub mod apply;
 pub mod build;
 pub mod client;

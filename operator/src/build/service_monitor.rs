@@ -50,7 +50,7 @@ pub struct Endpoint {
 }
 
 /// Path the workload serves its Prometheus metrics on.
-pub const METRICS_PATH: &str = "/metrics";
+pub const METRICS_PATH: &str = workload::contract::METRICS_PATH;
 
 /// Build the ServiceMonitor: the Service's `http` port, `/metrics`, interval and extra labels
 /// from the spec.

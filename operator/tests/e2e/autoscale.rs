@@ -19,7 +19,7 @@ use super::*;
 use crate::harness::http_get;
 
 /// The stand-in's `/state` endpoint (`TESTBED_STANDIN` from `scripts/testbed.sh env`).
-fn standin() -> SocketAddr {
+pub(crate) fn standin() -> SocketAddr {
     let url = std::env::var("TESTBED_STANDIN")
         .expect("TESTBED_STANDIN is set: eval \"$(scripts/testbed.sh env)\"");
     url.trim_start_matches("http://")
@@ -34,7 +34,7 @@ fn standin_state() -> Value {
 }
 
 /// The stand-in's Service `ns/name`: its address and the answers it gave, by status.
-fn service_state(ns: &str, name: &str) -> Option<Value> {
+pub(crate) fn service_state(ns: &str, name: &str) -> Option<Value> {
     standin_state()["services"]
         .as_array()?
         .iter()
@@ -43,7 +43,7 @@ fn service_state(ns: &str, name: &str) -> Option<Value> {
 }
 
 /// Pods of `ns` the stand-in runs, not terminating: name → (address, ready).
-fn running_pods(ns: &str) -> BTreeMap<String, (SocketAddr, bool)> {
+pub(crate) fn running_pods(ns: &str) -> BTreeMap<String, (SocketAddr, bool)> {
     let state = standin_state();
     state["pods"]
         .as_array()
@@ -62,7 +62,7 @@ fn running_pods(ns: &str) -> BTreeMap<String, (SocketAddr, bool)> {
 
 /// The log files of the workload processes the stand-in ran in `ns`, gone pods included: pod name
 /// and path.
-fn pod_log_files(ns: &str) -> Vec<(String, PathBuf)> {
+pub(crate) fn pod_log_files(ns: &str) -> Vec<(String, PathBuf)> {
     let dir = standin_state()["pod_logs"].as_str().unwrap().to_string();
     let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
         .expect("the stand-in's pod log directory")
@@ -93,10 +93,10 @@ fn quantity(text: &str) -> f64 {
 }
 
 /// The seed's load: `autocannon -t 60 -c CONNECTIONS -d SECONDS --json`.
-struct Load(std::process::Child);
+pub(crate) struct Load(std::process::Child);
 
 impl Load {
-    fn start(address: &str, connections: u32, seconds: u32) -> Self {
+    pub(crate) fn start(address: &str, connections: u32, seconds: u32) -> Self {
         let child = Command::new("autocannon")
             .args([
                 "-t",
@@ -116,7 +116,7 @@ impl Load {
 
     /// autocannon's JSON result, after checking that every answer was 200 or 503 and no request
     /// failed on its connection or timed out.
-    async fn finish(self) -> Value {
+    pub(crate) async fn finish(self) -> Value {
         let output = tokio::task::spawn_blocking(move || self.0.wait_with_output())
             .await
             .unwrap()
@@ -200,7 +200,7 @@ impl Drop for Sampler {
 
 /// A SandboxService from `deploy/examples/seed.yaml` in `ns`, with the monitoring interval and the
 /// scale-down window shortened, and `changes` merged into its spec.
-fn seed_sample(ns: &str, changes: Value) -> Value {
+pub(crate) fn seed_sample(ns: &str, changes: Value) -> Value {
     let text =
         std::fs::read_to_string(super::harness::repo_file("deploy/examples/seed.yaml")).unwrap();
     let mut cr: Value = serde_yaml::from_str(&text).unwrap();
@@ -221,7 +221,7 @@ fn seed_sample(ns: &str, changes: Value) -> Value {
 
 /// A fresh namespace `name` and an operator leading on the Lease of the same name, with the
 /// ServiceMonitor CRD installed (the stand-in scrapes what ServiceMonitors say).
-async fn start(name: &str) -> (Client, String, Operator) {
+pub(crate) async fn start(name: &str) -> (Client, String, Operator) {
     let client = admin_client().await;
     install_service_monitor_crd();
     let ns = namespace(&client, name).await;
@@ -257,7 +257,7 @@ fn assert_proportional(samples: &[Sample], target: f64) -> Sample {
 
 /// Applies `cr` and waits until it is Ready, its Service has an address at the stand-in, and the
 /// HPA reads `queue_ratio` (the adapter has listed the series).
-async fn ready_to_scale(client: &Client, ns: &str, cr: Value) -> String {
+pub(crate) async fn ready_to_scale(client: &Client, ns: &str, cr: Value) -> String {
     let name = cr["metadata"]["name"].as_str().unwrap().to_string();
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), ns);
     apply(&crs, cr).await.expect("apply the SandboxService");
@@ -349,6 +349,15 @@ async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say(
     operator.stop();
 }
 
+/// The Service `ns/name` at the stand-in met no failed pod: none refused a connection (a pod
+/// that stopped listening while kube-proxy still sent it traffic) and none failed a request.
+pub(crate) fn assert_no_failed_upstream(ns: &str, name: &str) {
+    let responses = service_state(ns, name).unwrap()["responses"].clone();
+    for failure in ["upstream_error", "refused"] {
+        assert!(responses.get(failure).is_none(), "{failure}: {responses}");
+    }
+}
+
 /// What the HPA did during a load run, and what autocannon and the stand-in saw.
 struct Run {
     samples: Vec<Sample>,
@@ -367,8 +376,7 @@ async fn load_run(
     let sampler = Sampler::start(client, ns, name);
     let load = Load::start(address, connections, seconds).finish().await;
     // The stand-in answered nothing itself but 503 for "no ready endpoint": no upstream error.
-    let responses = service_state(ns, name).unwrap()["responses"].clone();
-    assert!(responses.get("upstream_error").is_none(), "{responses}");
+    assert_no_failed_upstream(ns, name);
     Run {
         samples: sampler.samples(),
         load,
@@ -444,8 +452,7 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     assert!(replicas > Some(1), "scaled out by the HPA: {replicas:?}");
 
     let result = load.finish().await;
-    let responses = service_state(&ns, &name).unwrap()["responses"].clone();
-    assert!(responses.get("upstream_error").is_none(), "{responses}");
+    assert_no_failed_upstream(&ns, &name);
     let samples = sampler.samples();
     // The seed's load on one pod: the breaker holds its queue at 4 (queue_ratio 4), less once the
     // pod has left the Service and drains; the HPA reads the last scrape.

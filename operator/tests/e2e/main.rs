@@ -15,6 +15,7 @@ mod autoscale;
 mod harness;
 #[path = "../support/refused_crs.rs"]
 mod refused_crs;
+mod rollout;
 
 use std::time::{Duration, Instant};
 

@@ -52,7 +52,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         })?;
     }
     let http = http_client();
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::with_endpoint_lag(Duration::from_millis(
+        args.endpoint_lag_ms,
+    )));
     serve_state(&args, registry.clone(), &log_dir).await?;
 
     let runtime = Arc::new(Runtime {

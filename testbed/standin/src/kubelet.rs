@@ -129,11 +129,10 @@ impl PodHandle {
         Some(Self { process, stop })
     }
 
-    /// The pod is being deleted: out of the endpoints now, then preStop, SIGTERM, and SIGKILL
-    /// after the grace period.
+    /// The pod is being deleted: out of the endpoints once the endpoint lag has passed, and
+    /// meanwhile preStop, SIGTERM, and SIGKILL after the grace period.
     pub fn terminate(&self) {
         self.process.start_terminating();
-        self.process.set_ready(false);
         let _ = self.stop.send(true);
     }
 }
@@ -171,15 +170,17 @@ async fn run(
         };
         info!(namespace = %process.namespace, pod = %process.name, address = %process.address, "started");
         let outcome = supervise(&process, &container, &runtime.client, &mut child, &mut stop).await;
-        process.set_ready(false);
         match outcome {
+            // Readiness as last probed: the endpoint leaves with the lag, see `PodProcess::serves`.
             Outcome::Stop => terminate(&process, &container, &mut child).await,
             Outcome::Exited(status) => {
+                process.set_ready(false);
                 warn!(pod = %process.name, ?status, "the workload process exited; restarting");
                 process.count_restart();
                 let _ = timeout(RESTART_DELAY, stop.changed()).await;
             }
             Outcome::LivenessFailed => {
+                process.set_ready(false);
                 warn!(pod = %process.name, "liveness probe failed; restarting");
                 let _ = child.kill().await;
                 process.count_restart();

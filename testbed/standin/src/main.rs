@@ -47,6 +47,10 @@ pub struct Args {
     /// Prometheus' base URL, for `POST /-/reload` after the configuration changed.
     #[arg(long)]
     pub prometheus_url: String,
+    /// How long a Service keeps routing to a pod after its deletion, as kube-proxy does until
+    /// the endpoint change reaches it (a preStop sleep exists to cover this).
+    #[arg(long, default_value_t = 2000)]
+    pub endpoint_lag_ms: u64,
     /// Address of the `/state` endpoint; the bound address is written to `STATE_DIR/standin.addr`.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,

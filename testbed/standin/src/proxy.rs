@@ -48,7 +48,8 @@ struct Spreader {
     name: String,
     selector: RwLock<Labels>,
     next: AtomicUsize,
-    /// Answers by status code, plus `no_endpoints` and `upstream_error` for the spreader's own.
+    /// Answers by status code, plus `no_endpoints` and `upstream_error` for the spreader's own,
+    /// and `refused` for each pod that refused the connection.
     responses: Mutex<BTreeMap<String, u64>>,
     registry: Arc<Registry>,
     client: HttpClient,
@@ -167,7 +168,12 @@ async fn forward(State(spreader): State<Arc<Spreader>>, request: Request) -> Res
                 spreader.count(response.status().as_str());
                 return response.map(Body::new);
             }
-            Err(err) if err.is_connect() => continue,
+            // kube-proxy would hand the client this refusal; it is counted so a test can
+            // fail on it, and the request goes on to the next pod so the load goes on.
+            Err(err) if err.is_connect() => {
+                spreader.count("refused");
+                continue;
+            }
             Err(err) => {
                 warn!(service = %spreader.key(), %address, %err, "upstream failed");
                 break;

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -37,7 +38,8 @@ pub struct PodProcess {
     /// Where the process listens, standing in for pod IP and container port.
     pub address: SocketAddr,
     ready: AtomicBool,
-    terminating: AtomicBool,
+    /// When the pod's deletion was seen.
+    terminating_since: Mutex<Option<Instant>>,
     restarts: AtomicU32,
 }
 
@@ -58,7 +60,7 @@ impl PodProcess {
             container,
             address,
             ready: AtomicBool::new(false),
-            terminating: AtomicBool::new(false),
+            terminating_since: Mutex::new(None),
             restarts: AtomicU32::new(0),
         }
     }
@@ -72,22 +74,27 @@ impl PodProcess {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether the pod is being deleted: out of every Service's endpoints from that moment on.
+    /// Whether the pod is being deleted.
     pub fn is_terminating(&self) -> bool {
-        self.terminating.load(Ordering::Relaxed)
+        self.terminating_since.lock().unwrap().is_some()
     }
 
     pub fn start_terminating(&self) {
-        self.terminating.store(true, Ordering::Relaxed);
+        self.terminating_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
     }
 
     pub fn count_restart(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A Service endpoint: ready and not terminating.
-    pub fn serves(&self) -> bool {
-        self.is_ready() && !self.is_terminating()
+    /// A Service endpoint: ready, and not terminating for longer than `endpoint_lag` (the time
+    /// a deletion takes to reach kube-proxy, which keeps routing to the pod until then).
+    pub fn serves(&self, endpoint_lag: Duration) -> bool {
+        let since = *self.terminating_since.lock().unwrap();
+        self.is_ready() && since.is_none_or(|since| since.elapsed() < endpoint_lag)
     }
 
     fn to_json(&self) -> Value {
@@ -107,9 +114,18 @@ impl PodProcess {
 pub struct Registry {
     pods: RwLock<BTreeMap<String, Arc<PodProcess>>>,
     services: RwLock<BTreeMap<String, Arc<ServiceProxy>>>,
+    endpoint_lag: Duration,
 }
 
 impl Registry {
+    /// A registry whose Services keep routing to a deleted pod for `endpoint_lag`.
+    pub fn with_endpoint_lag(endpoint_lag: Duration) -> Self {
+        Self {
+            endpoint_lag,
+            ..Self::default()
+        }
+    }
+
     pub fn insert_pod(&self, pod: Arc<PodProcess>) {
         self.pods.write().unwrap().insert(pod.uid.clone(), pod);
     }
@@ -129,7 +145,7 @@ impl Registry {
             .unwrap()
             .values()
             .filter(|pod| pod.namespace == namespace && selects(selector, &pod.labels))
-            .filter(|pod| pod.serves())
+            .filter(|pod| pod.serves(self.endpoint_lag))
             .map(|pod| pod.address)
             .collect()
     }
@@ -233,5 +249,23 @@ mod tests {
         );
         ready.set_ready(false);
         assert!(registry.endpoints("ns", &selector).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_pod_stays_an_endpoint_for_the_lag() {
+        let registry = Registry::with_endpoint_lag(Duration::from_secs(3600));
+        let pod = Arc::new(PodProcess::new(
+            "ns".into(),
+            "leaving".into(),
+            "uid".into(),
+            labels(&[("app", "a")]),
+            "workload".into(),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+        ));
+        registry.insert_pod(pod.clone());
+        pod.set_ready(true);
+        pod.start_terminating();
+        assert_eq!(registry.endpoints("ns", &labels(&[("app", "a")])).len(), 1);
+        assert!(!pod.serves(Duration::ZERO));
     }
 }

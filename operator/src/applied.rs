@@ -1,0 +1,296 @@
+//! Apply only what changed: a child is applied when what the operator wants of it differs from
+//! what it last applied, or when the child itself changed since (as the watch caches show it).
+//!
+//! Without this, every reconcile made one server-side apply per child, even when triggered by
+//! a Deployment status change or the periodic resync: writes the API server must process,
+//! admit and compare, only to change nothing. Kept per child: a hash of the object last applied
+//! and a fingerprint of the child right after that apply. The fingerprint is what a change by
+//! someone else moves: `metadata.generation` (every spec edit), labels and owner references;
+//! for a kind without a generation (Service), the resourceVersion. Nothing is remembered
+//! across restarts, so a new operator process applies everything once.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde::Serialize;
+
+use crate::build::ServiceMonitor;
+
+/// The watch caches of the children, as the Controller's child watches fill them.
+#[derive(Clone)]
+pub struct ChildCaches {
+    /// Whole Deployments: their status is the CR's.
+    pub deployments: Store<Deployment>,
+    /// Services, metadata only.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// HPAs, metadata only.
+    pub hpas: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
+    /// ServiceMonitors, metadata only; `None` while their CRD is not installed.
+    pub service_monitors: Option<Store<PartialObjectMeta<ServiceMonitor>>>,
+}
+
+/// A child kind whose cached metadata can be looked up.
+pub trait CachedChild: Resource<DynamicType = ()> + Sized {
+    /// The cached child `namespace/name`'s metadata, if the cache holds it.
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta>;
+}
+
+fn lookup<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<ObjectMeta>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::new(name).within(namespace))
+        .map(|object| object.meta().clone())
+}
+
+impl CachedChild for Deployment {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        lookup(&caches.deployments, namespace, name)
+    }
+}
+
+impl CachedChild for Service {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        lookup(&caches.services, namespace, name)
+    }
+}
+
+impl CachedChild for HorizontalPodAutoscaler {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        lookup(&caches.hpas, namespace, name)
+    }
+}
+
+impl CachedChild for ServiceMonitor {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+        lookup(caches.service_monitors.as_ref()?, namespace, name)
+    }
+}
+
+/// Identifies a child: kind, namespace, name.
+type ChildKey = (String, String, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LastApplied {
+    desired: u64,
+    fingerprint: u64,
+}
+
+/// What was last applied of each child, and the caches to compare it with.
+#[derive(Default)]
+pub struct Applied {
+    caches: RwLock<Option<ChildCaches>>,
+    last: Mutex<HashMap<ChildKey, LastApplied>>,
+}
+
+impl Applied {
+    /// Use `caches` from now on (`None`: apply everything, e.g. between two controller runs).
+    pub fn set_caches(&self, caches: Option<ChildCaches>) {
+        *self.caches.write().unwrap_or_else(|e| e.into_inner()) = caches;
+    }
+
+    /// The cached Deployment `namespace/name`, whole.
+    pub fn cached_deployment(&self, namespace: &str, name: &str) -> Option<Deployment> {
+        let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
+        let deployment = caches
+            .as_ref()?
+            .deployments
+            .get(&ObjectRef::new(name).within(namespace))?;
+        Some((*deployment).clone())
+    }
+
+    /// Whether `desired` is what was last applied to the child and the child has not changed
+    /// since, so applying it again would change nothing.
+    pub fn unchanged<K: CachedChild + Serialize>(&self, namespace: &str, desired: &K) -> bool {
+        let key = key::<K>(namespace, desired);
+        let Some(last) = self.lock().get(&key).copied() else {
+            return false;
+        };
+        let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = caches
+            .as_ref()
+            .and_then(|caches| K::cached(caches, namespace, &key.2))
+        else {
+            return false;
+        };
+        last == (LastApplied {
+            desired: hash_of(desired),
+            fingerprint: fingerprint(&current),
+        })
+    }
+
+    /// `desired` was just applied and the API server answered with `applied`.
+    pub fn record<K: Resource<DynamicType = ()> + Serialize>(
+        &self,
+        namespace: &str,
+        desired: &K,
+        applied: &ObjectMeta,
+    ) {
+        let last = LastApplied {
+            desired: hash_of(desired),
+            fingerprint: fingerprint(applied),
+        };
+        self.lock().insert(key::<K>(namespace, desired), last);
+    }
+
+    /// Forget the child: it was deleted, or its apply failed.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, namespace: &str, object: &K) {
+        self.lock().remove(&key::<K>(namespace, object));
+    }
+
+    /// Keep only the children of namespaces/names for which `keep` is true.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        self.lock()
+            .retain(|(_, namespace, name), _| keep(namespace, name));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ChildKey, LastApplied>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key<K: Resource<DynamicType = ()>>(namespace: &str, object: &K) -> ChildKey {
+    (
+        K::kind(&()).into_owned(),
+        namespace.to_string(),
+        object.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// A hash of the object as it is sent.
+fn hash_of<K: Serialize>(object: &K) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    // Serializing a built child cannot fail; an empty hash only means "apply again".
+    serde_json::to_vec(object)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What someone else's change to a child moves; see the module documentation.
+fn fingerprint(meta: &ObjectMeta) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    match meta.generation {
+        Some(generation) => {
+            generation.hash(&mut hasher);
+            meta.labels.hash(&mut hasher);
+            for owner in meta.owner_references.iter().flatten() {
+                (&owner.uid, owner.controller).hash(&mut hasher);
+            }
+        }
+        None => meta.resource_version.hash(&mut hasher),
+    }
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher;
+
+    fn hpa(yaml: &str) -> HorizontalPodAutoscaler {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn partial(object: &HorizontalPodAutoscaler) -> PartialObjectMeta<HorizontalPodAutoscaler> {
+        PartialObjectMeta {
+            types: None,
+            metadata: object.metadata.clone(),
+            _phantom: Default::default(),
+        }
+    }
+
+    /// An `Applied` whose HPA cache holds `cached`.
+    fn with_cached(cached: Option<&HorizontalPodAutoscaler>) -> Applied {
+        let mut hpas = Writer::default();
+        if let Some(cached) = cached {
+            hpas.apply_watcher_event(&watcher::Event::Apply(partial(cached)));
+        }
+        let applied = Applied::default();
+        applied.set_caches(Some(ChildCaches {
+            deployments: Writer::default().as_reader(),
+            services: Writer::default().as_reader(),
+            hpas: hpas.as_reader(),
+            service_monitors: None,
+        }));
+        applied
+    }
+
+    const DESIRED: &str = "metadata: {name: demo, namespace: apps}\nspec: {maxReplicas: 3, scaleTargetRef: {kind: Deployment, name: demo}}";
+    const STORED: &str = "metadata: {name: demo, namespace: apps, generation: 1, resourceVersion: '10'}\nspec: {maxReplicas: 3, scaleTargetRef: {kind: Deployment, name: demo}}";
+
+    #[test]
+    fn unchanged_only_after_an_apply_that_the_cache_has_seen() {
+        let desired = hpa(DESIRED);
+        let stored = hpa(STORED);
+        let applied = with_cached(Some(&stored));
+        assert!(!applied.unchanged("apps", &desired), "never applied");
+        applied.record("apps", &desired, &stored.metadata);
+        assert!(applied.unchanged("apps", &desired));
+
+        let mut wanted = desired.clone();
+        wanted.spec.as_mut().unwrap().max_replicas = 4;
+        assert!(!applied.unchanged("apps", &wanted), "the CR wants more");
+    }
+
+    #[test]
+    fn a_status_write_keeps_it_unchanged_but_an_edit_does_not() {
+        let desired = hpa(DESIRED);
+        let stored = hpa(STORED);
+        let mut status_written = stored.clone();
+        status_written.metadata.resource_version = Some("11".into());
+        let applied = with_cached(Some(&status_written));
+        applied.record("apps", &desired, &stored.metadata);
+        assert!(applied.unchanged("apps", &desired));
+
+        let mut edited = status_written.clone();
+        edited.metadata.generation = Some(2);
+        let applied = with_cached(Some(&edited));
+        applied.record("apps", &desired, &stored.metadata);
+        assert!(!applied.unchanged("apps", &desired), "a spec edit");
+
+        let mut relabelled = status_written;
+        relabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        let applied = with_cached(Some(&relabelled));
+        applied.record("apps", &desired, &stored.metadata);
+        assert!(!applied.unchanged("apps", &desired), "a label edit");
+    }
+
+    #[test]
+    fn a_child_missing_from_the_cache_or_forgotten_is_applied() {
+        let desired = hpa(DESIRED);
+        let stored = hpa(STORED);
+        let applied = with_cached(None);
+        applied.record("apps", &desired, &stored.metadata);
+        assert!(!applied.unchanged("apps", &desired), "deleted");
+
+        let applied = with_cached(Some(&stored));
+        applied.record("apps", &desired, &stored.metadata);
+        applied.forget("apps", &desired);
+        assert!(!applied.unchanged("apps", &desired));
+        applied.record("apps", &desired, &stored.metadata);
+        applied.retain(|_, name| name != "demo");
+        assert!(!applied.unchanged("apps", &desired), "its CR is gone");
+    }
+
+    #[test]
+    fn without_a_generation_any_write_is_a_change() {
+        let service: Service =
+            serde_yaml::from_str("metadata: {name: demo, resourceVersion: '5'}").unwrap();
+        let mut written = service.metadata.clone();
+        assert_eq!(fingerprint(&service.metadata), fingerprint(&written));
+        written.resource_version = Some("6".into());
+        assert_ne!(fingerprint(&service.metadata), fingerprint(&written));
+    }
+}
