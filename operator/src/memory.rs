@@ -88,16 +88,6 @@ impl Memory {
         });
     }
 
-    /// How many CRs are remembered.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no CR is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<ObjectRef<SandboxService>, Entry>> {
         // A panic while holding the lock cannot leave an entry half-updated: recover the map.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
@@ -175,20 +165,30 @@ mod tests {
 
     #[test]
     fn deleted_crs_are_forgotten() {
+        // Forgotten: the failure count starts over and the written status is no longer
+        // preferred over the cache's.
         let memory = Memory::default();
         let cr = cr("u1", None);
         memory.record_failure(&cr);
+        memory.remember_written(&cr, &written(2, 1));
         memory.forget(&cr);
-        assert!(memory.is_empty());
+        assert_eq!(memory.known_status(&cr), None);
+        assert_eq!(memory.record_failure(&cr), 1);
 
         let mut writer = Writer::<SandboxService>::default();
         let cache = writer.as_reader();
         writer.apply_watcher_event(&watcher::Event::Apply(cr.clone()));
         memory.remember_written(&cr, &written(2, 1));
         memory.forget_missing(&cache);
-        assert_eq!(memory.len(), 1, "still in the cache");
-        writer.apply_watcher_event(&watcher::Event::Delete(cr));
+        assert_eq!(
+            memory.known_status(&cr),
+            Some(written(2, 1)),
+            "still in the cache"
+        );
+        assert_eq!(memory.record_failure(&cr), 2, "still in the cache");
+        writer.apply_watcher_event(&watcher::Event::Delete(cr.clone()));
         memory.forget_missing(&cache);
-        assert!(memory.is_empty());
+        assert_eq!(memory.known_status(&cr), None);
+        assert_eq!(memory.record_failure(&cr), 1);
     }
 }

@@ -78,16 +78,6 @@ impl Metrics {
         self.failures.with_label_values(&[category]).inc();
     }
 
-    /// Reconciliations started so far.
-    pub fn reconciliations(&self) -> u64 {
-        self.reconciliations.get()
-    }
-
-    /// Failed reconciliations of `category` so far.
-    pub fn failures(&self, category: &str) -> u64 {
-        self.failures.with_label_values(&[category]).get()
-    }
-
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();

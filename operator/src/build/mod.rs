@@ -163,16 +163,16 @@ mod tests {
             assert_eq!(meta.namespace.as_deref(), Some("apps"));
             let labels = meta.labels.as_ref().unwrap();
             assert_eq!(labels["app.kubernetes.io/instance"], "demo");
-            assert_eq!(labels["app.kubernetes.io/managed-by"], MANAGED_BY);
             let owners = meta.owner_references.as_ref().unwrap();
             assert_eq!(owners.len(), 1);
             assert_eq!(owners[0].uid, "uid-1");
             assert_eq!(owners[0].controller, Some(true));
+            // The controller watches children with this selector: each must match it.
+            for requirement in MANAGED_BY_SELECTOR.split(',') {
+                let (key, value) = requirement.split_once('=').unwrap();
+                assert_eq!(labels.get(key).map(String::as_str), Some(value));
+            }
         }
-        assert_eq!(
-            MANAGED_BY_SELECTOR,
-            format!("app.kubernetes.io/managed-by={MANAGED_BY}")
-        );
     }
 
     #[test]
