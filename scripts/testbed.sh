@@ -13,6 +13,11 @@
 # stand-in (testbed/standin) does what the kubelet, kube-proxy and the Prometheus Operator would: one real
 # `workload` process per running pod, a round-robin address per Service (TESTBED_STANDIN/state lists them),
 # and Prometheus scrape jobs from the ServiceMonitors.
+#
+# Settings of `up`: TESTBED_HPA_SYNC (the HPA sync period, 5s); TESTBED_STANDIN_SELECTOR, the label
+# selector of the pods and Services the stand-in runs and proxies (app.kubernetes.io/name=workload; one
+# that matches nothing, e.g. app.kubernetes.io/name=none as scripts/operator-bench.sh uses, runs no
+# workload process: kwok alone makes the pods Running and Ready).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${TESTBED_DIR:-$root/target/testbed}
@@ -25,6 +30,8 @@ components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok prom
 node_count=3 pods_per_node=400
 # The HPA controller's sync period (the controller-manager's default is 15s).
 hpa_sync=${TESTBED_HPA_SYNC:-5s}
+# The pods and Services the stand-in runs a workload process and a proxy for.
+standin_selector=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=workload}
 
 die() { echo "testbed: error: $*" >&2; exit 1; }
 log() { echo "testbed: $*" >&2; }
@@ -326,7 +333,7 @@ start_monitoring() {
 
 	start standin env KUBECONFIG="$kubeconfig" "$(binary standin)" --workload "$root/target/release/workload" \
 		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
-		--prometheus-url "http://127.0.0.1:$prometheus_port"
+		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector"
 	wait_until standin 30 test -s "$dir/standin/standin.addr"
 }
 
