@@ -72,8 +72,16 @@ fail_start() {
 start() {
 	local component=$1; shift
 	"$@" >"$logs/$component.log" 2>&1 &
-	echo $! >"$pids/$component.pid"
-	log "started $component (pid $!)"
+	local pid=$! shell
+	echo "$pid" >"$pids/$component.pid"
+	# Until the forked shell has exec'd the component, its pid's executable is still bash, and
+	# `running` would call a component that is starting dead: wait for the exec (or the exit).
+	shell=$(readlink "/proc/$$/exe")
+	for _ in $(seq 100); do
+		[[ $(readlink "/proc/$pid/exe" 2>/dev/null) != "$shell" ]] && break
+		sleep 0.05
+	done
+	log "started $component (pid $pid)"
 }
 
 # wait_until COMPONENT SECONDS COMMAND...: until COMMAND succeeds, failing if the component dies.
@@ -331,7 +339,7 @@ start_monitoring() {
 	adapter_registration "$adapter_port" | kubectl_ apply --server-side -f - >/dev/null
 	wait_until prometheus-adapter 60 adapter_available
 
-	start standin env KUBECONFIG="$kubeconfig" "$(binary standin)" --workload "$root/target/release/workload" \
+	KUBECONFIG="$kubeconfig" start standin "$(binary standin)" --workload "$root/target/release/workload" \
 		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
 		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector"
 	wait_until standin 30 test -s "$dir/standin/standin.addr"

@@ -187,6 +187,9 @@ async fn run(
             }
         }
     }
+    // kube-proxy keeps sending to the pod's address for the endpoint lag, whether or not the
+    // process still listens: only then is it gone from the Service.
+    tokio::time::sleep(runtime.registry.lag_left(&process)).await;
     runtime.registry.remove_pod(&process.uid);
 }
 

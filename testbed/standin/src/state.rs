@@ -126,6 +126,14 @@ impl Registry {
         }
     }
 
+    /// How long `pod` stays an endpoint of its Services after its deletion was seen.
+    pub fn lag_left(&self, pod: &PodProcess) -> Duration {
+        let since = *pod.terminating_since.lock().unwrap();
+        since.map_or(Duration::ZERO, |since| {
+            self.endpoint_lag.saturating_sub(since.elapsed())
+        })
+    }
+
     pub fn insert_pod(&self, pod: Arc<PodProcess>) {
         self.pods.write().unwrap().insert(pod.uid.clone(), pod);
     }
