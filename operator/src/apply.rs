@@ -86,6 +86,25 @@ pub async fn apply_children(
     })
 }
 
+/// A namespaced child kind, as server-side apply sends and decodes it.
+pub trait Child:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
+
 /// Apply `object` unless it is as last applied.
 async fn apply_if_changed<K>(
     client: &Client,
@@ -94,12 +113,7 @@ async fn apply_if_changed<K>(
     last: &LastApplied,
 ) -> Result<()>
 where
-    K: CachedChild
-        + Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
+    K: Child + CachedChild,
 {
     if !last.unchanged(namespace, object) {
         apply_and_record(client, namespace, object, last).await?;
@@ -115,11 +129,7 @@ async fn apply_and_record<K>(
     last: &LastApplied,
 ) -> Result<K>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
+    K: Child,
 {
     match apply(client, namespace, object).await {
         Ok(applied) => {
@@ -137,11 +147,7 @@ where
 /// sets: the operator is the authority for them, so a `kubectl edit` of a child is reverted.
 pub async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
+    K: Child,
 {
     let name = object.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);

@@ -4,8 +4,8 @@
 //! writes its status at every sync under changing load, and each such write cost a reconcile
 //! with four no-op applies (24 in an 88 s autoscaling run). Here a child triggers a reconcile
 //! only when it is deleted or when what the operator cares about changed: its generation (a
-//! spec edit), its labels and owner references, and for the Deployment the status fields the
-//! SandboxService's status is made of.
+//! spec edit; any write for a kind without one, the Service), its labels and owner references,
+//! and for the Deployment the status fields the SandboxService's status is made of.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -72,7 +72,11 @@ pub fn deployment(deployment: &Deployment) -> u64 {
 
 fn hash_metadata<K: Resource>(object: &K, hasher: &mut DefaultHasher) {
     let meta = object.meta();
-    meta.generation.hash(hasher);
+    match meta.generation {
+        Some(generation) => generation.hash(hasher),
+        // A kind without a generation (Service) shows a spec edit only in its resourceVersion.
+        None => meta.resource_version.hash(hasher),
+    }
     meta.labels.hash(hasher);
     for owner in meta.owner_references.iter().flatten() {
         (&owner.uid, owner.controller).hash(hasher);
@@ -144,6 +148,18 @@ mod tests {
             Apply(deployment(3, 2, "2026-01-01T00:00:05Z")), // a pod became ready
         ];
         assert_eq!(passed(events, super::deployment).await, ["d@1", "d@3"]);
+    }
+
+    #[tokio::test]
+    async fn any_write_to_a_service_passes_as_it_has_no_generation() {
+        let service = |rv: u32, port: u32| -> k8s_openapi::api::core::v1::Service {
+            object(&format!(
+                "metadata: {{name: demo, uid: s, resourceVersion: '{rv}'}}\nspec: {{ports: [{{port: {port}}}]}}"
+            ))
+        };
+        use watcher::Event::*;
+        let events = vec![Apply(service(1, 80)), Apply(service(2, 81))];
+        assert_eq!(passed(events, metadata).await, ["s@1", "s@2"]);
     }
 
     #[tokio::test]

@@ -5,29 +5,9 @@
 use std::collections::BTreeSet;
 
 use super::autoscale::{
-    Load, assert_no_failed_upstream, pod_log_files, ready_to_scale, running_pods, seed_sample,
-    start,
+    Load, assert_no_failed_upstream, pod_log_files, ready_to_scale, seed_sample, settled_at, start,
 };
 use super::*;
-
-/// Waits until the stand-in runs exactly `count` pods of `ns`, none terminating any more.
-async fn settled_at(ns: &str, count: usize) {
-    let all_pods = |ns: &str| -> usize {
-        let (_, body) = harness::http_get(super::autoscale::standin(), "/state").unwrap();
-        let state: Value = serde_json::from_str(&body).unwrap();
-        state["pods"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["namespace"] == ns)
-            .count()
-    };
-    eventually(
-        &format!("{count} pods of {ns}, none terminating"),
-        || async { running_pods(ns).len() == count && all_pods(ns) == count },
-    )
-    .await;
-}
 
 /// Every pod of `ns` that got SIGTERM drained its accepted operations and exited: their number.
 async fn stopped_pods_drained(ns: &str) -> usize {
