@@ -127,7 +127,10 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_in_text_format() {
         let metrics = Metrics::new();
-        drop(metrics.reconcile_started());
+        metrics.reconciled(
+            std::time::Duration::from_millis(3),
+            std::time::Duration::ZERO,
+        );
         let (status, body) = get_status(&AdminState::new(metrics), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(

@@ -6,8 +6,17 @@
 //! `get`, and either with `watch=true` (or under the legacy `/watch/` prefix) a `watch`; a
 //! subresource is counted as `plural/subresource` (`sandboxservices/status`). The layer sits
 //! outside kube's retry layer, so a retried request counts once, as the operator issued it.
+//!
+//! The layer also times each request until its answer's head arrives and adds that to the
+//! caller's [`measuring_api_wait`], if any: the reconcile duration less that wait is the
+//! operator's own time. kube's client queues requests to a worker task, but the response
+//! future comes back to the caller and is polled there, so a task-local sees it.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Uri};
 use prometheus::{IntCounterVec, Opts, Registry};
@@ -78,8 +87,23 @@ impl<S> Layer<S> for CountRequestsLayer {
     }
 }
 
+tokio::task_local! {
+    static API_WAIT: Cell<Duration>;
+}
+
+/// Runs `future` and returns its output with the time its API requests waited for their
+/// answers (requests made through a client with [`CountRequestsLayer`]).
+pub async fn measuring_api_wait<F: Future>(future: F) -> (F::Output, Duration) {
+    API_WAIT
+        .scope(Cell::new(Duration::ZERO), async move {
+            let output = future.await;
+            (output, API_WAIT.with(Cell::get))
+        })
+        .await
+}
+
 /// The service of [`CountRequestsLayer`]: counts the request when it is sent, whatever the
-/// answer, and passes it on unchanged.
+/// answer, times it, and passes it on unchanged.
 #[derive(Clone)]
 pub struct CountRequests<S> {
     inner: S,
@@ -89,10 +113,11 @@ pub struct CountRequests<S> {
 impl<S, B> Service<Request<B>> for CountRequests<S>
 where
     S: Service<Request<B>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -100,7 +125,14 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.requests.count(request.method(), request.uri());
-        self.inner.call(request)
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let sent = Instant::now();
+            let result = answer.await;
+            // Outside `measuring_api_wait` (watches, the Lease) there is nothing to add to.
+            let _ = API_WAIT.try_with(|wait| wait.set(wait.get() + sent.elapsed()));
+            result
+        })
     }
 }
 
@@ -366,6 +398,7 @@ mod tests {
         let registry = Registry::new();
         let requests = ApiRequests::registered(&registry);
         let service = tower::service_fn(|request: Request<Body>| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let body = if request.method() == Method::GET {
                 r#"{"apiVersion":"apps/v1","kind":"DeploymentList","metadata":{},"items":[]}"#
             } else {
@@ -379,14 +412,20 @@ mod tests {
             .with_layer(&requests.layer())
             .build();
         let api: Api<Deployment> = Api::namespaced(client, "x");
-        api.list(&ListParams::default()).await.expect("list");
-        for _ in 0..2 {
-            let apply =
-                Patch::Apply(serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment"}));
-            api.patch("s", &PatchParams::apply("sandbox-operator"), &apply)
-                .await
-                .expect("apply");
-        }
+        let ((), waited) = measuring_api_wait(async {
+            api.list(&ListParams::default()).await.expect("list");
+            for _ in 0..2 {
+                let apply = Patch::Apply(
+                    serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment"}),
+                );
+                api.patch("s", &PatchParams::apply("sandbox-operator"), &apply)
+                    .await
+                    .expect("apply");
+            }
+        })
+        .await;
+        // Three answers of 20 ms each, seen from the caller's task through kube's queue.
+        assert!(waited >= Duration::from_millis(60), "{waited:?}");
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .expect("encodes");

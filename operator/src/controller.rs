@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watch_object};
@@ -25,6 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::admin::AdminState;
+use crate::api_calls::measuring_api_wait;
 use crate::applied::{Applied, ChildCaches};
 use crate::apply::{self, MonitoringOutcome};
 use crate::build::{self, MANAGED_BY_SELECTOR, ServiceMonitor};
@@ -102,11 +103,10 @@ impl Context {
 /// Reconcile one `SandboxService`. Failures are counted by category and reported as a Warning
 /// Event before `error_policy` schedules the retry.
 pub async fn reconcile(cr: Arc<SandboxService>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started();
-    let result = reconcile_pipeline(&cr, &ctx).await;
-    match &result {
-        Ok(_) => ctx.memory.reset_failures(&cr),
-        Err(error) => {
+    let started = Instant::now();
+    let (result, api_wait) = measuring_api_wait(async {
+        let result = reconcile_pipeline(&cr, &ctx).await;
+        if let Err(error) = &result {
             ctx.metrics.reconcile_failed(error.category());
             let notice = Notice {
                 type_: EventType::Warning,
@@ -115,6 +115,12 @@ pub async fn reconcile(cr: Arc<SandboxService>, ctx: Arc<Context>) -> Result<Act
             };
             ctx.publish(&cr, notice).await;
         }
+        result
+    })
+    .await;
+    ctx.metrics.reconciled(started.elapsed(), api_wait);
+    if result.is_ok() {
+        ctx.memory.reset_failures(&cr);
     }
     result
 }
@@ -283,8 +289,13 @@ async fn run_once(
     ));
     let mut controller = Controller::new(
         Api::<SandboxService>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(WATCH_PAGE_SIZE),
     )
+    // A child's status changes come in bursts (a Deployment's replica counts move one after
+    // another as its pods start): one reconcile for the burst, not one per write.
+    .with_config(controller::Config::default().debounce(DEBOUNCE))
     .owns_stream(triggers::significant_changes(
         deployment_events,
         triggers::deployment,
@@ -349,6 +360,13 @@ async fn run_once(
     futures::join!(controller, ready_if_no_crs(&client, &admin));
 }
 
+/// How long a reconcile waits for more changes of the same CR before it runs.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Objects per page of a watch's initial list: the peak memory of a (re)list is one page of
+/// JSON and its decoded objects, not the whole list.
+const WATCH_PAGE_SIZE: u32 = 100;
+
 /// A watch of the children of kind `K` (by the `managed-by` label) that fills a cache as it is
 /// polled: the cache and the stream of its events.
 fn cached_watch<K>(
@@ -367,8 +385,13 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let events = watcher::watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+    let config = watcher::Config::default()
+        .labels(MANAGED_BY_SELECTOR)
+        .page_size(WATCH_PAGE_SIZE);
+    let events = watcher::watcher(api, config)
         .default_backoff()
+        // Only the API server reads managedFields; in the cache they would be most of its memory.
+        .modify(|child| child.meta_mut().managed_fields = None)
         .reflect(writer);
     (store, events)
 }
