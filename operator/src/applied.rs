@@ -5,9 +5,10 @@
 //! a Deployment status change or the periodic resync: writes the API server must process,
 //! admit and compare, only to change nothing. Kept per child: a hash of the object last applied
 //! and a fingerprint of the child right after that apply. The fingerprint is what a change by
-//! someone else moves: `metadata.generation` (every spec edit), labels and owner references;
-//! for a kind without a generation (Service), the resourceVersion. Nothing is remembered
-//! across restarts, so a new operator process applies everything once.
+//! someone else moves, and a status write does not: labels, owner references, and
+//! `metadata.generation` (every spec edit) or, for the kinds that have none (Service and
+//! HorizontalPodAutoscaler), the spec itself. Nothing is remembered across restarts, so a new
+//! operator process applies everything once.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -30,49 +31,86 @@ use crate::build::ServiceMonitor;
 pub struct ChildCaches {
     /// Whole Deployments: their status is the CR's.
     pub deployments: Store<Deployment>,
-    /// Services, metadata only.
-    pub services: Store<PartialObjectMeta<Service>>,
-    /// HPAs, metadata only.
-    pub hpas: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
+    /// Services: without a generation, only their spec shows an edit.
+    pub services: Store<Service>,
+    /// HPAs: without a generation, only their spec shows an edit.
+    pub hpas: Store<HorizontalPodAutoscaler>,
     /// ServiceMonitors, metadata only; `None` while their CRD is not installed.
     pub service_monitors: Option<Store<PartialObjectMeta<ServiceMonitor>>>,
 }
 
-/// A child kind whose cached metadata can be looked up.
-pub trait CachedChild: Resource<DynamicType = ()> + Sized {
-    /// The cached child `namespace/name`'s metadata, if the cache holds it.
-    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta>;
+/// What someone else's change to an object moves and its status writes do not; see the
+/// module documentation.
+pub trait Fingerprint {
+    /// The fingerprint of this object.
+    fn fingerprint(&self) -> u64;
 }
 
-fn lookup<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<ObjectMeta>
+/// A child kind whose cached fingerprint can be looked up.
+pub trait CachedChild: Resource<DynamicType = ()> + Fingerprint + Sized {
+    /// The fingerprint of the cached child `namespace/name`, if the cache holds it.
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<u64>;
+}
+
+fn lookup<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<u64>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Fingerprint + Clone + 'static,
 {
     store
         .get(&ObjectRef::new(name).within(namespace))
-        .map(|object| object.meta().clone())
+        .map(|object| object.fingerprint())
+}
+
+impl Fingerprint for Deployment {
+    fn fingerprint(&self) -> u64 {
+        by_generation(&self.metadata)
+    }
+}
+
+impl Fingerprint for ServiceMonitor {
+    fn fingerprint(&self) -> u64 {
+        by_generation(&self.metadata)
+    }
+}
+
+impl Fingerprint for PartialObjectMeta<ServiceMonitor> {
+    fn fingerprint(&self) -> u64 {
+        by_generation(&self.metadata)
+    }
+}
+
+impl Fingerprint for Service {
+    fn fingerprint(&self) -> u64 {
+        by_spec(&self.metadata, &self.spec)
+    }
+}
+
+impl Fingerprint for HorizontalPodAutoscaler {
+    fn fingerprint(&self) -> u64 {
+        by_spec(&self.metadata, &self.spec)
+    }
 }
 
 impl CachedChild for Deployment {
-    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<u64> {
         lookup(&caches.deployments, namespace, name)
     }
 }
 
 impl CachedChild for Service {
-    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<u64> {
         lookup(&caches.services, namespace, name)
     }
 }
 
 impl CachedChild for HorizontalPodAutoscaler {
-    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<u64> {
         lookup(&caches.hpas, namespace, name)
     }
 }
 
 impl CachedChild for ServiceMonitor {
-    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<ObjectMeta> {
+    fn cached(caches: &ChildCaches, namespace: &str, name: &str) -> Option<u64> {
         lookup(caches.service_monitors.as_ref()?, namespace, name)
     }
 }
@@ -125,20 +163,20 @@ impl Applied {
         };
         last == (LastApplied {
             desired: hash_of(desired),
-            fingerprint: fingerprint(&current),
+            fingerprint: current,
         })
     }
 
     /// `desired` was just applied and the API server answered with `applied`.
-    pub fn record<K: Resource<DynamicType = ()> + Serialize>(
+    pub fn record<K: Resource<DynamicType = ()> + Fingerprint + Serialize>(
         &self,
         namespace: &str,
         desired: &K,
-        applied: &ObjectMeta,
+        applied: &K,
     ) {
         let last = LastApplied {
             desired: hash_of(desired),
-            fingerprint: fingerprint(applied),
+            fingerprint: applied.fingerprint(),
         };
         self.lock().insert(key::<K>(namespace, desired), last);
     }
@@ -167,7 +205,7 @@ fn key<K: Resource<DynamicType = ()>>(namespace: &str, object: &K) -> ChildKey {
     )
 }
 
-/// A hash of the object as it is sent.
+/// A hash of the object as it is sent (or as it is stored, for a spec).
 fn hash_of<K: Serialize>(object: &K) -> u64 {
     let mut hasher = DefaultHasher::new();
     // Serializing a built child cannot fail; an empty hash only means "apply again".
@@ -177,19 +215,27 @@ fn hash_of<K: Serialize>(object: &K) -> u64 {
     hasher.finish()
 }
 
-/// What someone else's change to a child moves; see the module documentation.
-fn fingerprint(meta: &ObjectMeta) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    match meta.generation {
-        Some(generation) => {
-            generation.hash(&mut hasher);
-            meta.labels.hash(&mut hasher);
-            for owner in meta.owner_references.iter().flatten() {
-                (&owner.uid, owner.controller).hash(&mut hasher);
-            }
-        }
-        None => meta.resource_version.hash(&mut hasher),
+/// Labels and owner references: the metadata the operator sets.
+fn hash_metadata(meta: &ObjectMeta, hasher: &mut DefaultHasher) {
+    meta.labels.hash(hasher);
+    for owner in meta.owner_references.iter().flatten() {
+        (&owner.uid, owner.controller).hash(hasher);
     }
+}
+
+/// The fingerprint of a kind whose generation moves with every spec edit.
+pub fn by_generation(meta: &ObjectMeta) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hash_metadata(meta, &mut hasher);
+    meta.generation.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The fingerprint of a kind without a generation: its spec as stored.
+fn by_spec<S: Serialize>(meta: &ObjectMeta, spec: &S) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hash_metadata(meta, &mut hasher);
+    hash_of(spec).hash(&mut hasher);
     hasher.finish()
 }
 
@@ -203,19 +249,11 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    fn partial(object: &HorizontalPodAutoscaler) -> PartialObjectMeta<HorizontalPodAutoscaler> {
-        PartialObjectMeta {
-            types: None,
-            metadata: object.metadata.clone(),
-            _phantom: Default::default(),
-        }
-    }
-
     /// An `Applied` whose HPA cache holds `cached`.
     fn with_cached(cached: Option<&HorizontalPodAutoscaler>) -> Applied {
         let mut hpas = Writer::default();
         if let Some(cached) = cached {
-            hpas.apply_watcher_event(&watcher::Event::Apply(partial(cached)));
+            hpas.apply_watcher_event(&watcher::Event::Apply(cached.clone()));
         }
         let applied = Applied::default();
         applied.set_caches(Some(ChildCaches {
@@ -228,7 +266,8 @@ mod tests {
     }
 
     const DESIRED: &str = "metadata: {name: demo, namespace: apps}\nspec: {maxReplicas: 3, scaleTargetRef: {kind: Deployment, name: demo}}";
-    const STORED: &str = "metadata: {name: demo, namespace: apps, generation: 1, resourceVersion: '10'}\nspec: {maxReplicas: 3, scaleTargetRef: {kind: Deployment, name: demo}}";
+    // As the API server stores it: defaults filled in, no generation (HPAs have none).
+    const STORED: &str = "metadata: {name: demo, namespace: apps, resourceVersion: '10'}\nspec: {maxReplicas: 3, minReplicas: 1, scaleTargetRef: {kind: Deployment, name: demo}}";
 
     #[test]
     fn unchanged_only_after_an_apply_that_the_cache_has_seen() {
@@ -236,7 +275,7 @@ mod tests {
         let stored = hpa(STORED);
         let applied = with_cached(Some(&stored));
         assert!(!applied.unchanged("apps", &desired), "never applied");
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         assert!(applied.unchanged("apps", &desired));
 
         let mut wanted = desired.clone();
@@ -250,20 +289,22 @@ mod tests {
         let stored = hpa(STORED);
         let mut status_written = stored.clone();
         status_written.metadata.resource_version = Some("11".into());
+        status_written.status =
+            Some(serde_yaml::from_str("{currentReplicas: 2, desiredReplicas: 3}").unwrap());
         let applied = with_cached(Some(&status_written));
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         assert!(applied.unchanged("apps", &desired));
 
         let mut edited = status_written.clone();
-        edited.metadata.generation = Some(2);
+        edited.spec.as_mut().unwrap().max_replicas = 5;
         let applied = with_cached(Some(&edited));
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         assert!(!applied.unchanged("apps", &desired), "a spec edit");
 
         let mut relabelled = status_written;
         relabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
         let applied = with_cached(Some(&relabelled));
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         assert!(!applied.unchanged("apps", &desired), "a label edit");
     }
 
@@ -272,25 +313,34 @@ mod tests {
         let desired = hpa(DESIRED);
         let stored = hpa(STORED);
         let applied = with_cached(None);
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         assert!(!applied.unchanged("apps", &desired), "deleted");
 
         let applied = with_cached(Some(&stored));
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         applied.forget("apps", &desired);
         assert!(!applied.unchanged("apps", &desired));
-        applied.record("apps", &desired, &stored.metadata);
+        applied.record("apps", &desired, &stored);
         applied.retain(|_, name| name != "demo");
         assert!(!applied.unchanged("apps", &desired), "its CR is gone");
     }
 
     #[test]
-    fn without_a_generation_any_write_is_a_change() {
-        let service: Service =
-            serde_yaml::from_str("metadata: {name: demo, resourceVersion: '5'}").unwrap();
-        let mut written = service.metadata.clone();
-        assert_eq!(fingerprint(&service.metadata), fingerprint(&written));
-        written.resource_version = Some("6".into());
-        assert_ne!(fingerprint(&service.metadata), fingerprint(&written));
+    fn with_a_generation_only_the_generation_and_metadata_count() {
+        let deployment = |generation: i64, rv: &str| -> Deployment {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: demo, generation: {generation}, resourceVersion: '{rv}'}}"
+            ))
+            .unwrap()
+        };
+        let status_written = deployment(1, "6");
+        assert_eq!(
+            deployment(1, "5").fingerprint(),
+            status_written.fingerprint()
+        );
+        assert_ne!(
+            deployment(1, "5").fingerprint(),
+            deployment(2, "7").fingerprint()
+        );
     }
 }

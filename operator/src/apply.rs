@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
-use crate::applied::{Applied as LastApplied, CachedChild};
+use crate::applied::{Applied as LastApplied, CachedChild, Fingerprint};
 use crate::build::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_not_found};
 
@@ -129,11 +129,11 @@ async fn apply_and_record<K>(
     last: &LastApplied,
 ) -> Result<K>
 where
-    K: Child,
+    K: Child + Fingerprint,
 {
     match apply(client, namespace, object).await {
         Ok(applied) => {
-            last.record(namespace, object, applied.meta());
+            last.record(namespace, object, &applied);
             Ok(applied)
         }
         Err(error) => {

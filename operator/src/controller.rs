@@ -273,7 +273,9 @@ pub async fn run(
 ///
 /// Every child kind is owned, so an edited or deleted child triggers a reconcile that repairs
 /// it; status writes do not (see [`triggers`]). Children are watched by the `managed-by` label
-/// only, and all but the Deployment (whose status the CR's status is made of) metadata-only.
+/// only; ServiceMonitors metadata-only (their generation shows every edit), the others whole
+/// (the Deployment's status is the CR's; Services and HPAs have no generation, so an edit shows
+/// only in their spec).
 async fn run_once(
     ctx: Arc<Context>,
     own_service_monitors: bool,
@@ -282,11 +284,8 @@ async fn run_once(
 ) {
     let client = ctx.client.clone();
     let (deployments, deployment_events) = cached_watch(Api::<Deployment>::all(client.clone()));
-    let (services, service_events) =
-        cached_watch(Api::<PartialObjectMeta<Service>>::all(client.clone()));
-    let (hpas, hpa_events) = cached_watch(Api::<PartialObjectMeta<HorizontalPodAutoscaler>>::all(
-        client.clone(),
-    ));
+    let (services, service_events) = cached_watch(Api::<Service>::all(client.clone()));
+    let (hpas, hpa_events) = cached_watch(Api::<HorizontalPodAutoscaler>::all(client.clone()));
     let mut controller = Controller::new(
         Api::<SandboxService>::all(client.clone()),
         watcher::Config::default()
@@ -302,11 +301,11 @@ async fn run_once(
     ))
     .owns_stream(triggers::significant_changes(
         service_events,
-        triggers::metadata,
+        triggers::fingerprint,
     ))
     .owns_stream(triggers::significant_changes(
         hpa_events,
-        triggers::metadata,
+        triggers::fingerprint,
     ));
     let mut service_monitors = None;
     if own_service_monitors {
@@ -315,7 +314,7 @@ async fn run_once(
         ));
         service_monitors = Some(store);
         controller =
-            controller.owns_stream(triggers::significant_changes(events, triggers::metadata));
+            controller.owns_stream(triggers::significant_changes(events, triggers::fingerprint));
     }
     ctx.applied.set_caches(Some(ChildCaches {
         deployments,

@@ -16,6 +16,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Resource;
 use kube::runtime::watcher;
 
+use crate::applied::Fingerprint;
+
 /// The child's watch events reduced to the objects that may need a reconcile: every deletion,
 /// and an applied object whose `significant` hash differs from the last one seen for its uid.
 pub fn significant_changes<K>(
@@ -46,17 +48,16 @@ where
     })
 }
 
-/// Generation, labels and owner references: a spec edit, or metadata the operator sets.
-pub fn metadata<K: Resource>(object: &K) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    hash_metadata(object, &mut hasher);
-    hasher.finish()
+/// What the operator cares about in a child: its [`Fingerprint`] (spec edits and the metadata
+/// the operator sets; never a status write).
+pub fn fingerprint<K: Fingerprint>(object: &K) -> u64 {
+    object.fingerprint()
 }
 
-/// [`metadata`] plus the Deployment status the SandboxService's status is made of.
+/// The Deployment's [`Fingerprint`] plus the status the SandboxService's status is made of.
 pub fn deployment(deployment: &Deployment) -> u64 {
     let mut hasher = DefaultHasher::new();
-    hash_metadata(deployment, &mut hasher);
+    deployment.fingerprint().hash(&mut hasher);
     if let Some(status) = &deployment.status {
         (
             status.observed_generation,
@@ -68,19 +69,6 @@ pub fn deployment(deployment: &Deployment) -> u64 {
             .hash(&mut hasher);
     }
     hasher.finish()
-}
-
-fn hash_metadata<K: Resource>(object: &K, hasher: &mut DefaultHasher) {
-    let meta = object.meta();
-    match meta.generation {
-        Some(generation) => generation.hash(hasher),
-        // A kind without a generation (Service) shows a spec edit only in its resourceVersion.
-        None => meta.resource_version.hash(hasher),
-    }
-    meta.labels.hash(hasher);
-    for owner in meta.owner_references.iter().flatten() {
-        (&owner.uid, owner.controller).hash(hasher);
-    }
 }
 
 #[cfg(test)]
@@ -112,9 +100,11 @@ mod tests {
 
     #[tokio::test]
     async fn hpa_status_writes_pass_only_spec_edits_and_deletions() {
-        let hpa = |rv: u32, generation: u32, replicas: u32| -> HorizontalPodAutoscaler {
+        // HPAs have no generation: a spec edit shows only in the spec.
+        let hpa = |rv: u32, max: u32, replicas: u32| -> HorizontalPodAutoscaler {
             object(&format!(
-                "metadata: {{name: demo, uid: a, resourceVersion: '{rv}', generation: {generation}}}\n\
+                "metadata: {{name: demo, uid: a, resourceVersion: '{rv}'}}\n\
+                 spec: {{maxReplicas: {max}, scaleTargetRef: {{kind: Deployment, name: demo}}}}\n\
                  status: {{currentReplicas: {replicas}, desiredReplicas: {replicas}}}"
             ))
         };
@@ -129,7 +119,10 @@ mod tests {
             Delete(hpa(5, 2, 3)),
             Apply(hpa(6, 1, 1)), // re-created with the same uid key: seen afresh
         ];
-        assert_eq!(passed(events, metadata).await, ["a@1", "a@4", "a@5", "a@6"]);
+        assert_eq!(
+            passed(events, fingerprint).await,
+            ["a@1", "a@4", "a@5", "a@6"]
+        );
     }
 
     #[tokio::test]
@@ -151,15 +144,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn any_write_to_a_service_passes_as_it_has_no_generation() {
-        let service = |rv: u32, port: u32| -> k8s_openapi::api::core::v1::Service {
+    async fn a_service_spec_edit_passes_though_services_have_no_generation() {
+        let service = |rv: u32, port: u32, ingress: &str| -> k8s_openapi::api::core::v1::Service {
             object(&format!(
-                "metadata: {{name: demo, uid: s, resourceVersion: '{rv}'}}\nspec: {{ports: [{{port: {port}}}]}}"
+                "metadata: {{name: demo, uid: s, resourceVersion: '{rv}'}}\nspec: {{ports: [{{port: {port}}}]}}\n\
+                 status: {{loadBalancer: {{ingress: [{{ip: '{ingress}'}}]}}}}"
             ))
         };
         use watcher::Event::*;
-        let events = vec![Apply(service(1, 80)), Apply(service(2, 81))];
-        assert_eq!(passed(events, metadata).await, ["s@1", "s@2"]);
+        let events = vec![
+            Apply(service(1, 80, "10.0.0.1")),
+            Apply(service(2, 80, "10.0.0.2")), // status only
+            Apply(service(3, 81, "10.0.0.2")),
+        ];
+        assert_eq!(passed(events, fingerprint).await, ["s@1", "s@3"]);
     }
 
     #[tokio::test]
@@ -177,6 +175,6 @@ mod tests {
             Apply(hpa(3, "a: c", "o2")),
             Apply(hpa(4, "a: c", "o2")),
         ];
-        assert_eq!(passed(events, metadata).await, ["h@1", "h@2", "h@3"]);
+        assert_eq!(passed(events, fingerprint).await, ["h@1", "h@2", "h@3"]);
     }
 }
