@@ -119,19 +119,19 @@ impl CachedChild for ServiceMonitor {
 type ChildKey = (String, String, String);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LastApplied {
+struct Record {
     desired: u64,
     fingerprint: u64,
 }
 
 /// What was last applied of each child, and the caches to compare it with.
 #[derive(Default)]
-pub struct Applied {
+pub struct LastApplied {
     caches: RwLock<Option<ChildCaches>>,
-    last: Mutex<HashMap<ChildKey, LastApplied>>,
+    last: Mutex<HashMap<ChildKey, Record>>,
 }
 
-impl Applied {
+impl LastApplied {
     /// Use `caches` from now on (`None`: apply everything, e.g. between two controller runs).
     pub fn set_caches(&self, caches: Option<ChildCaches>) {
         *self.caches.write().unwrap_or_else(|e| e.into_inner()) = caches;
@@ -161,7 +161,7 @@ impl Applied {
         else {
             return false;
         };
-        last == (LastApplied {
+        last == (Record {
             desired: hash_of(desired),
             fingerprint: current,
         })
@@ -174,7 +174,7 @@ impl Applied {
         desired: &K,
         applied: &K,
     ) {
-        let last = LastApplied {
+        let last = Record {
             desired: hash_of(desired),
             fingerprint: applied.fingerprint(),
         };
@@ -192,7 +192,7 @@ impl Applied {
             .retain(|(_, namespace, name), _| keep(namespace, name));
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<ChildKey, LastApplied>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ChildKey, Record>> {
         self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -249,13 +249,13 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    /// An `Applied` whose HPA cache holds `cached`.
-    fn with_cached(cached: Option<&HorizontalPodAutoscaler>) -> Applied {
+    /// A `LastApplied` whose HPA cache holds `cached`.
+    fn with_cached(cached: Option<&HorizontalPodAutoscaler>) -> LastApplied {
         let mut hpas = Writer::default();
         if let Some(cached) = cached {
             hpas.apply_watcher_event(&watcher::Event::Apply(cached.clone()));
         }
-        let applied = Applied::default();
+        let applied = LastApplied::default();
         applied.set_caches(Some(ChildCaches {
             deployments: Writer::default().as_reader(),
             services: Writer::default().as_reader(),

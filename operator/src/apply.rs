@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
-use crate::applied::{Applied as LastApplied, CachedChild, Fingerprint};
+use crate::applied::{CachedChild, Fingerprint, LastApplied};
 use crate::build::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_not_found};
 

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::AdminState;
 use crate::api_calls::measuring_api_wait;
-use crate::applied::{Applied, ChildCaches};
+use crate::applied::{ChildCaches, Fingerprint, LastApplied};
 use crate::apply::{self, MonitoringOutcome};
 use crate::build::{self, MANAGED_BY_SELECTOR, ServiceMonitor};
 use crate::crd::SandboxService;
@@ -66,7 +66,7 @@ pub struct Context {
     /// Consecutive failures and the last written status, per CR.
     pub memory: Memory,
     /// What was last applied of each child, and the children's watch caches.
-    pub applied: Applied,
+    pub last_applied: LastApplied,
 }
 
 impl Context {
@@ -81,7 +81,7 @@ impl Context {
             client,
             metrics,
             memory: Memory::default(),
-            applied: Applied::default(),
+            last_applied: LastApplied::default(),
         }
     }
 
@@ -146,7 +146,7 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
         }
         Ok(valid) => {
             let children = build::children(&valid);
-            match apply::apply_children(&ctx.client, &namespace, &children, &uid, &ctx.applied)
+            match apply::apply_children(&ctx.client, &namespace, &children, &uid, &ctx.last_applied)
                 .await
             {
                 Ok(applied) => {
@@ -301,11 +301,11 @@ async fn run_once(
     ))
     .owns_stream(triggers::significant_changes(
         service_events,
-        triggers::fingerprint,
+        Fingerprint::fingerprint,
     ))
     .owns_stream(triggers::significant_changes(
         hpa_events,
-        triggers::fingerprint,
+        Fingerprint::fingerprint,
     ));
     let mut service_monitors = None;
     if own_service_monitors {
@@ -313,10 +313,12 @@ async fn run_once(
             client.clone(),
         ));
         service_monitors = Some(store);
-        controller =
-            controller.owns_stream(triggers::significant_changes(events, triggers::fingerprint));
+        controller = controller.owns_stream(triggers::significant_changes(
+            events,
+            Fingerprint::fingerprint,
+        ));
     }
-    ctx.applied.set_caches(Some(ChildCaches {
+    ctx.last_applied.set_caches(Some(ChildCaches {
         deployments,
         services,
         hpas,
@@ -335,7 +337,7 @@ async fn run_once(
             // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
             // so memory stays bounded by the CRs that exist.
             ctx.memory.forget_missing(&cache);
-            ctx.applied.retain(|namespace, name| {
+            ctx.last_applied.retain(|namespace, name| {
                 cache.get(&ObjectRef::new(name).within(namespace)).is_some()
             });
             let reconciled = matches!(

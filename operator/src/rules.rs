@@ -49,7 +49,7 @@ pub struct SpecRule {
     pub comparison: Comparison,
     /// What it is compared with.
     pub bound: Bound,
-    /// Why, for the user; follows "must be at least / below <bound>, ".
+    /// Why, for the user; follows "must be at least / below `bound`, ".
     pub why: &'static str,
 }
 

@@ -48,12 +48,6 @@ where
     })
 }
 
-/// What the operator cares about in a child: its [`Fingerprint`] (spec edits and the metadata
-/// the operator sets; never a status write).
-pub fn fingerprint<K: Fingerprint>(object: &K) -> u64 {
-    object.fingerprint()
-}
-
 /// The Deployment's [`Fingerprint`] plus the status the SandboxService's status is made of.
 pub fn deployment(deployment: &Deployment) -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -120,7 +114,7 @@ mod tests {
             Apply(hpa(6, 1, 1)), // re-created with the same uid key: seen afresh
         ];
         assert_eq!(
-            passed(events, fingerprint).await,
+            passed(events, Fingerprint::fingerprint).await,
             ["a@1", "a@4", "a@5", "a@6"]
         );
     }
@@ -157,7 +151,10 @@ mod tests {
             Apply(service(2, 80, "10.0.0.2")), // status only
             Apply(service(3, 81, "10.0.0.2")),
         ];
-        assert_eq!(passed(events, fingerprint).await, ["s@1", "s@3"]);
+        assert_eq!(
+            passed(events, Fingerprint::fingerprint).await,
+            ["s@1", "s@3"]
+        );
     }
 
     #[tokio::test]
@@ -175,6 +172,9 @@ mod tests {
             Apply(hpa(3, "a: c", "o2")),
             Apply(hpa(4, "a: c", "o2")),
         ];
-        assert_eq!(passed(events, fingerprint).await, ["h@1", "h@2", "h@3"]);
+        assert_eq!(
+            passed(events, Fingerprint::fingerprint).await,
+            ["h@1", "h@2", "h@3"]
+        );
     }
 }
