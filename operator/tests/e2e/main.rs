@@ -374,33 +374,29 @@ async fn drift_is_repaired_replicas_stay_with_the_hpa_and_deletion_collects_chil
         "-p",
         r#"[{"op":"replace","path":"/spec/ports/0/port","value":81}]"#,
     ]);
-    eventually("the Service port is restored", || async {
-        services
-            .get("drift")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .ports
-            .unwrap()[0]
-            .port
-            == 80
+    // Repaired by one field manager, by apply alone: a field later dropped from the spec must
+    // not stay behind, co-owned by a leftover `Update` entry. The repair's merge patch restores
+    // the port a moment before its entry is removed, so wait for both.
+    let operator_entries = |service: &Service| -> Vec<Option<String>> {
+        service
+            .managed_fields()
+            .iter()
+            .filter(|e| e.manager.as_deref() == Some("sandbox-operator"))
+            .map(|e| e.operation.clone())
+            .collect()
+    };
+    eventually("the Service port is restored by apply alone", || async {
+        let service = services.get("drift").await.unwrap();
+        service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port == 80
+            && operator_entries(&service) == [Some("Apply".to_string())]
     })
     .await;
-    // Repaired by one field manager, by apply alone: a field later dropped from the spec must
-    // not stay behind, co-owned by a leftover `Update` entry.
     let service = services.get("drift").await.unwrap();
     assert_eq!(
         service.spec.as_ref().unwrap().ports.as_ref().unwrap().len(),
         1
     );
-    let operator_entries: Vec<_> = service
-        .managed_fields()
-        .iter()
-        .filter(|e| e.manager.as_deref() == Some("sandbox-operator"))
-        .map(|e| e.operation.clone())
-        .collect();
-    assert_eq!(operator_entries, [Some("Apply".to_string())]);
+    assert_eq!(operator_entries(&service), [Some("Apply".to_string())]);
     kubectl_ok(&[
         "patch",
         "hpa",
