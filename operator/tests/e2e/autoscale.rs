@@ -77,6 +77,22 @@ pub(crate) async fn settled_at(ns: &str, count: usize) {
     .await;
 }
 
+/// Every pod of `ns` that got SIGTERM drained its accepted operations and exited: their number.
+pub(crate) async fn stopped_pods_drained(ns: &str) -> usize {
+    let stopped = || {
+        pod_log_files(ns)
+            .into_iter()
+            .map(|(_, path)| std::fs::read_to_string(path).unwrap_or_default())
+            .filter(|log| log.contains("shutdown requested"))
+            .collect::<Vec<_>>()
+    };
+    eventually("every stopped pod drained and exited", || async {
+        stopped().iter().all(|log| log.contains("drained, exiting"))
+    })
+    .await;
+    stopped().len()
+}
+
 /// The log files of the workload processes the stand-in ran in `ns`, gone pods included: pod name
 /// and path.
 pub(crate) fn pod_log_files(ns: &str) -> Vec<(String, PathBuf)> {
@@ -498,20 +514,7 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     // has passed (and for 4 again at 2): pods are removed while they run accepted operations. They
     // keep serving through the preStop sleep, so most of their queue is done before SIGTERM; each
     // then drained and exited, and the answers above show that none of its operations was lost.
-    let stopped_logs = || {
-        pod_log_files(&ns)
-            .into_iter()
-            .map(|(pod, path)| (pod, std::fs::read_to_string(path).unwrap_or_default()))
-            .filter(|(_, log)| log.contains("shutdown requested"))
-            .collect::<Vec<_>>()
-    };
-    eventually("every stopped pod drained and exited", || async {
-        stopped_logs()
-            .iter()
-            .all(|(_, log)| log.contains("drained, exiting"))
-    })
-    .await;
-    assert!(!stopped_logs().is_empty(), "no pod was stopped");
+    assert!(stopped_pods_drained(&ns).await > 0, "no pod was stopped");
     delete_namespace(&client, &ns).await;
     operator.stop();
 }

@@ -5,25 +5,10 @@
 use std::collections::BTreeSet;
 
 use super::autoscale::{
-    Load, assert_no_failed_upstream, pod_log_files, ready_to_scale, seed_sample, settled_at, start,
+    Load, assert_no_failed_upstream, ready_to_scale, seed_sample, settled_at, start,
+    stopped_pods_drained,
 };
 use super::*;
-
-/// Every pod of `ns` that got SIGTERM drained its accepted operations and exited: their number.
-async fn stopped_pods_drained(ns: &str) -> usize {
-    let stopped = || {
-        pod_log_files(ns)
-            .into_iter()
-            .map(|(_, path)| std::fs::read_to_string(path).unwrap_or_default())
-            .filter(|log| log.contains("shutdown requested"))
-            .collect::<Vec<_>>()
-    };
-    eventually("every stopped pod drained and exited", || async {
-        stopped().iter().all(|log| log.contains("drained, exiting"))
-    })
-    .await;
-    stopped().len()
-}
 
 #[tokio::test]
 #[ignore = "needs a cluster: see the module docs"]
