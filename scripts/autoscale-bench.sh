@@ -8,19 +8,21 @@
 #
 # Settings: the ServiceMonitor interval (INTERVAL, 5s) and the scale-down window (WINDOW, 30 s) go into
 # the SandboxService; the HPA sync period is the test bed's (TESTBED_HPA_SYNC=15s scripts/testbed.sh up for
-# a cluster's default; 5s otherwise). Starts the
-# test bed if it is not up (and stops it again), runs the operator as the test bed's admin.
-# Output in target/autoscale-bench: samples.tsv, pods.tsv, autocannon.json, run.png.
+# a cluster's default; 5s otherwise). Starts the test bed if it is not up (and stops it again).
+# On the real node (TESTBED_NODES=real) the load goes to the Service's NodePort through kube-proxy, the
+# pods are containers scraped at their pod IPs, and the operator is the in-cluster one that
+# `kubectl apply -k deploy/operator` installs; on kwok's nodes, the load goes through the stand-in's
+# per-request proxy and the operator runs here as the test bed's admin.
+# Output in target/autoscale-bench (OUT): samples.tsv, pods.tsv, autocannon.json, run.png.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 CONNECTIONS=${CONNECTIONS:-6} CONCURRENCY=${CONCURRENCY:-1} DURATION=${DURATION:-60}
 INTERVAL=${INTERVAL:-5s} WINDOW=${WINDOW:-30}
-ns=autoscale-bench name=performance-sandbox
-out=$root/target/autoscale-bench
-testbed=$root/target/testbed
-rm -rf "$out" && mkdir -p "$out"
+ns=${NAMESPACE:-autoscale-bench} name=performance-sandbox
+out=${OUT:-$root/target/autoscale-bench}
+rm -rf "$out" && mkdir -p "$out/counts"
 
 for tool in autocannon gnuplot jq curl; do
 	command -v "$tool" >/dev/null || { echo "$tool not found: run scripts/install-test-deps.sh" >&2; exit 1; }
@@ -30,8 +32,9 @@ started_testbed=false operator_pid="" sampler_pid=""
 cleanup() {
 	[ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null
 	[ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null
-	kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
-	$started_testbed && scripts/testbed.sh down
+	# The demo's run in `default` stays for the user to look at.
+	[ "$ns" = default ] || kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+	if $started_testbed; then scripts/testbed.sh down; fi
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -42,24 +45,34 @@ if ! scripts/testbed.sh status >/dev/null 2>&1; then
 	started_testbed=true
 fi
 eval "$(scripts/testbed.sh env)"
-cargo build --quiet --locked -p operator
+testbed=$TESTBED_DIR
 
 # The API server, read with curl and the admin certificate: cheaper than kubectl twice a second.
 api=$(sed -n 's/^ *server: //p' "$KUBECONFIG" | head -1)
 get() { curl -fsS --cacert "$testbed/pki/ca.crt" --cert "$testbed/pki/admin.crt" --key "$testbed/pki/admin.key" "$api$1"; }
 now() { date +%s.%N; }
 
-kubectl apply --server-side -f crds/sandboxservice.yaml \
-	-f third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml >/dev/null
+kubectl apply --server-side -f third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml >/dev/null
+if [ "$TESTBED_NODES" = real ]; then
+	kubectl apply --server-side -k deploy/operator >/dev/null
+	kubectl rollout status deployment/sandbox-operator -n sandbox-system --timeout=180s >/dev/null
+	# The operator's admin server at its pod IP (pod addresses are reachable from the node).
+	admin=$(kubectl get pod -n sandbox-system -l app.kubernetes.io/name=sandbox-operator \
+		-o jsonpath='{.items[0].status.podIP}'):8080
+else
+	cargo build --quiet --release --locked -p operator
+	kubectl apply --server-side -f crds/sandboxservice.yaml >/dev/null
+	kubectl get namespace sandbox-system >/dev/null 2>&1 || kubectl create namespace sandbox-system >/dev/null
+	admin=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	target/release/operator run --admin-addr "$admin" --lease-name autoscale-bench \
+		--lease-namespace sandbox-system --identity bench >"$out/operator.log" 2>&1 &
+	operator_pid=$!
+fi
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
-kubectl get namespace sandbox-system >/dev/null 2>&1 || kubectl create namespace sandbox-system >/dev/null
-kubectl delete namespace "$ns" --ignore-not-found --wait=true >/dev/null
-kubectl create namespace "$ns" >/dev/null
-
-admin=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-target/debug/operator run --admin-addr "$admin" --lease-name autoscale-bench \
-	--lease-namespace sandbox-system --identity bench >"$out/operator.log" 2>&1 &
-operator_pid=$!
+if [ "$ns" != default ]; then
+	kubectl delete namespace "$ns" --ignore-not-found --wait=true --timeout=120s >/dev/null
+	kubectl create namespace "$ns" >/dev/null
+fi
 
 # The seed's sample, with the monitoring interval and the scale-down window of this run.
 sed -e "s/namespace: default/namespace: $ns/" -e "s/concurrency: 1/concurrency: $CONCURRENCY/" \
@@ -69,33 +82,65 @@ kubectl apply -f "$out/cr.yaml" >/dev/null
 kubectl wait -n "$ns" --for=condition=Ready "sbx/$name" --timeout=120s >/dev/null
 echo "waiting until the HPA reads queue_ratio (the adapter lists new series every $(sed -n 's/^metricsRelistInterval: *//p' deploy/monitoring/prometheus-adapter-values.yaml))" >&2
 until kubectl get hpa -n "$ns" "$name" -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].status}' | grep -qx True; do sleep 1; done
-service=$(curl -fsS "$TESTBED_STANDIN/state" | jq -r --arg ns "$ns" '.services[] | select(.namespace == $ns) | .address')
+if [ "$TESTBED_NODES" = real ]; then
+	service=$TESTBED_NODE_IP:$(kubectl get service -n "$ns" "$name" -o jsonpath='{.spec.ports[0].nodePort}')
+else
+	service=$(curl -fsS "$TESTBED_STANDIN/state" | jq -r --arg ns "$ns" '.services[] | select(.namespace == $ns) | .address')
+fi
+
+# The running, not terminating pods as "NAME ADDRESS" lines, ready endpoints, and the Service's answers so
+# far as "200s 503s no-endpoint-503s". Behind kube-proxy the answers are the pods' own counters (kept after
+# a pod leaves, in counts/), and a connection without a ready endpoint is refused, not answered ("-").
+if [ "$TESTBED_NODES" = real ]; then
+	pods() {
+		get "/api/v1/namespaces/$ns/pods?labelSelector=app.kubernetes.io/instance=$name" | jq -r '.items[]
+			| select(.metadata.deletionTimestamp == null and .status.podIP != null)
+			| "\(.metadata.name) \(.status.podIP):\(.spec.containers[0].ports[0].containerPort)"'
+	}
+	ready_endpoints() {
+		get "/apis/discovery.k8s.io/v1/namespaces/$ns/endpointslices?labelSelector=kubernetes.io/service-name=$name" |
+			jq '[.items[].endpoints[]? | select(.conditions.ready)] | length'
+	}
+	answers() { cat "$out"/counts/* 2>/dev/null | awk '{ ok += $1; no += $2 } END { printf "%d\t%d\t-", ok, no }'; }
+else
+	pods() { curl -fsS "$TESTBED_STANDIN/state" | jq -r --arg ns "$ns" '.pods[] | select(.namespace == $ns and (.terminating | not)) | "\(.name) \(.address)"'; }
+	ready_endpoints() { curl -fsS "$TESTBED_STANDIN/state" | jq --arg ns "$ns" '[.services[] | select(.namespace == $ns) | .endpoints[]] | length'; }
+	answers() {
+		curl -fsS "$TESTBED_STANDIN/state" | jq -r --arg ns "$ns" '.services[] | select(.namespace == $ns) | .responses
+			| "\(."200" // 0)\t\(."503" // 0)\t\(.no_endpoints // 0)"'
+	}
+fi
 
 # One line per half second: time, Deployment replicas, ready endpoints, HPA desired replicas, the HPA's
 # queue_ratio, and the Service's answers so far (200, 503, no ready endpoint). Per pod: its own gauge.
+# Every 5 s a line on the terminal says the same.
 sample() {
 	# A pod can go between listing and scraping it: a failed read skips it, it does not stop the sampler.
 	set +e +o pipefail
-	local t state hpa deployment
+	local t hpa deployment line ratios shown=0
 	while true; do
 		t=$(now)
-		state=$(curl -fsS "$TESTBED_STANDIN/state")
+		ratios=""
+		while read -r pod address; do
+			metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
+			ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
+			completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
+			rejected=$(sed -n 's/^expensive_operations_rejected_total //p' <<<"$metrics")
+			printf '%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" >>"$out/pods.tsv"
+			echo "${completed:-0} ${rejected:-0}" >"$out/counts/$pod"
+			ratios+=" ${pod##*-}=${ratio:-?}"
+		done < <(pods)
 		hpa=$(get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
 		deployment=$(get "/apis/apps/v1/namespaces/$ns/deployments/$name")
-		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" \
-			"$(jq '.spec.replicas' <<<"$deployment")" \
-			"$(jq --arg ns "$ns" '[.services[] | select(.namespace == $ns) | .endpoints[]] | length' <<<"$state")" \
+		line=$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$t" \
+			"$(jq '.spec.replicas' <<<"$deployment")" "$(ready_endpoints)" \
 			"$(jq '.status.desiredReplicas // 0' <<<"$hpa")" \
-			"$(jq -r '.status.currentMetrics[0].pods.current.averageValue // "-"' <<<"$hpa")" \
-			"$(jq -r --arg ns "$ns" '.services[] | select(.namespace == $ns) | .responses
-				| "\(."200" // 0)\t\(."503" // 0)\t\(.no_endpoints // 0)"' <<<"$state")" >>"$out/samples.tsv"
-		jq -r --arg ns "$ns" '.pods[] | select(.namespace == $ns and (.terminating | not)) | "\(.name) \(.address)"' <<<"$state" |
-			while read -r pod address; do
-				metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
-				ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
-				completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
-				printf '%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}"
-			done >>"$out/pods.tsv"
+			"$(jq -r '.status.currentMetrics[0].pods.current.averageValue // "-"' <<<"$hpa")" "$(answers)")
+		echo "$line" >>"$out/samples.tsv"
+		if [ $((SECONDS - shown)) -ge 5 ]; then
+			shown=$SECONDS
+			awk -F'\t' -v s="$(cat "$out/load-start" 2>/dev/null || echo "$t")" -v pods="$ratios" '{ printf "  %5.0fs  replicas %s, ready %s, HPA wants %s (average queue_ratio %s)  200s %s  503s %s  queue_ratio by pod:%s\n", $1 - s, $2, $3, $4, $5, $6, $7, pods }' <<<"$line" >&2
+		fi
 		sleep 0.5
 	done
 }
@@ -104,14 +149,15 @@ sampler_pid=$!
 sleep 3
 
 echo "load: autocannon -t 60 -c $CONNECTIONS -d $DURATION http://$service/expensive-op" >&2
+load_start=$(now)
+echo "$load_start" >"$out/load-start"
 reconciles() { curl -fsS "http://$admin/metrics" | sed -n 's/^sandbox_operator_reconciliations_total //p'; }
 reconciles_before=$(reconciles)
-load_start=$(now)
 autocannon -t 60 -c "$CONNECTIONS" -d "$DURATION" --json "http://$service/expensive-op" >"$out/autocannon.json" 2>/dev/null
 load_end=$(now)
 echo "load ended; waiting for the scale-in (window ${WINDOW}s)" >&2
 until [ "$(get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.replicas')" = 1 ] &&
-	[ "$(curl -fsS "$TESTBED_STANDIN/state" | jq --arg ns "$ns" '[.pods[] | select(.namespace == $ns)] | length')" = 1 ]; do
+	[ "$(pods | wc -l)" = 1 ]; do
 	sleep 1
 done
 scaled_in=$(now)

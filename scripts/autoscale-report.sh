@@ -26,7 +26,11 @@ span() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; els
 
 jq -r '"autocannon: \(.requests.total) requests, \(."2xx") × 200, \(.non2xx) × 503 and other, \(.errors) errors, \(.timeouts) timeouts; codes \(.statusCodeStats | keys | join(","))"' "$out/autocannon.json"
 no_endpoint=$(awk -F'\t' 'END { print $8 }' "$out/samples.tsv")
-echo "of the 503s, $no_endpoint came from the Service having no ready endpoint (every pod's readiness 429)"
+if [ "$no_endpoint" = - ]; then
+	echo "behind kube-proxy, a connection made while no pod was ready is refused: autocannon counts those as errors"
+else
+	echo "of the 503s, $no_endpoint came from the Service having no ready endpoint (every pod's readiness 429)"
+fi
 [ -f "$out/operator-reconciles" ] &&
 	echo "the operator reconciled $(cat "$out/operator-reconciles") times from load start to scale-in (its watches on the HPA and the Deployment fire on each of their status writes)"
 echo

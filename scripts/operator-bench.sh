@@ -70,7 +70,8 @@ if ! scripts/testbed.sh status >/dev/null 2>&1; then
 	[ -x "${TESTBED_BIN:-$root/target/testbed/bin}/kube-apiserver" ] || testbed/build.sh >/dev/null
 	log "starting the test bed in $testbed (no workload processes)"
 	started_testbed=true
-	TESTBED_STANDIN_SELECTOR=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=none} scripts/testbed.sh up >/dev/null
+	TESTBED_NODES=kwok TESTBED_STANDIN_SELECTOR=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=none} \
+		scripts/testbed.sh up >/dev/null
 elif ! tr '\0' ' ' <"/proc/$(cat "$testbed/pids/standin.pid")/cmdline" | grep -q -- '--pod-selector'; then
 	log "warning: the test bed's stand-in runs a workload process for every pod ($crs or more)"
 fi

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The test bed: a real Kubernetes control plane on 127.0.0.1, from the binaries testbed/build.sh makes.
 #
-#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler, kwok (3 fake
-#                               Nodes), Prometheus, prometheus-adapter (the aggregated API
-#                               custom.metrics.k8s.io) and the stand-in; print the exports; a no-op when running
+#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler, the nodes,
+#                               Prometheus, prometheus-adapter (the aggregated API custom.metrics.k8s.io) and
+#                               the stand-in; print the exports; a no-op when running
 #   scripts/testbed.sh down     stop exactly the processes `up` started (pid files), never by name
 #   scripts/testbed.sh status   each component: running or not, and the API server's /readyz
 #   scripts/testbed.sh env      the exports for a shell: eval "$(scripts/testbed.sh env)"
 #
 # Everything lives under target/testbed (TESTBED_DIR): pki/, etcd data, logs/, pids/, kubeconfig.
-# Pods are kwok's fakes: they turn Running and Ready, but no container runs. For the workload's pods the
-# stand-in (testbed/standin) does what the kubelet, kube-proxy and the Prometheus Operator would: one real
-# `workload` process per running pod, a round-robin address per Service (TESTBED_STANDIN/state lists them),
-# and Prometheus scrape jobs from the ServiceMonitors.
 #
-# Settings of `up`: TESTBED_HPA_SYNC (the HPA sync period, 5s); TESTBED_STANDIN_SELECTOR, the label
+# The nodes (TESTBED_NODES):
+#   real  one real Node, testbed-node-0 (scripts/testbed-node.sh): containerd + runc run the images that
+#         scripts/images.sh builds, the kubelet runs probes, preStop and termination, kube-proxy (nftables)
+#         routes Services. The stand-in only turns ServiceMonitors into Prometheus scrape jobs of the pods.
+#         Needs root (bridge, routes, nftables, cgroups).
+#   kwok  three fake Nodes of kwok: pods turn Running and Ready but no container runs. For the workload's
+#         pods the stand-in does what the kubelet, kube-proxy and the Prometheus Operator would: one real
+#         `workload` process per running pod, a round-robin address per Service (TESTBED_STANDIN/state lists
+#         them), and the scrape jobs. For many pods at once (scripts/operator-bench.sh).
+#
+# Settings of `up`: TESTBED_NODES (real); TESTBED_HPA_SYNC (the HPA sync period, 5s); TESTBED_STANDIN_SELECTOR, the label
 # selector of the pods and Services the stand-in runs and proxies (app.kubernetes.io/name=workload; one
 # that matches nothing, e.g. app.kubernetes.io/name=none as scripts/operator-bench.sh uses, runs no
 # workload process: kwok alone makes the pods Running and Ready).
@@ -24,8 +30,18 @@ dir=${TESTBED_DIR:-$root/target/testbed}
 bin=${TESTBED_BIN:-$root/target/testbed/bin}
 pki=$dir/pki logs=$dir/logs pids=$dir/pids
 kubeconfig=$dir/kubeconfig
-# The order `up` starts them in; `down` stops them in reverse.
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus prometheus-adapter standin)
+nodes=${TESTBED_NODES:-real}
+# The nodes of a running test bed are what it was started with.
+[ -f "$dir/nodes" ] && [ -z "${TESTBED_NODES:-}" ] && nodes=$(cat "$dir/nodes")
+case $nodes in real | kwok) ;; *) echo "testbed: error: TESTBED_NODES is real or kwok, not $nodes" >&2; exit 2 ;; esac
+# The order `up` starts them in; `down` stops them in reverse (the node's pods first: stop_all).
+control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+monitoring=(prometheus prometheus-adapter standin)
+if [ "$nodes" = real ]; then
+	components=("${control_plane[@]}" containerd kubelet kube-proxy "${monitoring[@]}")
+else
+	components=("${control_plane[@]}" kwok "${monitoring[@]}")
+fi
 # Fake nodes and how many pods each takes: enough for the operator benchmark's 500+ pods.
 node_count=3 pods_per_node=400
 # The HPA controller's sync period (the controller-manager's default is 15s).
@@ -36,6 +52,9 @@ standin_selector=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=workload}
 die() { echo "testbed: error: $*" >&2; exit 1; }
 log() { echo "testbed: $*" >&2; }
 
+# shellcheck source=scripts/testbed-node.sh
+. "$root/scripts/testbed-node.sh"
+
 free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -44,6 +63,7 @@ free_port() {
 binary() {
 	case $1 in
 	prometheus) command -v prometheus ;;
+	containerd) command -v containerd ;;
 	prometheus-adapter) echo "$bin/adapter" ;;
 	standin) echo "$root/target/release/testbed-standin" ;;
 	*) echo "$bin/$1" ;;
@@ -54,10 +74,12 @@ pid_of() { [ -f "$pids/$1.pid" ] && cat "$pids/$1.pid"; }
 # Running, and still this component: not another process that got the recorded pid since.
 # (A binary rebuilt while it ran shows as "<path> (deleted)".)
 running() {
-	local pid exe
+	local pid exe want
 	pid=$(pid_of "$1") || return 1
 	exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-	[[ $exe == "$(readlink -f "$(binary "$1")")"* ]]
+	# A component whose binary is not installed matches no process (an empty prefix would match any).
+	want=$(readlink -f "$(binary "$1")" 2>/dev/null) && [ -n "$want" ] || return 1
+	[[ $exe == "$want"* ]]
 }
 
 # A failed start: which step, and the end of that component's log.
@@ -115,7 +137,7 @@ new_cert() {
 
 make_pki() {
 	# Kept between runs while valid for another day.
-	[ -f "$pki/.complete" ] && [ -f "$pki/adapter.crt" ] && openssl x509 -checkend 86400 -noout -in "$pki/apiserver.crt" >/dev/null && return
+	[ -f "$pki/.complete" ] && [ -f "$pki/kubelet.crt" ] && openssl x509 -checkend 86400 -noout -in "$pki/apiserver.crt" >/dev/null && return
 	rm -rf "$pki" && mkdir -p "$pki"
 	local client="basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
@@ -124,7 +146,7 @@ extendedKeyUsage=clientAuth"
 	new_cert ca apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+subjectAltName=IP:127.0.0.1,IP:$node_ip,IP:$kubernetes_service_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
 	new_cert ca admin "/O=system:masters/CN=testbed-admin" "$client"
 	new_cert ca controller-manager "/CN=system:kube-controller-manager" "$client"
 	new_cert ca scheduler "/CN=system:kube-scheduler" "$client"
@@ -140,6 +162,7 @@ subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,
 keyUsage=digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:prometheus-adapter.monitoring.svc"
+	node_pki
 	touch "$pki/.complete"
 }
 
@@ -152,7 +175,7 @@ kind: Config
 clusters:
   - name: testbed
     cluster:
-      server: https://127.0.0.1:$(cat "$dir/apiserver.port")
+      server: https://$(cat "$dir/apiserver.address"):$(cat "$dir/apiserver.port")
       certificate-authority: $pki/ca.crt
 users:
   - name: $cert
@@ -191,10 +214,15 @@ EOF
 
 up() {
 	local component
-	for component in etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus-adapter kubectl; do
+	for component in "${control_plane[@]}" kwok kubelet kube-proxy prometheus-adapter kubectl; do
 		[ -x "$(binary "$component")" ] || die "$(binary "$component") is missing: run testbed/build.sh first"
 	done
-	command -v prometheus >/dev/null || die "prometheus is missing: run scripts/install-test-deps.sh"
+	local tool
+	for tool in prometheus containerd runc umoci skopeo nft; do
+		command -v "$tool" >/dev/null || die "$tool is missing: run scripts/install-test-deps.sh"
+	done
+	[ -x "$cni_bin/bridge" ] && [ -x "$cni_bin/host-local" ] || die "CNI plugins are missing in $cni_bin: run scripts/install-test-deps.sh"
+	[ "$nodes" = kwok ] || [ "$(id -u)" = 0 ] || die "a real node needs root (bridge, routes, nftables, cgroups); TESTBED_NODES=kwok does not"
 	local all_running=true
 	for component in "${components[@]}"; do running "$component" || all_running=false; done
 	if $all_running && apiserver_ready; then
@@ -202,8 +230,13 @@ up() {
 		print_env
 		return
 	fi
+	# A test bed of the other kind of nodes is stopped as what it is.
+	if [ -f "$dir/nodes" ] && [ "$(cat "$dir/nodes")" != "$nodes" ]; then
+		env -u TESTBED_NODES "$0" down
+	fi
 	stop_all
 	mkdir -p "$logs" "$pids"
+	echo "$nodes" >"$dir/nodes"
 	make_pki
 	log "building the workload and the stand-in (release)"
 	# Two builds: together, feature unification would give the workload other tokio features than
@@ -212,9 +245,16 @@ up() {
 		cargo build --release --locked --quiet -p testbed-standin)
 	local start_time=$SECONDS
 
-	local etcd_client etcd_peer apiserver
+	# A real node's pods reach the API server through the `kubernetes` Service: it listens on the node
+	# address, which the API server then publishes as that Service's endpoint.
+	local etcd_client etcd_peer apiserver address=127.0.0.1 reconciler=none
+	if [ "$nodes" = real ]; then
+		node_network
+		address=$node_ip reconciler=lease
+	fi
 	etcd_client=$(free_port) etcd_peer=$(free_port) apiserver=$(free_port)
 	echo "$apiserver" >"$dir/apiserver.port"
+	echo "$address" >"$dir/apiserver.address"
 	rm -rf "$dir/etcd"
 	start etcd "$bin/etcd" -data-dir "$dir/etcd" \
 		-client-url "http://127.0.0.1:$etcd_client" -peer-url "http://127.0.0.1:$etcd_peer"
@@ -222,12 +262,15 @@ up() {
 
 	start kube-apiserver "$bin/kube-apiserver" \
 		--etcd-servers="http://127.0.0.1:$etcd_client" \
-		--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$apiserver" \
+		--bind-address="$address" --advertise-address="$address" --secure-port="$apiserver" \
 		--tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
 		--client-ca-file="$pki/ca.crt" \
-		--service-account-issuer="https://127.0.0.1:$apiserver" \
+		--service-account-issuer="https://$address:$apiserver" \
 		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-		--service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
+		--service-cluster-ip-range="$service_cidr" --endpoint-reconciler-type="$reconciler" \
+		--kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+		--kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+		--kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
 		--authorization-mode=Node,RBAC \
 		--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement,PodSecurity \
 		--allow-privileged=true \
@@ -248,7 +291,7 @@ up() {
 		--bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
 		--root-ca-file="$pki/ca.crt" --service-account-private-key-file="$pki/sa.key" \
 		--use-service-account-credentials=true \
-		--service-cluster-ip-range=10.96.0.0/16 \
+		--service-cluster-ip-range="$service_cidr" \
 		--horizontal-pod-autoscaler-sync-period="$hpa_sync"
 	write_kubeconfig "$dir/scheduler.kubeconfig" scheduler
 	start kube-scheduler "$bin/kube-scheduler" \
@@ -256,20 +299,27 @@ up() {
 		--authentication-kubeconfig="$dir/scheduler.kubeconfig" \
 		--authorization-kubeconfig="$dir/scheduler.kubeconfig" \
 		--bind-address=127.0.0.1 --secure-port=0 --leader-elect=false
-	write_kubeconfig "$dir/kwok.kubeconfig" kwok
-	start kwok "$bin/kwok" --config="$bin/kwok-stages.yaml" \
-		--kubeconfig="$dir/kwok.kubeconfig" --manage-all-nodes=true \
-		--server-address=127.0.0.1:0 --cidr=10.244.0.1/16 --node-ip=127.0.0.1
-
-	fake_nodes >"$dir/nodes.yaml"
-	wait_until kube-apiserver 30 kubectl_ apply -f "$dir/nodes.yaml"
-	wait_until kwok 60 kubectl_ wait --for=condition=Ready node --all --timeout=1s
+	if [ "$nodes" = real ]; then
+		start_node
+	else
+		start_kwok
+	fi
 	# Pods need a ServiceAccount: the controller-manager creates `default` in each namespace.
 	wait_until kube-controller-manager 60 kubectl_ get serviceaccount default -n default
 	start_monitoring
 	for component in "${components[@]}"; do running "$component" || fail_start "$component" "exited"; done
 	log "up in $((SECONDS - start_time)) s"
 	print_env
+}
+
+start_kwok() {
+	write_kubeconfig "$dir/kwok.kubeconfig" kwok
+	start kwok "$bin/kwok" --config="$bin/kwok-stages.yaml" \
+		--kubeconfig="$dir/kwok.kubeconfig" --manage-all-nodes=true \
+		--server-address=127.0.0.1:0 --cidr=10.244.0.1/16 --node-ip=127.0.0.1
+	fake_nodes >"$dir/nodes.yaml"
+	wait_until kube-apiserver 30 kubectl_ apply -f "$dir/nodes.yaml"
+	wait_until kwok 60 kubectl_ wait --for=condition=Ready node --all --timeout=1s
 }
 
 # The APIService objects registering prometheus-adapter (on 127.0.0.1:PORT) as custom.metrics.k8s.io. An
@@ -339,9 +389,12 @@ start_monitoring() {
 	adapter_registration "$adapter_port" | kubectl_ apply --server-side -f - >/dev/null
 	wait_until prometheus-adapter 60 adapter_available
 
+	local pods_from=processes
+	[ "$nodes" = real ] && pods_from=node
 	KUBECONFIG="$kubeconfig" start standin "$(binary standin)" --workload "$root/target/release/workload" \
 		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
-		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector"
+		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector" \
+		--pods "$pods_from"
 	wait_until standin 30 test -s "$dir/standin/standin.addr"
 }
 
@@ -349,19 +402,31 @@ adapter_relist_interval() {
 	sed -n 's/^metricsRelistInterval: *//p' "$root/deploy/monitoring/prometheus-adapter-values.yaml"
 }
 
+stop() {
+	local component=$1 pid
+	pid=$(pid_of "$component") || return 0
+	if running "$component"; then
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$pid" 2>/dev/null || true
+		log "stopped $component (pid $pid)"
+	fi
+	rm -f "$pids/$component.pid"
+}
+
 stop_all() {
-	local i component pid
-	for ((i = ${#components[@]} - 1; i >= 0; i--)); do
-		component=${components[i]}
-		pid=$(pid_of "$component") || continue
-		if running "$component"; then
-			kill "$pid" 2>/dev/null || true
-			for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-			kill -9 "$pid" 2>/dev/null || true
-			log "stopped $component (pid $pid)"
-		fi
-		rm -f "$pids/$component.pid"
-	done
+	local i
+	if [ "$nodes" = real ]; then
+		# Nothing may recreate the pods that the kubelet is about to remove.
+		stop kube-controller-manager
+		stop kube-scheduler
+		stop_node_pods
+	fi
+	for ((i = ${#components[@]} - 1; i >= 0; i--)); do stop "${components[i]}"; done
+	if [ "$nodes" = real ]; then
+		unmount_node
+		node_network_down
+	fi
 }
 
 status() {
@@ -383,6 +448,9 @@ print_env() {
 	echo "export TESTBED_HPA_SYNC=$(cat "$dir/hpa-sync")"
 	echo "export TESTBED_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus.port")"
 	echo "export TESTBED_STANDIN=http://$(cat "$dir/standin/standin.addr")"
+	echo "export TESTBED_DIR=$dir"
+	echo "export TESTBED_NODES=$nodes"
+	[ "$nodes" = real ] && echo "export TESTBED_NODE_IP=$node_ip"
 	# The test bed's kubectl matches the API server's version; the machine's may be older.
 	echo "export PATH=$bin:\$PATH"
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test bed's binaries from Go modules into target/testbed/bin:
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (testbed/kubernetes)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy (testbed/kubernetes)
 #   etcd (testbed/etcd), kwok (testbed/kwok), prometheus-adapter (testbed/adapter)
 # Each module is rebuilt only when its go.mod, go.sum, sources or this script change. Everything comes
 # from the Go module proxy, checked against the committed go.sum files.
@@ -57,5 +57,6 @@ done >"$bin/kwok-stages.yaml"
 build "$testbed/adapter" "-s -w" sigs.k8s.io/prometheus-adapter/cmd/adapter
 build "$testbed/kubernetes" "$(version_ldflags)" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+	k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 echo "testbed: binaries in $bin ($((SECONDS - total)) s)"

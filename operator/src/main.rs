@@ -64,6 +64,8 @@ fn run(config: RunConfig) -> operator::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
+        // Colour codes only for a terminal: `kubectl logs` of the pod showed them raw.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     tokio::runtime::Runtime::new()
         .map_err(operator::Error::Runtime)?

@@ -13,6 +13,7 @@
 
 mod autoscale;
 mod harness;
+mod node;
 #[path = "../support/refused_crs.rs"]
 mod refused_crs;
 mod rollout;

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Builds the project's container images without Docker, as OCI images laid out by umoci:
+#
+#   ghcr.io/performance-sandbox/workload:0.1.0   what Dockerfile.workload's final stage says
+#   ghcr.io/performance-sandbox/operator:0.1.0   what Dockerfile.operator's final stage says
+#   registry.k8s.io/pause:3.10.1                 the sandbox image, built from the pause.c of the test
+#                                                bed's k8s.io/kubernetes module, as build/pause does
+#
+#   scripts/images.sh build            binaries, OCI layout and one docker-archive per image in target/images
+#   scripts/images.sh import SOCKET    build, then import them into the containerd at SOCKET (namespace k8s.io)
+#
+# The binaries are static (glibc with crt-static: the musl target cannot be installed offline) and need
+# nothing from the image. The Dockerfiles' base, distroless/static-debian12:nonroot, cannot be pulled here:
+# base_rootfs lays out the parts of it a process can notice (passwd and group with nonroot 65532, /tmp,
+# /home/nonroot, CA certificates) and base_config its config (PATH, SSL_CERT_FILE, working directory).
+# operator/tests/e2e/images.rs checks each image's config and files against its Dockerfile's final stage.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${IMAGES_DIR:-$root/target/images}
+layout=$out/oci
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n1)
+pause_version=3.10.1
+rust_target=x86_64-unknown-linux-gnu
+
+die() { echo "images: error: $*" >&2; exit 1; }
+log() { echo "images: $*" >&2; }
+
+# static_binary PACKAGE: target/$rust_target/release/PACKAGE, linked statically. One package per build so
+# feature unification gives each binary exactly the features its own build would have.
+static_binary() {
+	(cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' \
+		cargo build --release --locked --quiet -p "$1" --bin "$1" --target "$rust_target")
+	local binary=$root/target/$rust_target/release/$1
+	# A dynamically linked binary names its loader (PT_INTERP); a static one runs in an empty image.
+	if readelf -lW "$binary" | grep -q INTERP; then die "$binary is dynamically linked"; fi
+	echo "$binary"
+}
+
+# The pause binary from the same Kubernetes release as the test bed's kubelet, with upstream's flags.
+pause_binary() {
+	local source
+	source=$(cd "$root/testbed/kubernetes" && go mod download -json k8s.io/kubernetes |
+		sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+	[ -f "$source/build/pause/linux/pause.c" ] || die "no build/pause/linux/pause.c in $source"
+	mkdir -p "$out/bin"
+	gcc -Os -Wall -Werror -static -DVERSION="v$pause_version-testbed" \
+		-o "$out/bin/pause" "$source/build/pause/linux/pause.c"
+	echo "$out/bin/pause"
+}
+
+# base_rootfs DIR: distroless/static's nonroot layout, the files a static binary may read.
+base_rootfs() {
+	local rootfs=$1
+	mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/home/nonroot" "$rootfs/tmp"
+	chmod 1777 "$rootfs/tmp"
+	chown 65532:65532 "$rootfs/home/nonroot"
+	cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+EOF
+	cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+nobody:x:65534:
+nonroot:x:65532:
+EOF
+	cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+}
+
+# image NAME:TAG BASE FILE... -- UMOCI_CONFIG_ARGS...: a one-layer image in $layout whose rootfs is the base
+# (distroless or scratch) plus each FILE at /, with the config that the arguments after -- set.
+image() {
+	local ref=$1 base=$2; shift 2
+	local files=()
+	while [ "$1" != -- ]; do files+=("$1"); shift; done
+	shift
+	local tag=${ref//[\/:]/_} bundle
+	bundle=$(mktemp -d "$out/bundle.XXXXXX")
+	umoci new --image "$layout:$tag"
+	umoci unpack --image "$layout:$tag" "$bundle/b" >/dev/null
+	[ "$base" = distroless ] && base_rootfs "$bundle/b/rootfs"
+	local file
+	for file in "${files[@]}"; do install -m 0755 "$file" "$bundle/b/rootfs/"; done
+	umoci repack --image "$layout:$tag" "$bundle/b"
+	umoci config --image "$layout:$tag" "$@" \
+		--author=performance-sandbox --architecture=amd64 --os=linux
+	rm -rf "$bundle"
+	rm -f "$out/$tag.tar"
+	skopeo copy --quiet "oci:$layout:$tag" "docker-archive:$out/$tag.tar:$ref"
+	log "$ref: $(du -h "$out/$tag.tar" | cut -f1) ($out/$tag.tar)"
+}
+
+# The config distroless/static-debian12:nonroot gives an image that does not set these itself.
+base_config=(--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+	--config.env=SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt --config.workingdir=/home/nonroot)
+
+build() {
+	command -v umoci >/dev/null && command -v skopeo >/dev/null ||
+		die "umoci and skopeo are missing: run scripts/install-test-deps.sh"
+	local start=$SECONDS workload operator pause
+	log "building static binaries ($rust_target, crt-static) and pause"
+	workload=$(static_binary workload)
+	operator=$(static_binary operator)
+	pause=$(pause_binary)
+	rm -rf "$layout" && mkdir -p "$out"
+	umoci init --layout "$layout"
+	# Each config below is what the Dockerfile's final stage says; the e2e test images.rs compares them.
+	image "ghcr.io/performance-sandbox/workload:$version" distroless "$workload" -- "${base_config[@]}" \
+		--config.user=65532:65532 --config.exposedports=3000/tcp \
+		--config.env=HOST=0.0.0.0 --config.env=PORT=3000 --config.entrypoint=/workload
+	image "ghcr.io/performance-sandbox/operator:$version" distroless "$operator" -- "${base_config[@]}" \
+		--config.user=65532:65532 --config.exposedports=8080/tcp \
+		--config.env=ADMIN_ADDR=0.0.0.0:8080 --config.entrypoint=/operator --config.cmd=run
+	image "registry.k8s.io/pause:$pause_version" scratch "$pause" -- \
+		--config.user=65535:65535 --config.entrypoint=/pause
+	log "built in $((SECONDS - start)) s"
+}
+
+import() {
+	local socket=$1 archive
+	for archive in "$out"/*.tar; do
+		ctr --address "$socket" -n k8s.io images import "$archive" >/dev/null
+	done
+	log "imported into $socket: $(ctr --address "$socket" -n k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
+}
+
+case "${1:-}" in
+build) build ;;
+import) [ -S "${2:-}" ] || die "usage: scripts/images.sh import CONTAINERD_SOCKET"; build; import "$2" ;;
+*) echo "usage: scripts/images.sh build | import CONTAINERD_SOCKET" >&2; exit 2 ;;
+esac
