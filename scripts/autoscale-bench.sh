@@ -125,7 +125,7 @@ sample() {
 			metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
 			ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
 			completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
-			rejected=$(sed -n 's/^expensive_operations_rejected_total //p' <<<"$metrics")
+			rejected=$(sed -n 's/^expensive_operations_rejected_total{reason="circuit_open"} //p' <<<"$metrics")
 			printf '%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" >>"$out/pods.tsv"
 			echo "${completed:-0} ${rejected:-0}" >"$out/counts/$pod"
 			ratios+=" ${pod##*-}=${ratio:-?}"

@@ -59,6 +59,16 @@ node_network_down() {
 	ip link del "$node_bridge" 2>/dev/null || true
 	for range in "${kube_proxy_tables[@]}"; do nft delete table $range 2>/dev/null || true; done
 	nft delete table inet "$guard_table" 2>/dev/null || true
+	# The kubelet's own chains (its iptables canaries and KUBE-FIREWALL), by name, in the shared tables.
+	local tool table
+	for tool in iptables ip6tables; do
+		command -v "$tool" >/dev/null || continue
+		"$tool" -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+		"$tool" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+		"$tool" -F KUBE-FIREWALL 2>/dev/null && "$tool" -X KUBE-FIREWALL 2>/dev/null || true
+		for table in mangle nat filter; do "$tool" -t "$table" -X KUBE-KUBELET-CANARY 2>/dev/null || true; done
+		"$tool" -t mangle -X KUBE-IPTABLES-HINT 2>/dev/null || true
+	done
 }
 
 node_pki() {
