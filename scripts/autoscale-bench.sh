@@ -51,6 +51,15 @@ testbed=$TESTBED_DIR
 api=$(sed -n 's/^ *server: //p' "$KUBECONFIG" | head -1)
 get() { curl -fsS --cacert "$testbed/pki/ca.crt" --cert "$testbed/pki/admin.crt" --key "$testbed/pki/admin.key" "$api$1"; }
 now() { date +%s.%N; }
+# wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds, or fail naming WHAT.
+wait_for() {
+	local seconds=$1 what=$2; shift 2
+	local deadline=$((SECONDS + seconds))
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $deadline ] || { echo "autoscale-bench: error: no $what within ${seconds}s" >&2; exit 1; }
+		sleep 1
+	done
+}
 
 kubectl apply --server-side -f third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml >/dev/null
 if [ "$TESTBED_NODES" = real ]; then
@@ -81,7 +90,8 @@ sed -e "s/namespace: default/namespace: $ns/" -e "s/concurrency: 1/concurrency: 
 kubectl apply -f "$out/cr.yaml" >/dev/null
 kubectl wait -n "$ns" --for=condition=Ready "sbx/$name" --timeout=120s >/dev/null
 echo "waiting until the HPA reads queue_ratio (the adapter lists new series every $(sed -n 's/^metricsRelistInterval: *//p' deploy/monitoring/prometheus-adapter-values.yaml))" >&2
-until kubectl get hpa -n "$ns" "$name" -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].status}' | grep -qx True; do sleep 1; done
+hpa_reads_metric() { kubectl get hpa -n "$ns" "$name" -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].status}' | grep -qx True; }
+wait_for 180 "the HPA reads queue_ratio" hpa_reads_metric
 if [ "$TESTBED_NODES" = real ]; then
 	service=$TESTBED_NODE_IP:$(kubectl get service -n "$ns" "$name" -o jsonpath='{.spec.ports[0].nodePort}')
 else
@@ -156,10 +166,11 @@ reconciles_before=$(reconciles)
 autocannon -t 60 -c "$CONNECTIONS" -d "$DURATION" --json "http://$service/expensive-op" >"$out/autocannon.json" 2>/dev/null
 load_end=$(now)
 echo "load ended; waiting for the scale-in (window ${WINDOW}s)" >&2
-until [ "$(get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.replicas')" = 1 ] &&
-	[ "$(pods | wc -l)" = 1 ]; do
-	sleep 1
-done
+one_pod() {
+	[ "$(get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.replicas')" = 1 ] && [ "$(pods | wc -l)" = 1 ]
+}
+# The window, up to two HPA syncs, and the last pod's drain.
+wait_for $((WINDOW + 120)) "the scale-in to one pod" one_pod
 scaled_in=$(now)
 # The operator's reconciles from load start to scale-in: it watches the HPA and Deployment it owns, so
 # each of their status writes (an HPA sync that moved the metric, a pod turning ready) starts one.

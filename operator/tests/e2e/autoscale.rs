@@ -172,6 +172,18 @@ impl Load {
         assert!(result["2xx"].as_u64().unwrap() > 0, "{result}");
         result
     }
+
+    /// [`Load::finish`], checking too that every answer was 200: no pod was ever full.
+    pub(crate) async fn finish_all_200(self) -> Value {
+        let result = self.finish().await;
+        let codes: Vec<&String> = result["statusCodeStats"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(codes, ["200"], "{result}");
+        result
+    }
 }
 
 /// One look at the HPA and the Deployment during a run.
@@ -250,6 +262,16 @@ pub(crate) fn seed_sample(ns: &str, changes: Value) -> Value {
         }
     }
     cr
+}
+
+/// [`seed_sample`] with exactly `replicas` pods of 20 ms operations and no scale-down window: none
+/// is ever full, so a failure under load comes from pods leaving.
+pub(crate) fn fixed_replicas(ns: &str, replicas: u32) -> Value {
+    seed_sample(
+        ns,
+        json!({"operationDurationMs": 20, "autoscaling": {
+            "minReplicas": replicas, "maxReplicas": replicas, "scaleDownStabilizationSeconds": 0}}),
+    )
 }
 
 /// A fresh namespace `name` and an operator leading on the Lease of the same name, with the

@@ -98,14 +98,7 @@ pub fn cluster() -> &'static Cluster {
             std::env::var_os("KUBECONFIG").is_some(),
             "KUBECONFIG is not set: start the test bed (scripts/testbed.sh up) and eval \"$(scripts/testbed.sh env)\""
         );
-        // Forcing only matters on a test bed reused across runs, where a test edited the CRD.
-        let install_output = kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-k",
-            "deploy/operator",
-        ]);
+        let install_output = install();
         kubectl_ok(&[
             "wait",
             "--for=condition=Established",
@@ -151,6 +144,18 @@ pub fn cluster() -> &'static Cluster {
             install_output,
         }
     })
+}
+
+/// `kubectl apply --server-side -k deploy/operator`, as the README installs the operator; its output.
+pub fn install() -> String {
+    // Forcing only matters on a test bed reused across runs, where a test edited the CRD.
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        "deploy/operator",
+    ])
 }
 
 /// The admin client of the test, through the operator crate's one way of connecting.

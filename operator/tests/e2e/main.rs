@@ -9,7 +9,9 @@
 //! One test at a time (`--test-threads=1`): each starts its own `operator run` process, and two
 //! operators on different Leases would both reconcile every namespace. The operator runs as the
 //! `sandbox-operator` ServiceAccount (a TokenRequest token), so every call it makes goes through
-//! the shipped RBAC; a 403 in its log fails the test.
+//! the shipped RBAC; a 403 in its log fails the test. These run on kwok's nodes
+//! (`TESTBED_NODES=kwok`), where the installed operator's pod runs nothing; the `node::` tests run
+//! on the real node instead, against the installed operator (`--skip node::` and `node::`).
 
 mod autoscale;
 mod harness;

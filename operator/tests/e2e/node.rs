@@ -14,7 +14,14 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use crate::harness::{admin_client, http_get, kubectl, kubectl_ok, wait_until};
+use operator::crd::SandboxService;
+use serde_json::json;
+
+use crate::autoscale::{Load, fixed_replicas};
+use crate::harness::{
+    admin_client, apply, delete_namespace, http_get, install, kubectl, kubectl_ok, namespace,
+    wait_until,
+};
 
 const NODE: &str = "testbed-node-0";
 
@@ -212,21 +219,7 @@ async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
     let ip = node_ip();
     let client = admin_client().await;
     // As the README says, with the images built here instead of pulled.
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-k",
-        "deploy/operator",
-    ]);
-    kubectl_ok(&[
-        "rollout",
-        "status",
-        "deployment/sandbox-operator",
-        "-n",
-        "sandbox-system",
-        "--timeout=120s",
-    ]);
+    install_operator();
     let operator = ready_pods(
         &client,
         "sandbox-system",
@@ -305,4 +298,227 @@ async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
         left.is_empty().then_some(())
     })
     .await;
+}
+
+/// `kubectl apply -k deploy/operator`, as the README says, and wait for its pod to be Ready.
+fn install_operator() {
+    install();
+    kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/sandbox-operator",
+        "-n",
+        "sandbox-system",
+        "--timeout=120s",
+    ]);
+}
+
+/// kube-proxy's `kubeproxy_network_programming_duration_seconds`: from an endpoint's change (the pod's
+/// deletion, say) to the node's rules being rewritten. Its buckets (upper bound, cumulative count).
+fn kube_proxy_programming() -> Vec<(f64, u64)> {
+    let config = std::fs::read_to_string(format!("{}/kube-proxy.yaml", testbed_dir())).unwrap();
+    let metrics: SocketAddr = config
+        .lines()
+        .find_map(|l| l.strip_prefix("metricsBindAddress: "))
+        .expect("kube-proxy's metrics address")
+        .parse()
+        .unwrap();
+    let (_, body) = http_get(metrics, "/metrics").expect("kube-proxy's /metrics");
+    body.lines()
+        .filter_map(|line| {
+            let rest =
+                line.strip_prefix("kubeproxy_network_programming_duration_seconds_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            Some((bound.parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The smallest bucket bound that holds every observation made between `before` and `after`.
+fn slowest_programming(before: &[(f64, u64)], after: &[(f64, u64)]) -> (u64, f64) {
+    let new = |i: usize| after[i].1 - before.get(i).map_or(0, |b| b.1);
+    let total = new(after.len() - 1);
+    let bound = (0..after.len())
+        .find(|&i| new(i) == total)
+        .map_or(f64::INFINITY, |i| after[i].0);
+    (total, bound)
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed's real node"]
+async fn pods_removed_on_scale_down_refuse_no_connection_through_kube_proxy() {
+    let ip = node_ip();
+    let client = admin_client().await;
+    install_operator();
+    super::install_service_monitor_crd();
+    let ns = namespace(&client, "node-scale-down").await;
+    let fixed = |replicas: u32| fixed_replicas(&ns, replicas);
+    let name = fixed(3)["metadata"]["name"].as_str().unwrap().to_string();
+    let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
+    apply(&crs, fixed(3))
+        .await
+        .expect("apply the SandboxService");
+    let selector = format!("app.kubernetes.io/instance={name}");
+    wait_until("3 Ready pods", || async {
+        (ready_pods(&client, &ns, &selector).await.len() == 3).then_some(())
+    })
+    .await;
+    let service = Api::<Service>::namespaced(client.clone(), &ns)
+        .get(&name)
+        .await
+        .unwrap();
+    let node_port = service.spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .expect("a NodePort");
+    let address = SocketAddr::new(ip, node_port as u16).to_string();
+
+    // Two kept-alive connections of 20 ms operations over three pods: no pod is ever full, so a
+    // refused connection or a failed request can only come from a pod leaving — a connection that
+    // kube-proxy still sends to a pod that has stopped listening.
+    let programming_before = kube_proxy_programming();
+    let load = Load::start(&address, 2, 25);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let removed_at = Instant::now();
+    apply(&crs, fixed(1))
+        .await
+        .expect("lower the replica bounds");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_until("only one pod left, none terminating", || async {
+        let all = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        (all.items.len() == 1).then_some(())
+    })
+    .await;
+    eprintln!(
+        "scale-down 3 -> 1: pods gone {:.1} s after the change (preStop 5 s, then the drain)",
+        removed_at.elapsed().as_secs_f64()
+    );
+    // autocannon: no connection error, no timeout (checked by `finish`), and nothing but 200.
+    let result = load.finish_all_200().await;
+    let (changes, slowest) = slowest_programming(&programming_before, &kube_proxy_programming());
+    assert!(changes > 0, "kube-proxy programmed no endpoint change");
+    eprintln!(
+        "kube-proxy: {changes} endpoint changes programmed, each within {slowest} s (the preStop sleep is 5 s); {} requests, all 200",
+        result["requests"]["total"]
+    );
+    assert!(
+        slowest < 5.0,
+        "kube-proxy took up to {slowest} s, as long as the preStop sleep"
+    );
+    delete_namespace(&client, &ns).await;
+}
+
+/// Follows a pod's log (`kubectl logs -f`) until its container exits, keeping what it said: a real
+/// pod's log is gone with the pod, so a drain is only seen by reading it while it happens.
+struct LogFollower(std::process::Child);
+
+impl LogFollower {
+    fn start(ns: &str, pod: &str) -> Self {
+        // The test bed's kubectl, first on PATH after `scripts/testbed.sh env`, as the harness uses.
+        let child = Command::new("kubectl")
+            .args(["logs", "-f", "-n", ns, pod])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run kubectl logs -f");
+        Self(child)
+    }
+
+    /// The whole log, once the container has exited (the follow ends there).
+    async fn finish(self) -> String {
+        let output = tokio::task::spawn_blocking(move || self.0.wait_with_output())
+            .await
+            .unwrap()
+            .expect("kubectl logs -f ran");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed's real node"]
+async fn a_rollout_under_load_through_kube_proxy_loses_no_operation() {
+    let ip = node_ip();
+    let client = admin_client().await;
+    install_operator();
+    super::install_service_monitor_crd();
+    let ns = namespace(&client, "node-rollout").await;
+    let two_pods = |concurrency: u32| {
+        let mut cr = fixed_replicas(&ns, 2);
+        cr["spec"]["concurrency"] = json!(concurrency);
+        cr["spec"]["operationDurationMs"] = json!(2000);
+        cr
+    };
+    let name = two_pods(1)["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
+    apply(&crs, two_pods(1))
+        .await
+        .expect("apply the SandboxService");
+    let selector = format!("app.kubernetes.io/instance={name}");
+    let old = wait_until("2 Ready pods", || async {
+        let pods = ready_pods(&client, &ns, &selector).await;
+        (pods.len() == 2).then_some(pods)
+    })
+    .await;
+    let followers: Vec<(String, LogFollower)> = old
+        .iter()
+        .map(|pod| {
+            let name = pod.metadata.name.clone().unwrap();
+            let follower = LogFollower::start(&ns, &name);
+            (name, follower)
+        })
+        .collect();
+    let service = Api::<Service>::namespaced(client.clone(), &ns)
+        .get(&name)
+        .await
+        .unwrap();
+    let node_port = service.spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .expect("a NodePort");
+    let address = SocketAddr::new(ip, node_port as u16).to_string();
+
+    // Four kept-alive connections on two pods: each runs one 2 s operation with one waiting, below
+    // the readiness limit. The rollout (concurrency 1 -> 2) replaces both pods, one at a time
+    // (maxSurge 1, maxUnavailable 0), while the load runs.
+    let load = Load::start(&address, 4, 60);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    apply(&crs, two_pods(2)).await.expect("change concurrency");
+    let old_names: Vec<String> = followers.iter().map(|(name, _)| name.clone()).collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    wait_until("the old pods are gone and 2 new ones Ready", || async {
+        let all = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?
+            .items;
+        let old_left = all
+            .iter()
+            .any(|p| old_names.contains(p.metadata.name.as_ref().unwrap()));
+        let ready = ready_pods(&client, &ns, &selector).await.len();
+        (!old_left && all.len() == 2 && ready == 2).then_some(())
+    })
+    .await;
+    // autocannon: no connection error or timeout, only 200 and 503 (checked by `finish`), so every
+    // operation a pod accepted was answered; each replaced pod drained to the end under the kubelet.
+    let result = load.finish().await;
+    for (pod, follower) in followers {
+        let log = follower.finish().await;
+        assert!(
+            log.contains("shutdown requested"),
+            "{pod} got no SIGTERM: {log}"
+        );
+        assert!(
+            log.contains("drained, exiting"),
+            "{pod} did not drain: {log}"
+        );
+    }
+    eprintln!(
+        "rollout under load through kube-proxy: {} requests, {} x 200, {} x non-2xx, 0 errors",
+        result["requests"]["total"], result["2xx"], result["non2xx"]
+    );
+    delete_namespace(&client, &ns).await;
 }

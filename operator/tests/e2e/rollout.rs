@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use super::autoscale::{
-    Load, assert_no_failed_upstream, ready_to_scale, seed_sample, settled_at, start,
-    stopped_pods_drained,
+    Load, assert_no_failed_upstream, fixed_replicas, ready_to_scale, seed_sample, settled_at,
+    start, stopped_pods_drained,
 };
 use super::*;
 
@@ -14,13 +14,7 @@ use super::*;
 #[ignore = "needs a cluster: see the module docs"]
 async fn idle_pods_removed_on_scale_down_refuse_no_connection() {
     let (client, ns, operator) = start("e2e-scale-down").await;
-    let fixed = |replicas: u32| {
-        seed_sample(
-            &ns,
-            json!({"operationDurationMs": 20, "autoscaling": {
-                "minReplicas": replicas, "maxReplicas": replicas, "scaleDownStabilizationSeconds": 0}}),
-        )
-    };
+    let fixed = |replicas: u32| fixed_replicas(&ns, replicas);
     let name = fixed(3)["metadata"]["name"].as_str().unwrap().to_string();
     let address = ready_to_scale(&client, &ns, fixed(3)).await;
     settled_at(&ns, 3).await;
@@ -34,14 +28,7 @@ async fn idle_pods_removed_on_scale_down_refuse_no_connection() {
         .await
         .expect("lower the replica bounds");
     settled_at(&ns, 1).await;
-    let result = load.finish().await;
-
-    let codes: Vec<&String> = result["statusCodeStats"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
-    assert_eq!(codes, ["200"], "{result}");
+    load.finish_all_200().await;
     assert_no_failed_upstream(&ns, &name);
     assert_eq!(stopped_pods_drained(&ns).await, 2);
     delete_namespace(&client, &ns).await;
@@ -66,12 +53,15 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
     settled_at(&ns, 2).await;
     let idle = operator.wait_idle(Duration::from_secs(3)).await;
 
-    // Four connections on two pods: each runs one operation with one waiting, and the HPA's
-    // reading moves with the scrapes, so it writes its status now and then.
+    // Four connections on two pods: each runs one operation with one waiting, so the HPA's average
+    // moves from 0 to 1 and it writes its status. Under steady load the average then stays at
+    // (connections - pods) / pods whatever the split, so two more connections for a while move
+    // it to 2 (above the target, at maxReplicas) for a second status write.
     let load = Load::start(&address, 4, 110);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
     let mut versions = BTreeSet::new();
     let started = Instant::now();
+    let mut surge = None;
     // Its first version and two status writes after it.
     while versions.len() < 3 {
         assert!(
@@ -81,6 +71,9 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
         if let Ok(hpa) = hpas.get(&name).await {
             versions.extend(hpa.metadata.resource_version);
         }
+        if versions.len() == 2 && surge.is_none() {
+            surge = Some(Load::start(&address, 2, 15));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
@@ -88,6 +81,9 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
         Some(idle),
         "an HPA status write triggered a reconcile"
     );
+    if let Some(surge) = surge {
+        surge.finish().await;
+    }
 
     // The rollout: concurrency 1 → 2 while the load runs.
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
