@@ -324,11 +324,13 @@ fn kube_proxy_programming() -> Vec<(f64, u64)> {
         .parse()
         .unwrap();
     let (_, body) = http_get(metrics, "/metrics").expect("kube-proxy's /metrics");
+    // kubeproxy_network_programming_duration_seconds_bucket{ip_family="IPv4",le="0.5"} 1
     body.lines()
         .filter_map(|line| {
-            let rest =
-                line.strip_prefix("kubeproxy_network_programming_duration_seconds_bucket{le=\"")?;
-            let (bound, count) = rest.split_once("\"} ")?;
+            let labels =
+                line.strip_prefix("kubeproxy_network_programming_duration_seconds_bucket{")?;
+            let (labels, count) = labels.split_once("} ")?;
+            let bound = labels.split_once("le=\"")?.1.trim_end_matches('"');
             Some((bound.parse().ok()?, count.trim().parse().ok()?))
         })
         .collect()
@@ -336,6 +338,10 @@ fn kube_proxy_programming() -> Vec<(f64, u64)> {
 
 /// The smallest bucket bound that holds every observation made between `before` and `after`.
 fn slowest_programming(before: &[(f64, u64)], after: &[(f64, u64)]) -> (u64, f64) {
+    assert!(
+        !after.is_empty(),
+        "kube-proxy exports no programming latency"
+    );
     let new = |i: usize| after[i].1 - before.get(i).map_or(0, |b| b.1);
     let total = new(after.len() - 1);
     let bound = (0..after.len())
