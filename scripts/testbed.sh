@@ -31,8 +31,9 @@ bin=${TESTBED_BIN:-$root/target/testbed/bin}
 pki=$dir/pki logs=$dir/logs pids=$dir/pids
 kubeconfig=$dir/kubeconfig
 nodes=${TESTBED_NODES:-real}
-# The nodes of a running test bed are what it was started with.
-[ -f "$dir/nodes" ] && [ -z "${TESTBED_NODES:-}" ] && nodes=$(cat "$dir/nodes")
+# Only `up` chooses the nodes; `down`, `status` and `env` act on the test bed as it was started, even
+# where an earlier `eval "$(scripts/testbed.sh env)"` left another TESTBED_NODES in the environment.
+if [ "${1:-}" != up ] && [ -f "$dir/nodes" ]; then nodes=$(cat "$dir/nodes"); fi
 case $nodes in real | kwok) ;; *) echo "testbed: error: TESTBED_NODES is real or kwok, not $nodes" >&2; exit 2 ;; esac
 # The order `up` starts them in; `down` stops them in reverse (the node's pods first: stop_all).
 control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
