@@ -8,9 +8,9 @@
 #                 pods and to NodePorts on to pods, and whatever it does not translate is dropped here
 #   10.88.0.0/16  the pod range around the bridge's /24, blackholed
 # Nothing is forwarded from the bridge to another interface (nftables table testbed-node-guard), and CNI
-# does not masquerade. The host itself cannot open a connection to a ClusterIP (a blackhole route refuses it before kube-proxy's
-# DNAT could apply); it reaches Services through their NodePort on the node address, as from outside a
-# cluster, and pods through their pod IP.
+# does not masquerade. The host itself cannot open a connection to a ClusterIP (a blackhole route refuses
+# it before kube-proxy's DNAT could apply); it reaches Services through their NodePort on the node
+# address, as from outside a cluster, and pods through their pod IP.
 
 node_name=testbed-node-0
 node_bridge=tb-cni0
@@ -20,7 +20,7 @@ service_cidr=10.96.0.0/16
 kubernetes_service_ip=10.96.0.1
 # Debian's containernetworking-plugins.
 cni_bin=/usr/lib/cni
-# The Service range, the rest of the pod range, and kwok's fake pod addresses (--cidr below).
+# The Service range, the rest of the pod range, and kwok's fake pod addresses (its --cidr in testbed.sh).
 blackholes=(10.96.0.0/16 10.88.0.0/16 10.244.0.0/16)
 containerd_socket=$dir/containerd/containerd.sock
 # The table that keeps pods from being forwarded off the machine.
