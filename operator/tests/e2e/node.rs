@@ -199,6 +199,61 @@ async fn ready_pods(client: &kube::Client, namespace: &str, selector: &str) -> V
         .collect()
 }
 
+/// The address of Service `ns/name`'s NodePort on the node.
+async fn node_port_address(client: &kube::Client, ns: &str, name: &str) -> SocketAddr {
+    let service = Api::<Service>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("the SandboxService's Service");
+    let port = service.spec.unwrap().ports.unwrap()[0]
+        .node_port
+        .expect("a NodePort");
+    SocketAddr::new(node_ip(), u16::try_from(port).expect("a port number"))
+}
+
+/// A SandboxService on the node under the installed operator: the operator installed, a fresh
+/// namespace `ns`, and `cr(ns)` applied until `pods` of its pods are Ready.
+struct OnTheNode {
+    client: kube::Client,
+    ns: String,
+    crs: Api<SandboxService>,
+    /// The label selector of its pods.
+    selector: String,
+    /// Its Service's NodePort on the node, as `ADDRESS:PORT`.
+    address: String,
+    /// Its Ready pods when it started.
+    pods: Vec<Pod>,
+}
+
+impl OnTheNode {
+    async fn start(ns: &str, cr: impl Fn(&str) -> Value, pods: usize) -> Self {
+        node_ip();
+        let client = admin_client().await;
+        install_operator();
+        super::install_service_monitor_crd();
+        let ns = namespace(&client, ns).await;
+        let cr = cr(&ns);
+        let name = cr["metadata"]["name"].as_str().unwrap().to_string();
+        let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
+        apply(&crs, cr).await.expect("apply the SandboxService");
+        let selector = format!("app.kubernetes.io/instance={name}");
+        let ready = wait_until(&format!("{pods} Ready pods"), || async {
+            let ready = ready_pods(&client, &ns, &selector).await;
+            (ready.len() == pods).then_some(ready)
+        })
+        .await;
+        let address = node_port_address(&client, &ns, &name).await.to_string();
+        Self {
+            client,
+            ns,
+            crs,
+            selector,
+            address,
+            pods: ready,
+        }
+    }
+}
+
 /// Seconds from a pod's PodScheduled to its Ready condition (both have second resolution).
 fn scheduled_to_ready(pod: &Pod) -> i64 {
     let conditions = pod.status.as_ref().unwrap().conditions.as_ref().unwrap();
@@ -216,7 +271,7 @@ fn scheduled_to_ready(pod: &Pod) -> i64 {
 #[tokio::test]
 #[ignore = "needs the test bed's real node"]
 async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
-    let ip = node_ip();
+    node_ip();
     let client = admin_client().await;
     // As the README says, with the images built here instead of pulled.
     install_operator();
@@ -261,14 +316,7 @@ async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
     assert!(version.starts_with("workload "), "{version}");
 
     // kube-proxy routes the NodePort on the node address to the pod.
-    let service = Api::<Service>::namespaced(client.clone(), "default")
-        .get("performance-sandbox")
-        .await
-        .unwrap();
-    let node_port = service.spec.unwrap().ports.unwrap()[0]
-        .node_port
-        .expect("a NodePort") as u16;
-    let address = SocketAddr::new(ip, node_port);
+    let address = node_port_address(&client, "default", "performance-sandbox").await;
     let (status, _) = wait_until("the NodePort answers", || async {
         http_get(address, "/liveness")
     })
@@ -353,45 +401,30 @@ fn slowest_programming(before: &[(f64, u64)], after: &[(f64, u64)]) -> (u64, f64
 #[tokio::test]
 #[ignore = "needs the test bed's real node"]
 async fn pods_removed_on_scale_down_refuse_no_connection_through_kube_proxy() {
-    let ip = node_ip();
-    let client = admin_client().await;
-    install_operator();
-    super::install_service_monitor_crd();
-    let ns = namespace(&client, "node-scale-down").await;
-    let fixed = |replicas: u32| fixed_replicas(&ns, replicas);
-    let name = fixed(3)["metadata"]["name"].as_str().unwrap().to_string();
-    let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
-    apply(&crs, fixed(3))
-        .await
-        .expect("apply the SandboxService");
-    let selector = format!("app.kubernetes.io/instance={name}");
-    wait_until("3 Ready pods", || async {
-        (ready_pods(&client, &ns, &selector).await.len() == 3).then_some(())
-    })
-    .await;
-    let service = Api::<Service>::namespaced(client.clone(), &ns)
-        .get(&name)
-        .await
-        .unwrap();
-    let node_port = service.spec.unwrap().ports.unwrap()[0]
-        .node_port
-        .expect("a NodePort");
-    let address = SocketAddr::new(ip, node_port as u16).to_string();
+    let run = OnTheNode::start("node-scale-down", |ns| fixed_replicas(ns, 3), 3).await;
+    let OnTheNode {
+        client,
+        ns,
+        crs,
+        selector,
+        address,
+        ..
+    } = &run;
 
     // Two kept-alive connections of 20 ms operations over three pods: no pod is ever full, so a
     // refused connection or a failed request can only come from a pod leaving — a connection that
     // kube-proxy still sends to a pod that has stopped listening.
     let programming_before = kube_proxy_programming();
-    let load = Load::start(&address, 2, 25);
+    let load = Load::start(address, 2, 25);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let removed_at = Instant::now();
-    apply(&crs, fixed(1))
+    apply(crs, fixed_replicas(ns, 1))
         .await
         .expect("lower the replica bounds");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_until("only one pod left, none terminating", || async {
         let all = pods
-            .list(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(selector))
             .await
             .ok()?;
         (all.items.len() == 1).then_some(())
@@ -413,7 +446,7 @@ async fn pods_removed_on_scale_down_refuse_no_connection_through_kube_proxy() {
         slowest < 5.0,
         "kube-proxy took up to {slowest} s, as long as the preStop sleep"
     );
-    delete_namespace(&client, &ns).await;
+    delete_namespace(client, ns).await;
 }
 
 /// Follows a pod's log (`kubectl logs -f`) until its container exits, keeping what it said: a real
@@ -445,66 +478,50 @@ impl LogFollower {
 #[tokio::test]
 #[ignore = "needs the test bed's real node"]
 async fn a_rollout_under_load_through_kube_proxy_loses_no_operation() {
-    let ip = node_ip();
-    let client = admin_client().await;
-    install_operator();
-    super::install_service_monitor_crd();
-    let ns = namespace(&client, "node-rollout").await;
-    let two_pods = |concurrency: u32| {
-        let mut cr = fixed_replicas(&ns, 2);
+    let two_pods = |ns: &str, concurrency: u32| {
+        let mut cr = fixed_replicas(ns, 2);
         cr["spec"]["concurrency"] = json!(concurrency);
         cr["spec"]["operationDurationMs"] = json!(2000);
         cr
     };
-    let name = two_pods(1)["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
-    apply(&crs, two_pods(1))
-        .await
-        .expect("apply the SandboxService");
-    let selector = format!("app.kubernetes.io/instance={name}");
-    let old = wait_until("2 Ready pods", || async {
-        let pods = ready_pods(&client, &ns, &selector).await;
-        (pods.len() == 2).then_some(pods)
-    })
-    .await;
+    let run = OnTheNode::start("node-rollout", |ns| two_pods(ns, 1), 2).await;
+    let OnTheNode {
+        client,
+        ns,
+        crs,
+        selector,
+        address,
+        pods: old,
+    } = &run;
     let followers: Vec<(String, LogFollower)> = old
         .iter()
         .map(|pod| {
             let name = pod.metadata.name.clone().unwrap();
-            let follower = LogFollower::start(&ns, &name);
+            let follower = LogFollower::start(ns, &name);
             (name, follower)
         })
         .collect();
-    let service = Api::<Service>::namespaced(client.clone(), &ns)
-        .get(&name)
-        .await
-        .unwrap();
-    let node_port = service.spec.unwrap().ports.unwrap()[0]
-        .node_port
-        .expect("a NodePort");
-    let address = SocketAddr::new(ip, node_port as u16).to_string();
 
     // Four kept-alive connections on two pods: each runs one 2 s operation with one waiting, below
     // the readiness limit. The rollout (concurrency 1 -> 2) replaces both pods, one at a time
     // (maxSurge 1, maxUnavailable 0), while the load runs.
-    let load = Load::start(&address, 4, 60);
+    let load = Load::start(address, 4, 60);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    apply(&crs, two_pods(2)).await.expect("change concurrency");
+    apply(crs, two_pods(ns, 2))
+        .await
+        .expect("change concurrency");
     let old_names: Vec<String> = followers.iter().map(|(name, _)| name.clone()).collect();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     wait_until("the old pods are gone and 2 new ones Ready", || async {
         let all = pods
-            .list(&ListParams::default().labels(&selector))
+            .list(&ListParams::default().labels(selector))
             .await
             .ok()?
             .items;
         let old_left = all
             .iter()
             .any(|p| old_names.contains(p.metadata.name.as_ref().unwrap()));
-        let ready = ready_pods(&client, &ns, &selector).await.len();
+        let ready = ready_pods(client, ns, selector).await.len();
         (!old_left && all.len() == 2 && ready == 2).then_some(())
     })
     .await;
@@ -526,5 +543,5 @@ async fn a_rollout_under_load_through_kube_proxy_loses_no_operation() {
         "rollout under load through kube-proxy: {} requests, {} x 200, {} x non-2xx, 0 errors",
         result["requests"]["total"], result["2xx"], result["non2xx"]
     );
-    delete_namespace(&client, &ns).await;
+    delete_namespace(client, ns).await;
 }
