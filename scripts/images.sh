@@ -13,7 +13,7 @@
 # nothing from the image. The Dockerfiles' base, distroless/static-debian12:nonroot, cannot be pulled here:
 # base_rootfs lays out the parts of it a process can notice (passwd and group with nonroot 65532, /tmp,
 # /home/nonroot, CA certificates) and base_config its config (PATH, SSL_CERT_FILE, working directory).
-# operator/tests/e2e/images.rs checks each image's config and files against its Dockerfile's final stage.
+# operator/tests/images.rs checks each image's config and files against its Dockerfile's final stage.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${IMAGES_DIR:-$root/target/images}

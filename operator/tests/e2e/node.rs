@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use operator::crd::SandboxService;
-use serde_json::json;
 
 use crate::autoscale::{Load, fixed_replicas};
 use crate::harness::{
