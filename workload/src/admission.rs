@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::contract::ConnectionClose;
+
 /// The queue's shape: how many operations run at once and where backpressure and the breaker start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -80,6 +82,24 @@ pub fn readiness(admitted: usize, draining: bool, limits: &QueueLimits) -> Readi
         Readiness::Overloaded
     } else {
         Readiness::Ready
+    }
+}
+
+/// The keep-alive rule for a `200`, with `admitted` tasks in the queue counting the one being answered:
+/// close the connection when the client would be served sooner by a pod its Service picks anew. A 503
+/// always closes (see [`ConnectionClose`]), so it is not asked here.
+pub fn close_after_answer(
+    admitted: usize,
+    draining: bool,
+    limits: &QueueLimits,
+    mode: ConnectionClose,
+) -> bool {
+    match mode {
+        ConnectionClose::WhenQueued => draining || limits.waiting(admitted) > 0,
+        ConnectionClose::WhenOverloaded => {
+            readiness(admitted, draining, limits) != Readiness::Ready
+        }
+        ConnectionClose::Never => false,
     }
 }
 
@@ -176,6 +196,17 @@ impl Admission {
         )
     }
 
+    /// Whether to close the connection after answering `200` on it under `mode`; asked while the answered
+    /// request still holds its place.
+    pub fn close_after_answer(&self, mode: ConnectionClose) -> bool {
+        close_after_answer(
+            self.admitted.load(Ordering::Acquire),
+            self.draining.load(Ordering::Acquire),
+            &self.limits,
+            mode,
+        )
+    }
+
     /// Counts for metrics.
     pub fn snapshot(&self) -> QueueSnapshot {
         let admitted = self.admitted.load(Ordering::Acquire);
@@ -257,6 +288,32 @@ mod tests {
         );
         assert_eq!(decide(5, &SEED), Decision::CircuitOpen, "4 waiting: full");
         assert_eq!(decide(6, &SEED), Decision::CircuitOpen);
+    }
+
+    #[test]
+    fn seed_connections_close_when_a_task_waits_or_readiness_fails() {
+        use ConnectionClose::*;
+        // (admitted, counting the answered task) -> (when-queued, when-overloaded, never)
+        let cases = [
+            (1, (false, false, false)),
+            (2, (true, false, false)),
+            (3, (true, false, false)),
+            (4, (true, true, false)),
+            (5, (true, true, false)),
+        ];
+        for (admitted, expected) in cases {
+            let close = |mode| close_after_answer(admitted, false, &SEED, mode);
+            assert_eq!(
+                (close(WhenQueued), close(WhenOverloaded), close(Never)),
+                expected,
+                "{admitted} admitted"
+            );
+        }
+        // A draining pod sends its clients away, unless told never to.
+        for mode in [WhenQueued, WhenOverloaded] {
+            assert!(close_after_answer(1, true, &SEED, mode));
+        }
+        assert!(!close_after_answer(1, true, &SEED, Never));
     }
 
     #[test]

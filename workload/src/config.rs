@@ -14,7 +14,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::admission::QueueLimits;
 use crate::connections::ConnectionLimits;
-use crate::contract;
+use crate::contract::{self, ConnectionClose};
 
 /// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = contract::MAX_CONNECTIONS.default as usize;
@@ -59,6 +59,12 @@ pub struct Config {
     /// After SIGTERM, how long accepted operations may take to finish before the process exits anyway.
     #[arg(long, env = contract::SHUTDOWN_GRACE_MS.env, default_value_t = contract::SHUTDOWN_GRACE_MS.default, value_parser = parse_whole_number)]
     pub shutdown_grace_ms: u64,
+
+    /// When to close a kept-alive connection after answering on it, so that the client reconnects and
+    /// its Service picks a pod anew: `when-queued` (other operations wait here), `when-overloaded`
+    /// (/readiness fails) or `never`. Every mode closes after a 503.
+    #[arg(long, env = contract::CONNECTION_CLOSE_ENV, default_value = contract::CONNECTION_CLOSE_DEFAULT.env_value(), value_parser = parse_connection_close)]
+    pub connection_close: ConnectionClose,
 }
 
 /// The breaker would open before readiness fails, so Kubernetes would never see backpressure.
@@ -222,6 +228,13 @@ fn parse_port(value: &str) -> Result<u16, String> {
         .map_err(|_| "a port number from 0 to 65535".to_owned())
 }
 
+fn parse_connection_close(value: &str) -> Result<ConnectionClose, String> {
+    ConnectionClose::from_env_value(value.trim()).ok_or_else(|| {
+        let values: Vec<&str> = ConnectionClose::ALL.map(ConnectionClose::env_value).into();
+        format!("one of {}", values.join(", "))
+    })
+}
+
 fn parse_host(value: &str) -> Result<IpAddr, String> {
     value
         .trim()
@@ -257,6 +270,7 @@ mod tests {
         assert_eq!(config.header_read_timeout_ms, 5000);
         assert_eq!(config.max_connections, 2048);
         assert_eq!(config.shutdown_grace_ms, 30_000);
+        assert_eq!(config.connection_close, ConnectionClose::WhenQueued);
     }
 
     #[test]
@@ -273,6 +287,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.concurrency, 3);
         assert_eq!(config.listen_addr().to_string(), "[::1]:8080");
+        let config = load(&["--connection-close", "never"]).unwrap();
+        assert_eq!(config.connection_close, ConnectionClose::Never);
     }
 
     /// The formatter reads the variable from clap's `--concurrency <CONCURRENCY>`.
@@ -318,6 +334,10 @@ mod tests {
             (
                 "--max-connections=two\nlines",
                 r#"MAX_CONNECTIONS (--max-connections) must be a whole number >= 1, got "two\nlines""#,
+            ),
+            (
+                "--connection-close=always",
+                r#"CONNECTION_CLOSE (--connection-close) must be one of when-queued, when-overloaded, never, got "always""#,
             ),
         ];
         for (flag, expected) in cases {

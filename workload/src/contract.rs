@@ -76,6 +76,45 @@ pub const SHUTDOWN_GRACE_MS: Setting = Setting {
     default: 30_000,
 };
 
+/// When the workload closes a kept-alive connection after answering on it, so that the client's next
+/// connection is balanced anew: a Service balances connections, not requests.
+pub const CONNECTION_CLOSE_ENV: &str = "CONNECTION_CLOSE";
+
+/// The values of [`CONNECTION_CLOSE_ENV`]. Every mode closes after a 503, which always means this pod
+/// sheds load; they differ in the `200` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// Close after the answer when other operations wait in this pod's queue (the default): a client
+    /// stays on a pod only while it is served without waiting.
+    WhenQueued,
+    /// Close after the answer only while `/readiness` fails (more than the readiness limit wait).
+    WhenOverloaded,
+    /// Keep every connection alive (HTTP/1.1's default): a client stays on its first pod.
+    Never,
+}
+
+impl ConnectionClose {
+    /// Every mode, the default first.
+    pub const ALL: [ConnectionClose; 3] = [Self::WhenQueued, Self::WhenOverloaded, Self::Never];
+
+    /// The value as written in the environment.
+    pub const fn env_value(self) -> &'static str {
+        match self {
+            Self::WhenQueued => "when-queued",
+            Self::WhenOverloaded => "when-overloaded",
+            Self::Never => "never",
+        }
+    }
+
+    /// The mode an environment value names.
+    pub fn from_env_value(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mode| mode.env_value() == value)
+    }
+}
+
+/// `CONNECTION_CLOSE` when unset.
+pub const CONNECTION_CLOSE_DEFAULT: ConnectionClose = ConnectionClose::WhenQueued;
+
 /// The simulated expensive operation.
 pub const EXPENSIVE_OP_PATH: &str = "/expensive-op";
 /// Readiness probe: 429 under backpressure.
@@ -97,5 +136,17 @@ mod tests {
         assert_eq!(MAX_CONNECTIONS.default, 2048);
         assert_eq!(max_connections_for_memory(256 * 1024 * 1024), 4096);
         assert_eq!(max_connections_for_memory(0), 1, "never zero");
+    }
+
+    #[test]
+    fn connection_close_values_read_back() {
+        for mode in ConnectionClose::ALL {
+            assert_eq!(
+                ConnectionClose::from_env_value(mode.env_value()),
+                Some(mode)
+            );
+        }
+        assert_eq!(ConnectionClose::ALL[0], CONNECTION_CLOSE_DEFAULT);
+        assert_eq!(ConnectionClose::from_env_value("WhenQueued"), None);
     }
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     connections_open: IntGauge,
     connections_over_limit: IntCounter,
+    connections_closed_after_answer: IntCounter,
 }
 
 impl Metrics {
@@ -76,6 +77,10 @@ impl Metrics {
                 "http_connections_over_limit_total",
                 "Connections accepted past MAX_CONNECTIONS, served one probe or /metrics request only",
             )?,
+            connections_closed_after_answer: IntCounter::new(
+                "http_connections_closed_after_answer_total",
+                "Kept-alive connections closed after a 200 by CONNECTION_CLOSE, so the client reconnects",
+            )?,
             registry,
         };
         for collector in [
@@ -88,6 +93,7 @@ impl Metrics {
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.connections_open.clone()),
             Box::new(metrics.connections_over_limit.clone()),
+            Box::new(metrics.connections_closed_after_answer.clone()),
         ] {
             metrics.registry.register(collector)?;
         }
@@ -120,6 +126,11 @@ impl Metrics {
     /// Counts a connection accepted past `MAX_CONNECTIONS`.
     pub fn connection_over_limit(&self) {
         self.connections_over_limit.inc();
+    }
+
+    /// Counts a connection closed after its `200` so that the client reconnects.
+    pub fn connection_closed_after_answer(&self) {
+        self.connections_closed_after_answer.inc();
     }
 
     /// The request-duration histogram, for [`crate::request_metrics::RecordDurationLayer`].

@@ -12,7 +12,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::admission::{Admission, QueueLimits, Readiness, Rejection};
-use crate::contract::{EXPENSIVE_OP_PATH, LIVENESS_PATH, METRICS_PATH, READINESS_PATH};
+use crate::contract::{
+    ConnectionClose, EXPENSIVE_OP_PATH, LIVENESS_PATH, METRICS_PATH, READINESS_PATH,
+};
 use crate::metrics::Metrics;
 use crate::request_metrics::RecordDurationLayer;
 
@@ -30,17 +32,26 @@ pub struct SharedState {
     pub metrics: Metrics,
     /// How long the simulated operation takes.
     pub operation_duration: Duration,
+    /// When an answered connection is closed so that the client reconnects.
+    pub connection_close: ConnectionClose,
     rejections: RejectionResponses,
 }
 
 impl AppState {
     /// State for a fresh queue with the given limits.
-    pub fn new(limits: QueueLimits, metrics: Metrics, operation_duration: Duration) -> Self {
+    pub fn new(
+        limits: QueueLimits,
+        metrics: Metrics,
+        operation_duration: Duration,
+        connection_close: ConnectionClose,
+    ) -> Self {
+        let close_after_rejection = connection_close != ConnectionClose::Never;
         Self(Arc::new(SharedState {
             admission: Arc::new(Admission::new(limits)),
             metrics,
             operation_duration,
-            rejections: RejectionResponses::new(operation_duration),
+            connection_close,
+            rejections: RejectionResponses::new(operation_duration, close_after_rejection),
         }))
     }
 }
@@ -57,12 +68,13 @@ impl std::ops::Deref for AppState {
 #[derive(Debug)]
 struct RejectionResponses {
     retry_after: HeaderValue,
+    close: bool,
     circuit_open: Bytes,
     shutting_down: Bytes,
 }
 
 impl RejectionResponses {
-    fn new(operation_duration: Duration) -> Self {
+    fn new(operation_duration: Duration, close: bool) -> Self {
         // A place frees up roughly once per operation.
         let retry_after = operation_duration.as_secs().max(1);
         let body = |reason: Rejection| {
@@ -77,6 +89,7 @@ impl RejectionResponses {
         };
         Self {
             retry_after: HeaderValue::from(retry_after),
+            close,
             circuit_open: body(Rejection::CircuitOpen),
             shutting_down: body(Rejection::ShuttingDown),
         }
@@ -87,7 +100,7 @@ impl RejectionResponses {
             Rejection::CircuitOpen => self.circuit_open.clone(),
             Rejection::ShuttingDown => self.shutting_down.clone(),
         };
-        (
+        let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
             [
                 (header::RETRY_AFTER, self.retry_after.clone()),
@@ -98,7 +111,11 @@ impl RejectionResponses {
             ],
             body,
         )
-            .into_response()
+            .into_response();
+        if self.close {
+            close_connection(&mut response);
+        }
+        response
     }
 }
 
@@ -139,12 +156,26 @@ async fn expensive_op(State(state): State<AppState>) -> Response {
     tokio::time::sleep(state.operation_duration).await;
     state.metrics.operation_completed();
     tracing::debug!(queued_ms, "expensive operation completed");
-    Json(json!({
+    let mut response = Json(json!({
         "status": "done",
         "queuedMs": queued_ms,
         "durationMs": state.operation_duration.as_millis() as u64,
     }))
-    .into_response()
+    .into_response();
+    // Asked while this request still holds its place, so "a task waits" means one behind it.
+    if state.admission.close_after_answer(state.connection_close) {
+        close_connection(&mut response);
+        state.metrics.connection_closed_after_answer();
+    }
+    response
+}
+
+/// Makes hyper close the connection once `response` is written: the client's next request comes on a
+/// new connection, which its Service balances anew.
+fn close_connection(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 async fn readiness(State(state): State<AppState>) -> Response {

@@ -35,6 +35,7 @@ pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
         config.queue_limits(),
         Metrics::new()?,
         config.operation_duration(),
+        config.connection_close,
     ))
 }
 

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use workload::admission::QueueLimits;
 use workload::config::DEFAULT_MAX_CONNECTIONS;
 use workload::connections::ConnectionLimits;
+use workload::contract::{CONNECTION_CLOSE_DEFAULT, ConnectionClose};
 use workload::metrics::Metrics;
 use workload::routes::AppState;
 use workload::server::{self, Shutdown};
@@ -34,12 +35,22 @@ pub struct Service {
 }
 
 impl Service {
+    /// The service with the default `CONNECTION_CLOSE`.
     pub async fn start(limits: QueueLimits, operation: Duration) -> Self {
+        Self::start_closing(limits, operation, CONNECTION_CLOSE_DEFAULT).await
+    }
+
+    /// [`Service::start`] with the `CONNECTION_CLOSE` mode of the test's choosing.
+    pub async fn start_closing(
+        limits: QueueLimits,
+        operation: Duration,
+        connection_close: ConnectionClose,
+    ) -> Self {
         let connections = ConnectionLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: Duration::from_secs(5),
         };
-        Self::start_with(limits, operation, connections).await
+        Self::spawn(limits, operation, connections, connection_close).await
     }
 
     /// [`Service::start`] with connection limits of the test's choosing.
@@ -48,9 +59,18 @@ impl Service {
         operation: Duration,
         connections: ConnectionLimits,
     ) -> Self {
+        Self::spawn(limits, operation, connections, CONNECTION_CLOSE_DEFAULT).await
+    }
+
+    async fn spawn(
+        limits: QueueLimits,
+        operation: Duration,
+        connections: ConnectionLimits,
+        connection_close: ConnectionClose,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::new(limits, Metrics::new().unwrap(), operation);
+        let state = AppState::new(limits, Metrics::new().unwrap(), operation, connection_close);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
