@@ -127,6 +127,13 @@ pub struct SandboxServiceSpec {
     #[schemars(range(min = 1, max = MAX_QUEUE_FACTOR))]
     pub breaker_queue_factor: i64,
 
+    /// When a pod closes a kept-alive connection after answering on it, so that the client reconnects
+    /// and the Service picks a pod anew (the `CONNECTION_CLOSE` env). A Service balances connections,
+    /// not requests: with `Never`, a client that keeps its connections alive stays on the pods it
+    /// first reached, and the pods a scale-out adds get none of its load.
+    #[serde(default)]
+    pub connection_close: ConnectionClose,
+
     /// HorizontalPodAutoscaler settings: scale on the pods' `queue_ratio` metric.
     #[serde(default)]
     pub autoscaling: Autoscaling,
@@ -158,6 +165,31 @@ pub enum ImagePullPolicy {
     IfNotPresent,
     /// Never pull; the image must be on the node.
     Never,
+}
+
+/// When a pod closes a kept-alive connection after answering on it. Every value but `Never` also
+/// closes after a 503.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConnectionClose {
+    /// When operations wait behind the answered one: a client stays on a pod only while it is served
+    /// without waiting.
+    #[default]
+    WhenQueued,
+    /// Only while the pod fails `/readiness`.
+    WhenOverloaded,
+    /// Never: HTTP/1.1 keep-alive as usual.
+    Never,
+}
+
+impl ConnectionClose {
+    /// The workload's value for this mode.
+    pub fn workload(self) -> contract::ConnectionClose {
+        match self {
+            ConnectionClose::WhenQueued => contract::ConnectionClose::WhenQueued,
+            ConnectionClose::WhenOverloaded => contract::ConnectionClose::WhenOverloaded,
+            ConnectionClose::Never => contract::ConnectionClose::Never,
+        }
+    }
 }
 
 /// HorizontalPodAutoscaler settings.
@@ -307,6 +339,7 @@ impl Default for SandboxServiceSpec {
             operation_duration_ms: default_operation_duration_ms(),
             readiness_queue_factor: default_readiness_queue_factor(),
             breaker_queue_factor: default_breaker_queue_factor(),
+            connection_close: ConnectionClose::default(),
             autoscaling: Autoscaling::default(),
             service: ServiceSettings::default(),
             monitoring: Monitoring::default(),

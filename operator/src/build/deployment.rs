@@ -83,9 +83,14 @@ pub fn build(valid: &Validated) -> Deployment {
         ),
     ]
     .into_iter()
-    .map(|(setting, value)| EnvVar {
-        name: setting.env.to_string(),
-        value: Some(value.to_string()),
+    .map(|(setting, value)| (setting.env, value.to_string()))
+    .chain([(
+        contract::CONNECTION_CLOSE_ENV,
+        spec.connection_close.workload().env_value().to_string(),
+    )])
+    .map(|(name, value)| EnvVar {
+        name: name.to_string(),
+        value: Some(value),
         ..Default::default()
     })
     .collect();
@@ -251,6 +256,7 @@ mod tests {
                 ("SHUTDOWN_GRACE_MS".into(), "15000".into()),
                 ("HEADER_READ_TIMEOUT_MS".into(), "5000".into()),
                 ("MAX_CONNECTIONS".into(), "2048".into()),
+                ("CONNECTION_CLOSE".into(), "when-queued".into()),
             ]
         );
         let pre_stop = container(&deployment)
@@ -359,12 +365,14 @@ mod tests {
              imagePullPolicy: Always\n\
              concurrency: 4\n\
              operationDurationMs: 250\n\
+             connectionClose: Never\n\
              resources: {requests: {cpu: 500m, memory: 64Mi}, limits: {cpu: '1', memory: 256Mi}}\n\
              podAnnotations: {example.com/owner: team-a}",
         ));
         let env = env(&deployment);
         assert!(env.contains(&("CONCURRENCY".into(), "4".into())));
         assert!(env.contains(&("OPERATION_DURATION_MS".into(), "250".into())));
+        assert!(env.contains(&("CONNECTION_CLOSE".into(), "never".into())));
         assert!(
             env.contains(&("MAX_CONNECTIONS".into(), "4096".into())),
             "256Mi"
