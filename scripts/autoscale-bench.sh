@@ -6,8 +6,8 @@
 #   scripts/autoscale-bench.sh                   # -c 6 for 60 s, as the seed; ~2.5 minutes
 #   CONNECTIONS=20 CONCURRENCY=2 scripts/autoscale-bench.sh
 #
-# Settings: the ServiceMonitor interval (INTERVAL, 5s) and the scale-down window (WINDOW, 30 s) go into
-# the SandboxService; the HPA sync period is the test bed's (TESTBED_HPA_SYNC=15s scripts/testbed.sh up for
+# Settings: the ServiceMonitor interval (INTERVAL, 5s), the scale-down window (WINDOW, 30 s) and when pods
+# close kept-alive connections (CONNECTION_CLOSE, WhenQueued) go into the SandboxService; the HPA sync period is the test bed's (TESTBED_HPA_SYNC=15s scripts/testbed.sh up for
 # a cluster's default; 5s otherwise). Starts the test bed if it is not up (and stops it again).
 # On the real node (TESTBED_NODES=real) the load goes to the Service's NodePort through kube-proxy, the
 # pods are containers scraped at their pod IPs, and the operator is the in-cluster one that
@@ -19,10 +19,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 CONNECTIONS=${CONNECTIONS:-6} CONCURRENCY=${CONCURRENCY:-1} DURATION=${DURATION:-60}
-INTERVAL=${INTERVAL:-5s} WINDOW=${WINDOW:-30}
+INTERVAL=${INTERVAL:-5s} WINDOW=${WINDOW:-30} CONNECTION_CLOSE=${CONNECTION_CLOSE:-WhenQueued}
 ns=${NAMESPACE:-autoscale-bench} name=performance-sandbox
 out=${OUT:-$root/target/autoscale-bench}
-rm -rf "$out" && mkdir -p "$out/counts"
+rm -rf "$out" && mkdir -p "$out/counts" "$out/latency"
 
 for tool in autocannon gnuplot jq curl; do
 	command -v "$tool" >/dev/null || { echo "$tool not found: run scripts/install-test-deps.sh" >&2; exit 1; }
@@ -84,7 +84,8 @@ if [ "$ns" != default ]; then
 fi
 
 # The seed's sample, with the monitoring interval and the scale-down window of this run.
-sed -e "s/namespace: default/namespace: $ns/" -e "s/concurrency: 1/concurrency: $CONCURRENCY/" \
+sed -e "s/namespace: default/namespace: $ns/" \
+	-e "s/concurrency: 1/concurrency: $CONCURRENCY\n  connectionClose: $CONNECTION_CLOSE/" \
 	-e "s/maxReplicas: 10/maxReplicas: 10\n    scaleDownStabilizationSeconds: $WINDOW/" \
 	-e "s/^  monitoring:/  monitoring:\n    interval: $INTERVAL/" deploy/examples/seed.yaml >"$out/cr.yaml"
 kubectl apply -f "$out/cr.yaml" >/dev/null
@@ -135,9 +136,14 @@ sample() {
 			metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
 			ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
 			completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
+			in_flight=$(sed -n 's/^queue_in_flight_tasks //p' <<<"$metrics")
 			rejected=$(sed -n 's/^expensive_operations_rejected_total{reason="circuit_open"} //p' <<<"$metrics")
-			printf '%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" >>"$out/pods.tsv"
+			printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" "${in_flight:-0}" >>"$out/pods.tsv"
 			echo "${completed:-0} ${rejected:-0}" >"$out/counts/$pod"
+			# The pod's own time for its 200s (queue + operation), as "BUCKET COUNT" lines: client-side
+			# latency is not usable once pods close connections (autocannon mis-times reconnects).
+			sed -nE 's/^http_request_duration_seconds_bucket\{.*route="\/expensive-op",status_code="200",le="([^"]+)"\} ([0-9]+)$/\1 \2/p' \
+				<<<"$metrics" >"$out/latency/$pod"
 			ratios+=" ${pod##*-}=${ratio:-?}"
 		done < <(pods)
 		hpa=$(get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
@@ -185,4 +191,6 @@ prometheus_seen=$(curl -fsS "$TESTBED_PROMETHEUS/api/v1/query" \
 	jq --argjson start "$load_start" '[.data.result[].values[] | select(.[0] >= $start and (.[1] | tonumber) >= 1) | .[0]] | min // empty')
 
 scripts/autoscale-report.sh "$out" "$load_start" "$load_end" "$scaled_in" "${prometheus_seen:-}" \
-	"$INTERVAL" "$WINDOW" "$CONNECTIONS" "$CONCURRENCY" "$TESTBED_HPA_SYNC"
+	"$INTERVAL" "$WINDOW" "$CONNECTIONS" "$CONCURRENCY" "$TESTBED_HPA_SYNC" \
+	"$(kubectl get -n "$ns" "sbx/$name" -o jsonpath='{.spec.operationDurationMs}')" \
+	"$(kubectl get -n "$ns" "sbx/$name" -o jsonpath='{.spec.readinessQueueFactor}')" "$CONNECTION_CLOSE"

@@ -2,11 +2,12 @@
 # The table and the chart of one scripts/autoscale-bench.sh run, from the files it wrote in OUT:
 #   samples.tsv  time, Deployment replicas, ready endpoints, HPA desired, HPA queue_ratio, 200s, 503s,
 #                no-endpoint 503s (cumulative)
-#   pods.tsv     time, pod, its queue_ratio, its completed operations
+#   pods.tsv     time, pod, its queue_ratio, its completed operations, its running operations
 # usage: autoscale-report.sh OUT LOAD_START LOAD_END SCALED_IN PROMETHEUS_SEEN INTERVAL WINDOW C CONCURRENCY SYNC
+#        OPERATION_MS READINESS_FACTOR CONNECTION_CLOSE
 set -euo pipefail
 out=$1 load_start=$2 load_end=$3 scaled_in=$4 prometheus_seen=$5 interval=$6 window=$7
-connections=$8 concurrency=$9 sync=${10}
+connections=$8 concurrency=$9 sync=${10} operation_ms=${11} readiness_factor=${12} connection_close=${13}
 
 # Times relative to the load's start, in seconds.
 rel() { awk -v t="$1" -v s="$load_start" 'BEGIN { if (t == "") print "-"; else printf "%.1f", t - s }'; }
@@ -51,6 +52,55 @@ row "    queues drained (last queue_ratio > 0)" "$drained" "$(span "$load_end" "
 row "(d) HPA decides to scale in to min (window + sync)" "$scale_in" "$(span "$drained" "$scale_in")"
 row "    back to one pod" "$scaled_in" "$(span "$scale_in" "$scaled_in")"
 row "    load end -> one pod" "$scaled_in" "$(span "$load_end" "$scaled_in")"
+
+# --- relief: do the clients get the capacity the scale-out added? ----------------------------------
+# From the first sample with more than one ready endpoint + 10 s to the load's end: 200s per second
+# against what the ready pods can serve (ready × concurrency / operation time), and the longest time a pod
+# kept a queue above the readiness limit while another pod was idle (nothing queued or running).
+echo
+echo "relief (CONNECTION_CLOSE $connection_close): from new pods Ready + 10 s to load end"
+awk -F'\t' -v from="${endpoints_up:-}" -v end="$load_end" -v conc="$concurrency" -v op_ms="$operation_ms" '
+	from == "" { next }
+	$1 >= from + 10 && $1 <= end {
+		if (!n++) { t0 = $1; ok0 = $6 }
+		t1 = $1; ok1 = $6; capacity += $3 * conc / (op_ms / 1000); all += $2 * conc / (op_ms / 1000)
+	}
+	END {
+		if (n < 2) { print "  no samples: the scale-out came too late in the load (or never)"; exit }
+		rate = (ok1 - ok0) / (t1 - t0)
+		printf "  200s per second %.2f; ready pods could serve %.2f (%.0f %%), all running pods %.2f (%.0f %%)\n", \
+			rate, capacity / n, 100 * rate / (capacity / n), all / n, 100 * rate / (all / n)
+	}' "$out/samples.tsv"
+# Per sampling round (one time stamp): is one pod above the readiness limit while another is idle?
+awk -F'\t' -v limit="$readiness_factor" -v start="$load_start" -v end="$load_end" '
+	function close_round() {
+		if (t == "") return
+		if (over && idle) { if (since == "") since = t; if (t - since > longest) longest = t - since }
+		else since = ""
+	}
+	$1 != t { close_round(); t = $1; over = 0; idle = 0 }
+	$1 >= start && $1 <= end { if ($3 + 0 > limit) over = 1; if ($3 + 0 == 0 && $5 + 0 == 0) idle = 1 }
+	END { close_round(); printf "  longest time a pod kept queue_ratio > %s while another pod was idle: %.1f s\n", limit, longest }
+' "$out/pods.tsv"
+awk -F'\t' -v start="$load_start" '{ last[$2] = $4 } $1 <= start { first[$2] = $4 }
+	END { printf "  operations completed per pod:"; for (p in last) printf " %s=%d", substr(p, length(p) - 4), last[p] - first[p]; print "" }' "$out/pods.tsv"
+awk -F'\t' -v s="$load_start" -v up="${endpoints_up:-}" -v end="$load_end" '
+	$1 <= (up == "" ? end : up) { t_b = $1; ok_b = $6 }
+	up != "" && $1 >= up + 10 && $1 <= end { if (t_a0 == "") { t_a0 = $1; ok_a0 = $6 } t_a = $1; ok_a = $6 }
+	END {
+		printf "  200s per second before the new pods were Ready %.2f", (t_b > s ? ok_b / (t_b - s) : 0)
+		if (t_a > t_a0) printf ", from 10 s after to load end %.2f", (ok_a - ok_a0) / (t_a - t_a0)
+		print ""
+	}' "$out/samples.tsv"
+# Every pod's histogram of its 200s, summed: the bucket each percentile falls in.
+cat "$out"/latency/* 2>/dev/null | awk '{ count[$1] += $2 } END {
+	for (le in count) print le, count[le] }' | sort -g | awk '
+	{ le[NR] = $1; cum[NR] = $2 } END {
+		if (NR == 0 || cum[NR] == 0) exit
+		for (i = 1; i <= NR; i++) { if (!p50 && cum[i] >= 0.5 * cum[NR]) p50 = le[i]; if (!p99 && cum[i] >= 0.99 * cum[NR]) p99 = le[i] }
+		printf "  the 200s as the pods timed them (queue + operation): p50 <= %s s, p99 <= %s s (histogram buckets)\n", p50, p99
+	}'
+jq -r '"  autocannon latency (200s and 503s together; wrong once pods close connections, see docs) p50 \(.latency.p50) ms, p99 \(.latency.p99) ms; \(.errors) errors (refused connections among them)"' "$out/autocannon.json"
 
 # --- the chart -------------------------------------------------------------------------------------
 # Answers per second from the cumulative counts; the HPA's quantity (500m) as a number.

@@ -150,11 +150,7 @@ impl Load {
     /// autocannon's JSON result, after checking that every answer was 200 or 503 and no request
     /// failed on its connection or timed out.
     pub(crate) async fn finish(self) -> Value {
-        let output = tokio::task::spawn_blocking(move || self.0.wait_with_output())
-            .await
-            .unwrap()
-            .expect("autocannon ran");
-        let result: Value = serde_json::from_slice(&output.stdout).expect("autocannon --json");
+        let result = self.result().await;
         assert_eq!(
             (&result["errors"], &result["timeouts"]),
             (&json!(0), &json!(0)),
@@ -171,6 +167,15 @@ impl Load {
         );
         assert!(result["2xx"].as_u64().unwrap() > 0, "{result}");
         result
+    }
+
+    /// autocannon's JSON result as it is, once the run has ended.
+    pub(crate) async fn result(self) -> Value {
+        let output = tokio::task::spawn_blocking(move || self.0.wait_with_output())
+            .await
+            .unwrap()
+            .expect("autocannon ran");
+        serde_json::from_slice(&output.stdout).expect("autocannon --json")
     }
 
     /// [`Load::finish`], checking too that every answer was 200: no pod was ever full.

@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 use operator::crd::SandboxService;
 
+mod relief;
+
 use crate::autoscale::{Load, fixed_replicas};
 use crate::harness::{
     admin_client, apply, delete_namespace, http_get, install, kubectl, kubectl_ok, namespace,
