@@ -6,7 +6,7 @@
 #     `operator render`; the rendered built-ins pass `kubernetes-validate --strict`, the ServiceMonitor
 #     its CRD's schema (strict: unknown fields fail);
 #   - deploy/examples/full.yaml sets every field of the CRD's spec;
-#   - README.md's "Running in Kubernetes" section names only files that exist;
+#   - README.md and docs/*.md name only files under deploy/, crds/, scripts/ and third_party/ that exist;
 #   - deploy/monitoring/: the adapter ConfigMap passes kubernetes-validate, the operator's ServiceMonitor
 #     the ServiceMonitor schema, the alerts the PrometheusRule schema, and the Helm values files parse.
 # The RBAC, the adapter rule and the alerts have their own tests (operator/tests/rbac.rs,
@@ -162,16 +162,14 @@ for field, schema in spec_schema["properties"].items():
             if sub not in full[field]:
                 problems.append(f"deploy/examples/full.yaml lacks spec.{field}.{sub}")
 
-# README's "Running in Kubernetes" names only files that exist.
-import os, re
-with open("README.md") as f:
-    readme = f.read()
-start, end = readme.find("<!-- k8s:start -->"), readme.find("<!-- k8s:end -->")
-if start < 0 or end < start:
-    problems.append("README.md lacks the <!-- k8s:start --> ... <!-- k8s:end --> section")
-for path in sorted(set(re.findall(r"(?:deploy|crds|scripts)/[\w./-]*\w", readme[start:end]))):
-    if not os.path.exists(path):
-        problems.append(f"README.md's Kubernetes section names {path}, which does not exist")
+# The docs name only files that exist.
+import glob, os, re
+for doc in ["README.md"] + sorted(glob.glob("docs/*.md")):
+    with open(doc) as f:
+        text = f.read()
+    for path in sorted(set(re.findall(r"(?:deploy|crds|scripts|third_party)/[\w./-]*\w", text))):
+        if not os.path.exists(path):
+            problems.append(f"{doc} names {path}, which does not exist")
 
 if problems:
     print("\n".join(["", "check-deploy: FAILED"] + problems), file=sys.stderr)

@@ -146,7 +146,7 @@ pub fn cluster() -> &'static Cluster {
     })
 }
 
-/// `kubectl apply --server-side -k deploy/operator`, as the README installs the operator; its output.
+/// `kubectl apply --server-side -k deploy/operator`, as docs/running-in-kubernetes.md installs the operator; its output.
 pub fn install() -> String {
     // Forcing only matters on a test bed reused across runs, where a test edited the CRD.
     kubectl_ok(&[

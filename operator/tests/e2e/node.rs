@@ -274,7 +274,7 @@ fn scheduled_to_ready(pod: &Pod) -> i64 {
 async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
     node_ip();
     let client = admin_client().await;
-    // As the README says, with the images built here instead of pulled.
+    // As docs/running-in-kubernetes.md says, with the images built here instead of pulled.
     install_operator();
     let operator = ready_pods(
         &client,
@@ -349,7 +349,7 @@ async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
     .await;
 }
 
-/// `kubectl apply -k deploy/operator`, as the README says, and wait for its pod to be Ready.
+/// `kubectl apply -k deploy/operator`, as docs/running-in-kubernetes.md says, and wait for its pod to be Ready.
 fn install_operator() {
     install();
     kubectl_ok(&[
