@@ -87,7 +87,7 @@ pub fn readiness(admitted: usize, draining: bool, limits: &QueueLimits) -> Readi
 
 /// The keep-alive rule for a `200`, with `admitted` tasks in the queue counting the one being answered:
 /// close the connection when the client would be served sooner by a pod its Service picks anew. A 503
-/// always closes (see [`ConnectionClose`]), so it is not asked here.
+/// closes in every mode but `Never` (see [`ConnectionClose`]), so it is not asked here.
 pub fn close_after_answer(
     admitted: usize,
     draining: bool,

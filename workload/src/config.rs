@@ -62,7 +62,7 @@ pub struct Config {
 
     /// When to close a kept-alive connection after answering on it, so that the client reconnects and
     /// its Service picks a pod anew: `when-queued` (other operations wait here), `when-overloaded`
-    /// (/readiness fails) or `never`. Every mode closes after a 503.
+    /// (/readiness fails) or `never`. Every mode but `never` also closes after a 503.
     #[arg(long, env = contract::CONNECTION_CLOSE_ENV, default_value = contract::CONNECTION_CLOSE_DEFAULT.env_value(), value_parser = parse_connection_close)]
     pub connection_close: ConnectionClose,
 }

@@ -80,8 +80,8 @@ pub const SHUTDOWN_GRACE_MS: Setting = Setting {
 /// connection is balanced anew: a Service balances connections, not requests.
 pub const CONNECTION_CLOSE_ENV: &str = "CONNECTION_CLOSE";
 
-/// The values of [`CONNECTION_CLOSE_ENV`]. Every mode closes after a 503, which always means this pod
-/// sheds load; they differ in the `200` answers.
+/// The values of [`CONNECTION_CLOSE_ENV`]. Every mode but `Never` also closes after a 503, which always
+/// means this pod sheds load; they differ in the `200` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionClose {
     /// Close after the answer when other operations wait in this pod's queue (the default): a client
