@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-use super::{OnTheNode, ready_pods};
+use super::{OnTheNode, is_ready, ready_pods};
 use crate::autoscale::{Load, seed_sample};
 use crate::harness::{delete_namespace, http_get, wait_until};
 
@@ -40,11 +40,11 @@ struct Round {
 
 async fn look(client: &kube::Client, ns: &str, selector: &str) -> Round {
     let at = Instant::now();
-    let ready = ready_pods(client, ns, selector).await.len();
     let listed = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(selector))
         .await
         .unwrap();
+    let ready = listed.items.iter().filter(|pod| is_ready(pod)).count();
     let mut pods = BTreeMap::new();
     for pod in listed.items {
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
