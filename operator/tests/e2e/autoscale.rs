@@ -371,7 +371,7 @@ async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say(
 
     let path = format!("/apis/custom.metrics.k8s.io/v1beta1/namespaces/{ns}/pods/*/queue_ratio");
     let served = wait_until(
-        "the adapter serves the loaded pod's queue_ratio 2",
+        "the adapter serves every pod's queue_ratio, the loaded pod's at 2",
         || async {
             let list: Value =
                 serde_json::from_str(&kubectl(&["get", "--raw", &path]).ok()?).ok()?;
@@ -386,7 +386,8 @@ async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say(
                     (pod, quantity(item["value"].as_str().unwrap()))
                 })
                 .collect();
-            (served.get(loaded) == Some(&2.0)).then_some(served)
+            // The adapter lists each pod's series on its own relist: wait for all of them.
+            (served.get(loaded) == Some(&2.0) && served.len() == pods.len()).then_some(served)
         },
     )
     .await;
