@@ -76,12 +76,19 @@ async fn look(client: &kube::Client, ns: &str, selector: &str) -> Round {
     Round { at, ready, pods }
 }
 
-/// Operations completed between two rounds, over every pod seen in both or only in the later one.
-fn completed_between(first: &Round, last: &Round) -> f64 {
-    last.pods
-        .iter()
-        .map(|(pod, sample)| sample.completed - first.pods.get(pod).map_or(0.0, |s| s.completed))
-        .sum()
+/// Operations completed over `rounds`, per pod from the first round it is seen in (from 0 if it started
+/// later) to the last: a pod the HPA removes mid-way counts until it left.
+fn completed_over(rounds: &[&Round]) -> f64 {
+    let mut first: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut last: BTreeMap<&str, f64> = BTreeMap::new();
+    for (i, round) in rounds.iter().enumerate() {
+        for (pod, sample) in &round.pods {
+            let start = if i == 0 { sample.completed } else { 0.0 };
+            first.entry(pod).or_insert(start);
+            last.insert(pod, sample.completed);
+        }
+    }
+    last.iter().map(|(pod, done)| done - first[pod]).sum()
 }
 
 /// The longest run of rounds in which one pod had more than the readiness limit waiting while
@@ -138,7 +145,7 @@ async fn scale_out_relieves_kept_alive_clients_behind_kube_proxy() {
         .collect();
     let (first, last) = (measured[0], measured[measured.len() - 1]);
     let seconds = (last.at - first.at).as_secs_f64();
-    let served = completed_between(first, last) / seconds;
+    let served = completed_over(&measured) / seconds;
     let ready = measured.iter().map(|r| r.ready as f64).sum::<f64>() / measured.len() as f64;
     let capacity = ready / OPERATION_SECONDS;
     let stuck = longest_full_beside_idle(&rounds);
