@@ -84,14 +84,10 @@ awk -F'\t' -v limit="$readiness_factor" -v start="$load_start" -v end="$load_end
 ' "$out/pods.tsv"
 awk -F'\t' -v start="$load_start" '{ last[$2] = $4 } $1 <= start { first[$2] = $4 }
 	END { printf "  operations completed per pod:"; for (p in last) printf " %s=%d", substr(p, length(p) - 4), last[p] - first[p]; print "" }' "$out/pods.tsv"
+# The rate once scaled is the first line of this block; this is the one before.
 awk -F'\t' -v s="$load_start" -v up="${endpoints_up:-}" -v end="$load_end" '
 	$1 <= (up == "" ? end : up) { t_b = $1; ok_b = $6 }
-	up != "" && $1 >= up + 10 && $1 <= end { if (t_a0 == "") { t_a0 = $1; ok_a0 = $6 } t_a = $1; ok_a = $6 }
-	END {
-		printf "  200s per second before the new pods were Ready %.2f", (t_b > s ? ok_b / (t_b - s) : 0)
-		if (t_a > t_a0) printf ", from 10 s after to load end %.2f", (ok_a - ok_a0) / (t_a - t_a0)
-		print ""
-	}' "$out/samples.tsv"
+	END { printf "  200s per second before the new pods were Ready %.2f\n", (t_b > s ? ok_b / (t_b - s) : 0) }' "$out/samples.tsv"
 # Every pod's histogram of its 200s, summed: the bucket each percentile falls in.
 cat "$out"/latency/* 2>/dev/null | awk '{ count[$1] += $2 } END {
 	for (le in count) print le, count[le] }' | sort -g | awk '
