@@ -6,7 +6,7 @@
 #     `operator render`; the rendered built-ins pass `kubernetes-validate --strict`, the ServiceMonitor
 #     its CRD's schema (strict: unknown fields fail);
 #   - deploy/examples/full.yaml sets every field of the CRD's spec;
-#   - README.md and docs/*.md name only files under deploy/, crds/, scripts/ and third_party/ that exist;
+#   - README.md, docs/*.md and deploy/**/*.yaml name only files of this repository that exist;
 #   - deploy/monitoring/: the adapter ConfigMap passes kubernetes-validate, the operator's ServiceMonitor
 #     the ServiceMonitor schema, the alerts the PrometheusRule schema, and the Helm values files parse.
 # The RBAC, the adapter rule and the alerts have their own tests (operator/tests/rbac.rs,
@@ -162,12 +162,13 @@ for field, schema in spec_schema["properties"].items():
             if sub not in full[field]:
                 problems.append(f"deploy/examples/full.yaml lacks spec.{field}.{sub}")
 
-# The docs name only files that exist.
+# The docs (and the comments in deploy/) name only files that exist.
 import glob, os, re
-for doc in ["README.md"] + sorted(glob.glob("docs/*.md")):
+named_path = r"(?<![\w.-])(?:deploy|crds|scripts|third_party|operator|workload)/[\w./-]*\w"
+for doc in ["README.md"] + sorted(glob.glob("docs/*.md")) + sorted(glob.glob("deploy/**/*.yaml", recursive=True)):
     with open(doc) as f:
         text = f.read()
-    for path in sorted(set(re.findall(r"(?:deploy|crds|scripts|third_party)/[\w./-]*\w", text))):
+    for path in sorted(set(re.findall(named_path, text))):
         if not os.path.exists(path):
             problems.append(f"{doc} names {path}, which does not exist")
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use operator::run::RunConfig;
+use operator::process::RunConfig;
 
 /// Kubernetes operator for SandboxService resources.
 #[derive(Parser)]
@@ -36,18 +36,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Crd) => {
-            print!("{}", operator::crd::crd_yaml());
+            print!("{}", operator::spec::schema::crd_yaml());
             Ok(())
         }
         Some(Command::Rbac) => {
-            print!("{}", operator::rbac::rbac_yaml());
+            print!("{}", operator::manifests::rbac::rbac_yaml());
             Ok(())
         }
         Some(Command::Render { file }) => {
-            operator::render::render_path(&file).map(|yaml| print!("{yaml}"))
+            operator::manifests::render::render_path(&file).map(|yaml| print!("{yaml}"))
         }
-        Some(Command::Run(args)) => run(args),
-        None => run(cli.run),
+        Some(Command::Run(args)) => start(args),
+        None => start(cli.run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,7 +58,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: RunConfig) -> operator::Result<()> {
+/// Logging and the async runtime, then the operator until shutdown.
+fn start(config: RunConfig) -> operator::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -69,5 +70,5 @@ fn run(config: RunConfig) -> operator::Result<()> {
         .init();
     tokio::runtime::Runtime::new()
         .map_err(operator::Error::Runtime)?
-        .block_on(operator::run::run(config))
+        .block_on(operator::process::run(config))
 }

@@ -14,7 +14,9 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::client::Body;
 use kube_fake_client::ClientBuilder;
-use operator::leader::{Election, LeaseConfig, LeaseTiming, leadership_acquired, while_leading};
+use operator::process::leader::{
+    Election, LeaseConfig, LeaseTiming, leadership_acquired, while_leading,
+};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 

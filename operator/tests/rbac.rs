@@ -1,5 +1,5 @@
 //! The install in `deploy/operator` (built with `kubectl kustomize`, as `kubectl apply -k` builds it)
-//! grants the operator's ServiceAccount exactly what `operator::rbac::MANAGED_RESOURCES` lists: no
+//! grants the operator's ServiceAccount exactly what `operator::manifests::rbac::MANAGED_RESOURCES` lists: no
 //! wildcard, no verb missing, none extra. The Deployment runs that ServiceAccount, the image of this
 //! version and its probes on the admin port. `kubectl` is required: a missing one fails the test.
 //! The RBAC file in `deploy/operator` is what `operator rbac` prints.
@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
-use operator::crd::DEFAULT_IMAGE;
-use operator::rbac::{MANAGED_RESOURCES, ManagedResource, rbac_yaml};
+use operator::manifests::rbac::{MANAGED_RESOURCES, ManagedResource, rbac_yaml};
+use operator::spec::crd::DEFAULT_IMAGE;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -17,14 +17,14 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
-use operator::apply::FIELD_MANAGER;
 use operator::build::ServiceMonitor;
-use operator::controller::{
+use operator::names::FIELD_MANAGER;
+use operator::reconcile::status::{DEGRADED, PROGRESSING, READY};
+use operator::reconcile::{
     BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, reconcile,
 };
-use operator::crd::SandboxService;
-use operator::metrics::Metrics;
-use operator::status::{DEGRADED, PROGRESSING, READY};
+use operator::spec::SandboxService;
+use operator::telemetry::metrics::Metrics;
 
 const NAMESPACE: &str = "sandbox";
 const NAME: &str = "demo";
@@ -636,7 +636,7 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
     let mut writer = Writer::<SandboxService>::default();
     let cache = writer.as_reader();
     writer.apply_watcher_event(&watcher::Event::Apply((*cr).clone()));
-    ctx.memory.forget_missing(&cache);
+    ctx.history.forget_missing(&cache);
     assert_eq!(
         error_policy(cr.clone(), &error, ctx.clone()),
         Action::requeue(BASE_BACKOFF * 2),
@@ -644,7 +644,7 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
     );
 
     writer.apply_watcher_event(&watcher::Event::Delete((*cr).clone()));
-    ctx.memory.forget_missing(&cache);
+    ctx.history.forget_missing(&cache);
     assert_eq!(
         error_policy(cr, &error, ctx),
         Action::requeue(BASE_BACKOFF),
@@ -661,7 +661,7 @@ async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
     // over: the status the next reconcile compares with is the one written.
     let written = harness.crs().get(NAME).await.unwrap().status;
     assert!(written.is_some());
-    assert_eq!(harness.ctx.memory.known_status(&cr), written);
+    assert_eq!(harness.ctx.history.known_status(&cr), written);
     let error = operator::Error::MissingObjectKey("metadata.uid");
     assert_eq!(
         error_policy(cr.clone(), &error, harness.ctx.clone()),
@@ -670,7 +670,7 @@ async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
 
     // Foreground deletion: the CR stays, with a deletionTimestamp, while its children go.
     let mut deleting = (*cr).clone();
-    deleting.metadata.deletion_timestamp = Some(operator::status::now());
+    deleting.metadata.deletion_timestamp = Some(operator::reconcile::status::now());
     deleting.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
     let (result, calls) = harness.reconcile_cached(&Arc::new(deleting)).await;
 
@@ -681,7 +681,7 @@ async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
         "nothing re-applied behind the garbage collector"
     );
     assert_eq!(
-        harness.ctx.memory.known_status(&cr),
+        harness.ctx.history.known_status(&cr),
         None,
         "the written status is no longer kept"
     );
@@ -693,10 +693,10 @@ async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
 
 #[test]
 fn backoff_is_bounded() {
-    assert_eq!(operator::controller::backoff(1), Duration::from_secs(5));
+    assert_eq!(operator::reconcile::backoff(1), Duration::from_secs(5));
     assert_eq!(
-        operator::controller::backoff(100),
-        operator::controller::MAX_BACKOFF
+        operator::reconcile::backoff(100),
+        operator::reconcile::MAX_BACKOFF
     );
 }
 

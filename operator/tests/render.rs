@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use operator::build::{self, Children};
-use operator::crd;
-use operator::render;
-use operator::validate::{is_prometheus_duration, validate};
+use operator::manifests::render;
+use operator::spec::schema;
+use operator::spec::validate::{is_prometheus_duration, validate};
 use serde_json::Value;
 
 #[path = "support/refused_crs.rs"]
@@ -106,7 +106,7 @@ fn committed_crd_is_the_generated_one() {
         .unwrap();
     assert!(output.status.success());
     let generated = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(generated, crd::crd_yaml());
+    assert_eq!(generated, schema::crd_yaml());
     let committed = std::fs::read_to_string(manifest_dir().join("../crds/sandboxservice.yaml"))
         .expect("crds/sandboxservice.yaml exists");
     assert!(
@@ -119,7 +119,7 @@ fn committed_crd_is_the_generated_one() {
 fn crd_and_children_pass_kubernetes_validate_strict() {
     let dir = scratch_dir("kubernetes-validate");
     let crd_file = dir.join("crd.yaml");
-    std::fs::write(&crd_file, crd::crd_yaml()).unwrap();
+    std::fs::write(&crd_file, schema::crd_yaml()).unwrap();
     let mut files = vec![crd_file];
     let mut expected =
         vec!["customresourcedefinition/sandboxservices.sandbox.perf.dev".to_string()];
@@ -206,7 +206,7 @@ fn service_monitor_matches_the_prometheus_operator_crd() {
 
 #[test]
 fn interval_rule_is_the_crd_pattern_and_fits_the_service_monitor() {
-    let ours = openapi_schema_of_crd(&serde_json::to_value(crd::crd()).unwrap());
+    let ours = openapi_schema_of_crd(&serde_json::to_value(schema::crd()).unwrap());
     let interval_schema =
         ours["properties"]["spec"]["properties"]["monitoring"]["properties"]["interval"].clone();
     let ours = validator(&interval_schema);
@@ -256,7 +256,7 @@ fn interval_rule_is_the_crd_pattern_and_fits_the_service_monitor() {
 
 #[test]
 fn crd_schema_and_operator_agree_on_valid_and_invalid_crs() {
-    let crd = serde_json::to_value(crd::crd()).unwrap();
+    let crd = serde_json::to_value(schema::crd()).unwrap();
     let schema = validator(&openapi_schema_of_crd(&crd));
 
     for fixture in ["minimal.yaml", "full.yaml"] {

@@ -14,9 +14,10 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{CONTAINER_PORT, HTTP_PORT_NAME, connections, labels, metadata, selector_labels};
-use crate::crd::SandboxServiceSpec;
-use crate::validate::Validated;
+use super::{CONTAINER_PORT, HTTP_PORT_NAME, connections, metadata};
+use crate::names::{labels, selector_labels};
+use crate::spec::Validated;
+use crate::spec::crd::SandboxServiceSpec;
 use workload::contract;
 
 /// Name of the workload container.
@@ -210,7 +211,7 @@ fn runtime_default_seccomp() -> SeccompProfile {
 mod tests {
     use super::*;
     use crate::build::test_support::valid;
-    use crate::crd::DEFAULT_IMAGE;
+    use crate::spec::crd::DEFAULT_IMAGE;
 
     fn container(deployment: &Deployment) -> &Container {
         &deployment

@@ -5,10 +5,10 @@ use k8s_openapi::api::autoscaling::v2::{
     HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
     MetricTarget, PodsMetricSource,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::metadata;
-use crate::validate::Validated;
+use crate::spec::Validated;
+use crate::spec::quantity::ratio_quantity;
 
 /// Per-pod metric the workload exports on `/metrics` (via a metrics adapter to the HPA).
 pub use workload::contract::QUEUE_RATIO_METRIC;
@@ -61,24 +61,11 @@ pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
     }
 }
 
-/// The ratio as a canonical Kubernetes quantity in milli-units (`1`, `500m`, `1250m`), the form
-/// the API server stores, so the applied value reads back unchanged.
-///
-/// Validation admits any ratio in [0.001, readiness factor); one that would round up to the
-/// factor is kept 0.001 below it, so the target stays below the readiness limit.
-pub fn ratio_quantity(ratio: f64, readiness_factor: i64) -> Quantity {
-    let milli = ((ratio * 1000.0).round() as i64).clamp(1, readiness_factor * 1000 - 1);
-    if milli % 1000 == 0 {
-        Quantity((milli / 1000).to_string())
-    } else {
-        Quantity(format!("{milli}m"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::build::test_support::valid;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     #[test]
     fn defaults() {
@@ -130,19 +117,5 @@ mod tests {
         .unwrap();
         let target = spec.metrics.unwrap()[0].pods.clone().unwrap().target;
         assert_eq!(target.average_value, Some(Quantity("2999m".into())));
-    }
-
-    #[test]
-    fn ratio_quantities_are_canonical_milli_units() {
-        for (ratio, text) in [
-            (1.0, "1"),
-            (0.5, "500m"),
-            (1.25, "1250m"),
-            (0.001, "1m"),
-            (1.9999, "1999m"),
-            (0.1 + 0.2, "300m"),
-        ] {
-            assert_eq!(ratio_quantity(ratio, 2).0, text, "{ratio}");
-        }
     }
 }

@@ -5,18 +5,16 @@
 pub mod connections;
 pub mod deployment;
 pub mod hpa;
-pub mod quantity;
 pub mod service;
 pub mod service_monitor;
-
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::validate::{Owner, Validated};
+use crate::names::labels;
+use crate::spec::{Owner, Validated};
 pub use service_monitor::ServiceMonitor;
 
 /// Name of the container port (and the Service port) serving HTTP.
@@ -24,12 +22,6 @@ pub const HTTP_PORT_NAME: &str = "http";
 
 /// Port the workload listens on (its `PORT` env, set to this).
 pub const CONTAINER_PORT: i32 = workload::contract::PORT.default as i32;
-
-/// `app.kubernetes.io/managed-by` value on every child; the controller watches children by it.
-pub const MANAGED_BY: &str = "sandbox-operator";
-
-/// Label selector matching every child this operator manages.
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=sandbox-operator";
 
 /// Everything one `SandboxService` consists of, in apply order.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,38 +68,6 @@ impl Children {
     }
 }
 
-/// Labels that identify the pods of one `SandboxService`; they never change, because a
-/// Deployment's selector is immutable.
-pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "workload".to_string()),
-        ("app.kubernetes.io/instance".to_string(), name.to_string()),
-    ])
-}
-
-/// The recommended `app.kubernetes.io/*` labels of every child and pod.
-pub fn labels(name: &str) -> BTreeMap<String, String> {
-    let mut labels = selector_labels(name);
-    labels.insert(
-        "app.kubernetes.io/part-of".to_string(),
-        "performance-sandbox".to_string(),
-    );
-    labels.insert(
-        "app.kubernetes.io/managed-by".to_string(),
-        MANAGED_BY.to_string(),
-    );
-    labels
-}
-
-/// The selector labels in `kubectl get -l` syntax, as published in the CR status.
-pub fn selector_string(name: &str) -> String {
-    selector_labels(name)
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Metadata shared by all children: same name and namespace as the CR, labels, owner reference.
 fn metadata(owner: &Owner) -> ObjectMeta {
     ObjectMeta {
@@ -122,8 +82,7 @@ fn metadata(owner: &Owner) -> ObjectMeta {
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Inline-YAML CRs for the builder tests.
-    use crate::crd::SandboxService;
-    use crate::validate::{Validated, validate};
+    use crate::spec::{SandboxService, Validated, validate};
 
     /// Validate a CR named `demo` in namespace `apps` (uid `uid-1`) with the given spec YAML.
     pub fn valid(spec_yaml: &str) -> Validated {
@@ -148,6 +107,7 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::valid;
     use super::*;
+    use crate::names::MANAGED_BY_SELECTOR;
 
     #[test]
     fn every_child_shares_name_namespace_labels_and_owner() {
@@ -182,13 +142,5 @@ mod tests {
         let yaml = children.to_yaml().unwrap();
         assert_eq!(yaml.matches("---\n").count(), 3);
         assert!(!yaml.contains("ServiceMonitor"));
-    }
-
-    #[test]
-    fn selector_string_matches_the_selector_labels() {
-        assert_eq!(
-            selector_string(&valid("").owner.name),
-            "app.kubernetes.io/instance=demo,app.kubernetes.io/name=workload"
-        );
     }
 }

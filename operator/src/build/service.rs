@@ -3,8 +3,9 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{HTTP_PORT_NAME, metadata, selector_labels};
-use crate::validate::Validated;
+use super::{HTTP_PORT_NAME, metadata};
+use crate::names::selector_labels;
+use crate::spec::Validated;
 
 /// Build the Service: `spec.service.port` forwarded to the pods' named `http` port.
 pub fn build(valid: &Validated) -> Service {
@@ -61,9 +62,10 @@ mod tests {
 
     #[test]
     fn unknown_service_type_is_rejected_when_parsing() {
-        let err =
-            serde_yaml::from_str::<crate::crd::SandboxServiceSpec>("service: {type: ExternalName}")
-                .unwrap_err();
+        let err = serde_yaml::from_str::<crate::spec::crd::SandboxServiceSpec>(
+            "service: {type: ExternalName}",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("ExternalName"), "{err}");
     }
 }

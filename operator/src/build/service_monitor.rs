@@ -10,8 +10,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
-use super::{HTTP_PORT_NAME, metadata, selector_labels};
-use crate::validate::Validated;
+use super::{HTTP_PORT_NAME, metadata};
+use crate::names::selector_labels;
+use crate::spec::Validated;
 
 /// The subset of the ServiceMonitor spec this operator writes.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::Api;
-use operator::apply::FIELD_MANAGER;
+use operator::names::FIELD_MANAGER;
 use serde_json::Value;
 
 use super::*;
@@ -122,7 +122,7 @@ fn process_metric(address: SocketAddr, name: &str) -> Option<f64> {
 
 /// A Kubernetes quantity as a number (`2`, `1500m`).
 fn quantity(text: &str) -> f64 {
-    operator::build::quantity::value(text).unwrap_or_else(|| panic!("not a quantity: {text}"))
+    operator::spec::quantity::value(text).unwrap_or_else(|| panic!("not a quantity: {text}"))
 }
 
 /// The seed's load: `autocannon -t 60 -c CONNECTIONS -d SECONDS --json`.

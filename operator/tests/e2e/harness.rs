@@ -161,7 +161,7 @@ pub fn install() -> String {
 /// The admin client of the test, through the operator crate's one way of connecting.
 pub async fn admin_client() -> Client {
     cluster();
-    operator::client::connect()
+    operator::process::client::connect()
         .await
         .expect("a client from KUBECONFIG")
 }

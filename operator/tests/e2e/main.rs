@@ -34,8 +34,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, ValidationDirective};
 use kube::{Client, Resource, ResourceExt};
 use operator::build::ServiceMonitor;
-use operator::crd::SandboxService;
-use operator::rbac::SERVICE_MONITOR_CRD;
+use operator::names::SERVICE_MONITOR_CRD;
+use operator::spec::SandboxService;
 use serde_json::{Value, json};
 
 const SERVICE_MONITOR_CRD_FILE: &str =
@@ -159,7 +159,7 @@ async fn install_applies_server_side_and_the_operator_pod_passes_restricted() {
     .await;
 }
 
-/// The client of every test comes from `operator::client::connect`; no test picks a rustls
+/// The client of every test comes from `operator::process::client::connect`; no test picks a rustls
 /// crypto provider itself, although this test build links both ring and aws-lc-rs.
 #[tokio::test]
 #[ignore = "needs a cluster"]
@@ -203,7 +203,7 @@ async fn the_api_server_and_render_refuse_the_same_crs_naming_the_same_field() {
             "{refused}\nshould name {}",
             case.field
         );
-        let rendered = operator::render::render("case.yaml", &case.yaml())
+        let rendered = operator::manifests::render::render("case.yaml", &case.yaml())
             .expect_err("render accepts what the API server refuses")
             .to_string();
         assert!(
@@ -221,7 +221,7 @@ async fn the_api_server_and_render_refuse_the_same_crs_naming_the_same_field() {
     ] {
         let text =
             std::fs::read_to_string(format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        operator::render::render(file, &text)
+        operator::manifests::render::render(file, &text)
             .unwrap_or_else(|e| panic!("render refuses {file}: {e}"));
         let mut object: Value = serde_yaml::from_str(&text).unwrap();
         object["metadata"]["namespace"] = json!(ns);
@@ -619,9 +619,11 @@ async fn recreated_crs_and_existing_deployments_end_ready_or_degraded_without_40
 
     // A Deployment made before the CR from `operator render` (a by-hand install): adopted.
     let adopted = sandbox("adopted", json!({}));
-    let rendered =
-        operator::render::render("adopted.yaml", &serde_yaml::to_string(&adopted).unwrap())
-            .unwrap();
+    let rendered = operator::manifests::render::render(
+        "adopted.yaml",
+        &serde_yaml::to_string(&adopted).unwrap(),
+    )
+    .unwrap();
     let by_hand = rendered
         .split("---\n")
         .find(|doc| doc.contains("kind: Deployment"))
@@ -753,7 +755,7 @@ async fn a_stopped_leader_is_replaced_and_writes_nothing_once_resumed() {
     })
     .await;
     let takeover = stopped.elapsed();
-    let limit = Duration::from_secs(operator::leader::LEASE_DURATION_SECONDS + 5);
+    let limit = Duration::from_secs(operator::process::leader::LEASE_DURATION_SECONDS + 5);
     assert!(
         takeover <= limit,
         "took over after {takeover:?}, more than {limit:?}"

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
-use operator::crd::SandboxService;
+use operator::spec::SandboxService;
 
 mod relief;
 

@@ -5,7 +5,7 @@
 //! `LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS`, i.e. before any other replica may consider
 //! the Lease expired, even allowing for `LEASE_GRACE_SECONDS` of clock skew. A renewal counts
 //! only when the API server's answer shows this replica as the holder, and from no later than
-//! it was sent (see [`renewals`]).
+//! it was sent (see `renewals`).
 
 mod renewals;
 
@@ -20,8 +20,8 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, warn};
 
 use self::renewals::{Renewal, recording_renewals};
-use crate::apply::FIELD_MANAGER;
 use crate::error::{Error, Result};
+use crate::names::FIELD_MANAGER;
 
 /// Seconds a leader's lock stays valid without renewal; a crashed leader is replaced after this.
 pub const LEASE_DURATION_SECONDS: u64 = 15;

@@ -1,8 +1,8 @@
 //! Which changes of a child trigger a reconcile of its SandboxService.
 //!
 //! kube-runtime's `owns` reconciles on every write to a child, status writes included: the HPA
-//! writes its status at every sync under changing load, and each such write cost a reconcile
-//! with four no-op applies (24 in an 88 s autoscaling run). Here a child triggers a reconcile
+//! writes its status at every sync under changing load, and each such write would cost a
+//! reconcile (docs/measurements.md has the count). Here a child triggers a reconcile
 //! only when it is deleted or when what the operator cares about changed: its generation (a
 //! spec edit; any write for a kind without one, the Service), its labels and owner references,
 //! and for the Deployment the status fields the SandboxService's status is made of.
@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Resource;
 use kube::runtime::watcher;
 
-use crate::applied::Fingerprint;
+use crate::reconcile::last_applied::Fingerprint;
 
 /// The child's watch events reduced to the objects that may need a reconcile: every deletion,
 /// and an applied object whose `significant` hash differs from the last one seen for its uid.

@@ -2,7 +2,7 @@
 //! field manager [`FIELD_MANAGER`], and removal of a ServiceMonitor the spec no longer wants.
 //!
 //! At most one SSA patch per child and nothing else: none for a child that is as last applied
-//! (see [`crate::applied`]), and no GET before a patch, because the patch response already
+//! (see [`crate::reconcile::last_applied`]), and no GET before a patch, because the patch response already
 //! carries the object (and the Deployment's status for the CR's status).
 //! Only a child the API server refuses the patch for (422) costs more: a merge patch of its
 //! spec, the apply again, and the removal of the merge patch's managedFields entry.
@@ -15,12 +15,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
-use crate::applied::{CachedChild, Fingerprint, LastApplied};
 use crate::build::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_not_found};
-
-/// The single field manager of every write this operator makes.
-pub const FIELD_MANAGER: &str = "sandbox-operator";
+use crate::names::FIELD_MANAGER;
+use crate::reconcile::last_applied::{CachedChild, Fingerprint, LastApplied};
 
 /// What happened to the ServiceMonitor in this reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +35,7 @@ pub enum MonitoringOutcome {
 
 /// The result of applying all children.
 #[derive(Debug, Clone)]
-pub struct Applied {
+pub struct ApplyOutcome {
     /// The Deployment as the API server returned it, status included.
     pub deployment: Deployment,
     /// The ServiceMonitor's fate.
@@ -53,7 +51,7 @@ pub async fn apply_children(
     children: &Children,
     owner_uid: &str,
     last: &LastApplied,
-) -> Result<Applied> {
+) -> Result<ApplyOutcome> {
     let cached = last
         .unchanged(namespace, &children.deployment)
         .then(|| last.cached_deployment(namespace, &children.deployment.name_any()))
@@ -80,7 +78,7 @@ pub async fn apply_children(
             delete_owned_service_monitor(client, namespace, &name, owner_uid).await?
         }
     };
-    Ok(Applied {
+    Ok(ApplyOutcome {
         deployment,
         monitoring,
     })

@@ -1,25 +1,23 @@
 //! The `SandboxService` custom resource (`sandbox.perf.dev/v1alpha1`).
 //!
-//! The Rust types are the single source of the CRD: `operator crd` prints [`SandboxService::crd`],
-//! and `crds/sandboxservice.yaml` is that output, checked by a test. The OpenAPI bounds here (and
-//! the `metadata.name` pattern added by [`crd`]) are mirrored, rule for rule, by
-//! [`crate::validate`]; the CEL rules, added by [`crd`], and their Rust checks are both generated
-//! from [`crate::rules::SPEC_RULES`]. So a CR that slips past the schema (an old CRD,
+//! The Rust types are the single source of the CRD: `operator crd` prints them with the rules
+//! [`super::schema`] adds, and `crds/sandboxservice.yaml` is that output, checked by a test. The
+//! OpenAPI bounds here (and the `metadata.name` pattern of the schema) are mirrored, rule for
+//! rule, by [`validate`](mod@super::validate); the CEL rules and their Rust checks are both
+//! generated from [`super::rules::SPEC_RULES`]. So a CR that slips past the schema (an old CRD,
 //! `--validate=false`, a file given to `operator render`) is still rejected.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
-};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, CustomResourceExt};
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use workload::contract;
 
-use crate::rules::{MIN_TARGET_QUEUE_RATIO, SPEC_RULES, SpecRule};
+/// Smallest `targetQueueRatio`; the HPA target is expressed in milli-units.
+pub const MIN_TARGET_QUEUE_RATIO: f64 = 0.001;
 
 /// Image used when `spec.image` is not set: the workload released together with this operator.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -424,49 +422,6 @@ fn default_interval() -> String {
     "5s".to_string()
 }
 
-/// The CRD: the derived schema plus the cross-field rules of [`SPEC_RULES`] on `spec` and a
-/// `metadata.name` restriction.
-///
-/// The name names the Service, so it must be a DNS-1035 label. A CRD may constrain
-/// `metadata.name` in its OpenAPI schema, which costs nothing at admission, whereas a CEL regex
-/// on the name is rejected by the CRD cost estimator on current Kubernetes versions (it assumes
-/// an unbounded string).
-pub fn crd() -> CustomResourceDefinition {
-    let mut crd = SandboxService::crd();
-    let name = JSONSchemaProps {
-        type_: Some("string".to_string()),
-        max_length: Some(63),
-        pattern: Some(DNS1035_LABEL_PATTERN.to_string()),
-        ..Default::default()
-    };
-    let metadata = JSONSchemaProps {
-        type_: Some("object".to_string()),
-        properties: Some(BTreeMap::from([("name".to_string(), name)])),
-        ..Default::default()
-    };
-    for version in &mut crd.spec.versions {
-        if let Some(root) = version
-            .schema
-            .as_mut()
-            .and_then(|schema| schema.open_api_v3_schema.as_mut())
-        {
-            let properties = root.properties.get_or_insert_default();
-            properties.insert("metadata".to_string(), metadata.clone());
-            if let Some(spec) = properties.get_mut("spec") {
-                spec.x_kubernetes_validations =
-                    Some(SPEC_RULES.iter().map(SpecRule::cel).collect());
-            }
-        }
-    }
-    crd
-}
-
-/// The CRD as YAML, exactly what `operator crd` prints and `crds/sandboxservice.yaml` holds.
-pub fn crd_yaml() -> String {
-    // Serializing a CRD built from our own types cannot fail; a failure is a programming error.
-    serde_yaml::to_string(&crd()).expect("the CRD serializes to YAML")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,24 +454,5 @@ mod tests {
         let spec: SandboxServiceSpec =
             serde_yaml::from_str("concurrency: 3000000000\nautoscaling: {maxReplica: 3}").unwrap();
         assert_eq!(spec.concurrency, 3_000_000_000);
-    }
-
-    #[test]
-    fn crd_carries_names_columns_and_cel_rules() {
-        let crd = crd_yaml();
-        for needle in [
-            "name: sandboxservices.sandbox.perf.dev",
-            "- sbx",
-            "self.autoscaling.maxReplicas >= self.autoscaling.minReplicas",
-            "self.autoscaling.targetQueueRatio < double(self.readinessQueueFactor)",
-            "self.breakerQueueFactor >= self.readinessQueueFactor",
-            "pattern: ^[a-z]([-a-z0-9]*[a-z0-9])?$",
-            "maxLength: 63",
-            "jsonPath: .status.readyReplicas",
-            "jsonPath: .spec.autoscaling.targetQueueRatio",
-            "status: {}",
-        ] {
-            assert!(crd.contains(needle), "CRD lacks {needle:?}:\n{crd}");
-        }
     }
 }

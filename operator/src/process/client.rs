@@ -3,8 +3,8 @@
 use kube::client::ClientBuilder;
 use kube::{Client, Config};
 
-use crate::api_calls::ApiRequests;
 use crate::error::{Error, Result};
+use crate::telemetry::api_calls::ApiRequests;
 
 /// A client from the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the in-cluster service
 /// account, after choosing rustls' crypto provider.
@@ -17,7 +17,7 @@ pub async fn connect() -> Result<Client> {
     client(None).await
 }
 
-/// [`connect`], with every request counted into `requests` (see [`crate::api_calls`]). `operator
+/// [`connect`], with every request counted into `requests` (see [`crate::telemetry::api_calls`]). `operator
 /// run` makes its one client this way, shared by the controller and the leader election.
 pub async fn connect_counted(requests: &ApiRequests) -> Result<Client> {
     client(Some(requests)).await

@@ -1,14 +1,14 @@
-//! What the operator remembers about each `SandboxService` between reconciles: its consecutive
+//! What the operator keeps about each `SandboxService` between reconciles: its consecutive
 //! failures (for the backoff) and the last status it wrote.
 //!
 //! The status is remembered because the Controller hands `reconcile` the CR from its watch
 //! cache, which may not have seen the operator's own previous status patch yet. Comparing with
 //! that stale copy would write the same status again, repeat its Events and move
-//! `lastTransitionTime`; [`Memory::known_status`] gives the newer of the two instead.
+//! `lastTransitionTime`; [`CrHistory::known_status`] gives the newer of the two instead.
 //!
 //! Entries are keyed by namespace/name and carry the CR's uid, so a CR deleted and created
 //! again under the same name starts afresh. They are forgotten when the CR is being deleted
-//! ([`Memory::forget`]) or has left the cache ([`Memory::forget_missing`]).
+//! ([`CrHistory::forget`]) or has left the cache ([`CrHistory::forget_missing`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -16,11 +16,11 @@ use std::sync::{Mutex, MutexGuard};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::crd::{SandboxService, SandboxServiceStatus};
+use crate::spec::{SandboxService, SandboxServiceStatus};
 
-/// Per-CR memory of the operator; see the module documentation.
+/// Per-CR failures and last written status; see the module documentation.
 #[derive(Debug, Default)]
-pub struct Memory {
+pub struct CrHistory {
     entries: Mutex<HashMap<ObjectRef<SandboxService>, Entry>>,
 }
 
@@ -31,7 +31,7 @@ struct Entry {
     written: Option<SandboxServiceStatus>,
 }
 
-impl Memory {
+impl CrHistory {
     /// Record one more failure of `cr`; returns how many in a row.
     pub fn record_failure(&self, cr: &SandboxService) -> u32 {
         let mut entries = self.lock();
@@ -138,57 +138,60 @@ mod tests {
 
     #[test]
     fn the_last_written_status_wins_over_a_stale_cache() {
-        let memory = Memory::default();
+        let history = CrHistory::default();
         let stale = cr("u1", None);
-        assert_eq!(memory.known_status(&stale), None);
-        memory.remember_written(&stale, &written(2, 1));
-        assert_eq!(memory.known_status(&stale), Some(written(2, 1)));
+        assert_eq!(history.known_status(&stale), None);
+        history.remember_written(&stale, &written(2, 1));
+        assert_eq!(history.known_status(&stale), Some(written(2, 1)));
         // The cache caught up with an older generation only: still the written one.
-        assert_eq!(memory.known_status(&cr("u1", Some(1))), Some(written(2, 1)));
+        assert_eq!(
+            history.known_status(&cr("u1", Some(1))),
+            Some(written(2, 1))
+        );
         // Someone wrote a later generation: the cache wins.
         let later = cr("u1", Some(3));
-        assert_eq!(memory.known_status(&later), later.status);
+        assert_eq!(history.known_status(&later), later.status);
         // A new CR under the same name knows nothing of the old one's status.
-        assert_eq!(memory.known_status(&cr("u2", None)), None);
+        assert_eq!(history.known_status(&cr("u2", None)), None);
     }
 
     #[test]
     fn failures_count_per_uid_and_reset() {
-        let memory = Memory::default();
+        let history = CrHistory::default();
         let first = cr("u1", None);
-        assert_eq!(memory.record_failure(&first), 1);
-        assert_eq!(memory.record_failure(&first), 2);
-        memory.reset_failures(&first);
-        assert_eq!(memory.record_failure(&first), 1);
-        assert_eq!(memory.record_failure(&cr("u2", None)), 1, "recreated CR");
+        assert_eq!(history.record_failure(&first), 1);
+        assert_eq!(history.record_failure(&first), 2);
+        history.reset_failures(&first);
+        assert_eq!(history.record_failure(&first), 1);
+        assert_eq!(history.record_failure(&cr("u2", None)), 1, "recreated CR");
     }
 
     #[test]
     fn deleted_crs_are_forgotten() {
         // Forgotten: the failure count starts over and the written status is no longer
         // preferred over the cache's.
-        let memory = Memory::default();
+        let history = CrHistory::default();
         let cr = cr("u1", None);
-        memory.record_failure(&cr);
-        memory.remember_written(&cr, &written(2, 1));
-        memory.forget(&cr);
-        assert_eq!(memory.known_status(&cr), None);
-        assert_eq!(memory.record_failure(&cr), 1);
+        history.record_failure(&cr);
+        history.remember_written(&cr, &written(2, 1));
+        history.forget(&cr);
+        assert_eq!(history.known_status(&cr), None);
+        assert_eq!(history.record_failure(&cr), 1);
 
         let mut writer = Writer::<SandboxService>::default();
         let cache = writer.as_reader();
         writer.apply_watcher_event(&watcher::Event::Apply(cr.clone()));
-        memory.remember_written(&cr, &written(2, 1));
-        memory.forget_missing(&cache);
+        history.remember_written(&cr, &written(2, 1));
+        history.forget_missing(&cache);
         assert_eq!(
-            memory.known_status(&cr),
+            history.known_status(&cr),
             Some(written(2, 1)),
             "still in the cache"
         );
-        assert_eq!(memory.record_failure(&cr), 2, "still in the cache");
+        assert_eq!(history.record_failure(&cr), 2, "still in the cache");
         writer.apply_watcher_event(&watcher::Event::Delete(cr.clone()));
-        memory.forget_missing(&cache);
-        assert_eq!(memory.known_status(&cr), None);
-        assert_eq!(memory.record_failure(&cr), 1);
+        history.forget_missing(&cache);
+        assert_eq!(history.known_status(&cr), None);
+        assert_eq!(history.record_failure(&cr), 1);
     }
 }

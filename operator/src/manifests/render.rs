@@ -6,9 +6,9 @@ use std::io::Read;
 use kube::Resource;
 
 use crate::build;
-use crate::crd::SandboxService;
 use crate::error::{Error, Result};
-use crate::validate::validate;
+use crate::spec::SandboxService;
+use crate::spec::validate;
 
 /// Read `path` (`-` for stdin) and render its children.
 pub fn render_path(path: &str) -> Result<String> {

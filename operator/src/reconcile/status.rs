@@ -1,7 +1,11 @@
 //! Pipeline step 4, **update status**: what the CR's status should say after validate/apply,
 //! which Events the change deserves, and the one status write when (and only when) it changed.
 //!
-//! [`desired`] and [`notices`] are pure; [`patch`] is the only call that needs a client.
+//! [`update`] is the step. It takes the newest known status from [`CrHistory`], asks the pure
+//! [`change`] (built from [`desired`] and [`notices`]) what to write and tell, writes with
+//! [`patch`] and remembers what it wrote.
+//!
+//! [`CrHistory`]: crate::reconcile::cr_history::CrHistory
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -9,11 +13,14 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::apply::{Applied, FIELD_MANAGER, MonitoringOutcome};
-use crate::build::selector_string;
-use crate::crd::{SandboxService, SandboxServiceStatus};
+use tracing::debug;
+
+use super::Context;
+use super::apply::{ApplyOutcome, MonitoringOutcome};
+use super::events::{self, Notice};
 use crate::error::{Error, Result};
-use crate::validate::InvalidSpec;
+use crate::names::{FIELD_MANAGER, selector_string};
+use crate::spec::{InvalidSpec, SandboxService, SandboxServiceStatus};
 
 /// `type` of the condition that is true while at least one pod serves traffic.
 pub const READY: &str = "Ready";
@@ -28,21 +35,51 @@ pub enum Observation {
     /// Validation failed; nothing was applied.
     Invalid(InvalidSpec),
     /// The children were applied (boxed: it holds the whole Deployment).
-    Applied(Box<Applied>),
+    Applied(Box<ApplyOutcome>),
     /// The API server refused a child (e.g. an existing object of the same name whose immutable
     /// selector differs); the error, which names the child.
     ApplyFailed(String),
 }
 
-/// An Event to publish on the CR: a bounded reason and a human note.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// Normal or Warning.
-    pub type_: EventType,
-    /// PascalCase reason, bounded.
-    pub reason: &'static str,
-    /// Human-readable details.
-    pub note: String,
+/// Pipeline step 4: write the status only when it changed, and tell the user about
+/// transitions. "Changed" is judged against the newest known status, not only the cached CR:
+/// the cache may not have seen the last write yet.
+pub async fn update(cr: &SandboxService, ctx: &Context, observation: &Observation) -> Result<()> {
+    let known = ctx.history.known_status(cr);
+    let change = change(cr, known.as_ref(), observation, now());
+    match &change.write {
+        Some(status) => {
+            patch(&ctx.client, cr, status).await?;
+            ctx.history.remember_written(cr, status);
+        }
+        None => debug!(name = %cr.name_any(), "status unchanged"),
+    }
+    for notice in change.notices {
+        events::publish(&ctx.recorder, cr, notice).await;
+    }
+    Ok(())
+}
+
+/// What the status step decided: the status to write and the Events to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    /// The new status; `None` when it equals the newest known one.
+    pub write: Option<SandboxServiceStatus>,
+    /// Events for the transition, published after the write.
+    pub notices: Vec<Notice>,
+}
+
+/// From the newest `known` status and `observation`: what to write, and what to tell.
+pub fn change(
+    cr: &SandboxService,
+    known: Option<&SandboxServiceStatus>,
+    observation: &Observation,
+    now: Time,
+) -> StatusChange {
+    let desired = desired(cr, known, observation, now);
+    let notices = notices(known, &desired, observation);
+    let write = (known != Some(&desired)).then_some(desired);
+    StatusChange { write, notices }
 }
 
 /// The current time at the precision the API server stores (whole seconds), so a timestamp
@@ -199,7 +236,7 @@ struct Rollout {
 }
 
 impl Rollout {
-    fn of(applied: &Applied) -> Self {
+    fn of(applied: &ApplyOutcome) -> Self {
         let generation = applied.deployment.metadata.generation;
         let Some(status) = &applied.deployment.status else {
             return Self {
@@ -341,7 +378,7 @@ mod tests {
         let mut deployment = Deployment::default();
         deployment.metadata.generation = Some(2);
         deployment.status = status;
-        Observation::Applied(Box::new(Applied {
+        Observation::Applied(Box::new(ApplyOutcome {
             deployment,
             monitoring,
         }))
@@ -419,7 +456,13 @@ mod tests {
         cr.status = Some(first.clone());
         let second = desired(&cr, cr.status.as_ref(), &observation, now());
         assert_eq!(first, second, "transition times are kept");
-        assert!(notices(Some(&first), &second, &observation).is_empty());
+        assert_eq!(
+            change(&cr, cr.status.as_ref(), &observation, now()),
+            StatusChange {
+                write: None,
+                notices: vec![]
+            }
+        );
     }
 
     #[test]

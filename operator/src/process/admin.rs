@@ -18,7 +18,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// State shared by the admin routes.
 #[derive(Clone)]

@@ -1,5 +1,7 @@
-//! Kubernetes quantities read as numbers: memory limits (`128Mi`) and the HPA's metric values
-//! (`1500m`). The inverse for ratios is [`super::hpa::ratio_quantity`].
+//! Kubernetes quantities as numbers, both ways: [`value`] reads memory limits (`128Mi`) and the
+//! HPA's metric values (`1500m`); [`ratio_quantity`] writes the HPA's target ratio.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// The value of a quantity: a decimal number with an optional milli (`m`), binary (`Ki`…`Ei`),
 /// decimal (`k`…`E`) or exponent (`e6`) suffix. `None` for anything else or a negative value.
@@ -30,6 +32,20 @@ pub fn value(text: &str) -> Option<f64> {
     (value.is_finite() && value >= 0.0).then_some(value)
 }
 
+/// The ratio as a canonical Kubernetes quantity in milli-units (`1`, `500m`, `1250m`), the form
+/// the API server stores, so the applied value reads back unchanged.
+///
+/// Validation admits any ratio in [0.001, readiness factor); one that would round up to the
+/// factor is kept 0.001 below it, so the target stays below the readiness limit.
+pub fn ratio_quantity(ratio: f64, readiness_factor: i64) -> Quantity {
+    let milli = ((ratio * 1000.0).round() as i64).clamp(1, readiness_factor * 1000 - 1);
+    if milli % 1000 == 0 {
+        Quantity((milli / 1000).to_string())
+    } else {
+        Quantity(format!("{milli}m"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +65,20 @@ mod tests {
             ("Mi", None),
         ] {
             assert_eq!(value(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn ratio_quantities_are_canonical_milli_units() {
+        for (ratio, text) in [
+            (1.0, "1"),
+            (0.5, "500m"),
+            (1.25, "1250m"),
+            (0.001, "1m"),
+            (1.9999, "1999m"),
+            (0.1 + 0.2, "300m"),
+        ] {
+            assert_eq!(ratio_quantity(ratio, 2).0, text, "{ratio}");
         }
     }
 }

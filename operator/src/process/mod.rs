@@ -1,5 +1,15 @@
-//! `operator run`: the long-running process. Admin server first (so probes answer), then leader
-//! election; the leader runs the controller until SIGTERM/SIGINT or until it loses the Lease.
+//! `operator run`: the long-running process around the reconcile pipeline. [`run`] starts the
+//! admin server first (so probes answer), then leader election ([`leader`]); the leader runs the
+//! [`controller`] until SIGTERM/SIGINT or until it loses the Lease.
+//!
+//! Every Kubernetes client, the binary's and the tests', comes from [`client::connect`], whose
+//! requests [`crate::telemetry`] counts and times; [`admin`] serves those metrics.
+
+pub mod admin;
+pub mod client;
+pub mod controller;
+pub mod discovery;
+pub mod leader;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +18,13 @@ use kube::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminState};
-use crate::api_calls::ApiRequests;
-use crate::controller::{self, Context};
+use self::admin::AdminState;
+use self::leader::{Election, LeaseConfig};
 use crate::error::{Error, Result};
-use crate::leader::{self, Election, LeaseConfig};
-use crate::metrics::Metrics;
+use crate::names::FIELD_MANAGER;
+use crate::reconcile::Context;
+use crate::telemetry::api_calls::ApiRequests;
+use crate::telemetry::metrics::Metrics;
 
 /// Settings of `operator run`, from its flags or environment variables (the doc comments below
 /// are the `--help` texts).
@@ -40,7 +51,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let metrics = Metrics::new();
     // One client, counted, for the controller and the leader election alike.
     let requests = ApiRequests::registered(&metrics.registry);
-    let client = crate::client::connect_counted(&requests).await?;
+    let client = client::connect_counted(&requests).await?;
     let admin_state = AdminState::new(metrics.clone());
 
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -60,7 +71,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         .identity
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| controller::CONTROLLER_NAME.to_string());
+        .unwrap_or_else(|| FIELD_MANAGER.to_string());
     let lease = LeaseConfig {
         name: config.lease_name.clone(),
         namespace: config
@@ -109,7 +120,8 @@ async fn lead(
     info!("acquired leadership; starting the controller");
     admin_state.set_ready(false); // until the controller's cache is synced
     let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
-    let controller = controller::run(ctx, admin_state.clone(), shutdown_requested(shutdown));
+    let controller =
+        controller::reconcile_all(ctx, admin_state.clone(), shutdown_requested(shutdown));
     // On loss of the Lease the controller is dropped, not shut down gracefully: a running
     // reconcile may hang (kube's client has no read timeout) or write after a standby took
     // over.

@@ -18,12 +18,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::build::quantity;
-use crate::crd::{
+use crate::spec::crd::{
     MAX_INT32, MAX_OPERATION_DURATION_MS, MAX_QUEUE_FACTOR, MAX_STABILIZATION_SECONDS,
     SandboxService, SandboxServiceSpec,
 };
-use crate::rules::SPEC_RULES;
+use crate::spec::quantity;
+use crate::spec::rules::SPEC_RULES;
 
 /// A spec rule a `SandboxService` breaks; `field` is the path of the offending field in the CR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,221 @@
+//! kube-runtime's `Controller` wired to [`crate::reconcile`]: the watches (the CRs and their
+//! children, by the `managed-by` label), the triggers, readiness, and a restart whenever the
+//! ServiceMonitor CRD comes or goes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use tracing::{debug, info, warn};
+
+use super::admin::AdminState;
+use super::discovery::{service_monitor_crd_changed, service_monitor_crd_installed};
+use crate::build::ServiceMonitor;
+use crate::names::MANAGED_BY_SELECTOR;
+use crate::reconcile::last_applied::{ChildCaches, Fingerprint};
+use crate::reconcile::{Context, backoff, error_policy, reconcile, triggers};
+use crate::spec::SandboxService;
+
+/// Run the controller until `shutdown` completes, then let running reconciles finish.
+///
+/// ServiceMonitors are watched only while their CRD is served, otherwise the watch would fail
+/// forever. The CRD itself is watched: when it is installed or removed, the controller is
+/// stopped gracefully and started again with or without the ServiceMonitor watch, which also
+/// reconciles every CR, so their ServiceMonitors are created at once. Everything runs inside
+/// this future: dropping it (lost leadership) stops it all.
+pub async fn reconcile_all(
+    ctx: Arc<Context>,
+    admin: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.shared();
+    loop {
+        let own_service_monitors = service_monitor_crd_installed(&ctx.client).await;
+        let (changed_tx, changed) = tokio::sync::oneshot::channel::<()>();
+        let crd_watch = async {
+            service_monitor_crd_changed(&ctx.client, own_service_monitors).await;
+            let _ = changed_tx.send(());
+            futures::future::pending::<()>().await;
+        };
+        let stop = {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    _ = changed => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = controller_until(ctx.clone(), own_service_monitors, admin.clone(), stop) => {}
+            () = crd_watch => {}
+        }
+        if shutdown.peek().is_some() {
+            break;
+        }
+        info!(
+            installed = !own_service_monitors,
+            "ServiceMonitor CRD changed; restarting the controller"
+        );
+    }
+    info!("controller stopped");
+}
+
+/// One run of kube-runtime's Controller until `stop`.
+///
+/// Every child kind is owned, so an edited or deleted child triggers a reconcile that repairs
+/// it; status writes do not (see [`triggers`]). Children are watched by the `managed-by` label
+/// only; ServiceMonitors metadata-only (their generation shows every edit), the others whole
+/// (the Deployment's status is the CR's; Services and HPAs have no generation, so an edit shows
+/// only in their spec).
+async fn controller_until(
+    ctx: Arc<Context>,
+    own_service_monitors: bool,
+    admin: AdminState,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (deployments, deployment_events) = cached_watch(Api::<Deployment>::all(client.clone()));
+    let (services, service_events) = cached_watch(Api::<Service>::all(client.clone()));
+    let (hpas, hpa_events) = cached_watch(Api::<HorizontalPodAutoscaler>::all(client.clone()));
+    let mut controller = Controller::new(
+        Api::<SandboxService>::all(client.clone()),
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(WATCH_PAGE_SIZE),
+    )
+    // A child's status changes come in bursts (a Deployment's replica counts move one after
+    // another as its pods start): one reconcile for the burst, not one per write.
+    .with_config(controller::Config::default().debounce(DEBOUNCE))
+    .owns_stream(triggers::significant_changes(
+        deployment_events,
+        triggers::deployment,
+    ))
+    .owns_stream(triggers::significant_changes(
+        service_events,
+        Fingerprint::fingerprint,
+    ))
+    .owns_stream(triggers::significant_changes(
+        hpa_events,
+        Fingerprint::fingerprint,
+    ));
+    let mut service_monitors = None;
+    if own_service_monitors {
+        let (store, events) = cached_watch(Api::<PartialObjectMeta<ServiceMonitor>>::all(
+            client.clone(),
+        ));
+        service_monitors = Some(store);
+        controller = controller.owns_stream(triggers::significant_changes(
+            events,
+            Fingerprint::fingerprint,
+        ));
+    }
+    ctx.last_applied.set_caches(Some(ChildCaches {
+        deployments,
+        services,
+        hpas,
+        service_monitors,
+    }));
+
+    // Ready once the controller has the CRs: at its first reconcile, or at once when there is
+    // none to reconcile. Not `store.wait_until_ready()` beside the controller: kube-runtime's
+    // store readiness wakes only the last of its waiters, so a second waiter can leave the
+    // controller's own runner asleep forever (seen on a real API server).
+    let cache = controller.store();
+    let controller = controller
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
+            // so memory stays bounded by the CRs that exist.
+            ctx.history.forget_missing(&cache);
+            ctx.last_applied.retain(|namespace, name| {
+                cache.get(&ObjectRef::new(name).within(namespace)).is_some()
+            });
+            let reconciled = matches!(
+                result,
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
+            );
+            if reconciled && !admin.is_ready() {
+                info!("SandboxService cache synced; controller ready");
+                admin.set_ready(true);
+            }
+            async move {
+                match result {
+                    Ok((object, _)) => debug!(name = %object.name, "reconciled"),
+                    // Already logged, counted and reported by `reconcile`/`error_policy`.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    // Watch failures (missing CRD, RBAC): the watcher retries with backoff.
+                    Err(error) => warn!(%error, "controller watch error"),
+                }
+            }
+        });
+    futures::join!(controller, ready_if_no_crs(&client, &admin));
+}
+
+/// How long a reconcile waits for more changes of the same CR before it runs.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Objects per page of a watch's initial list: the peak memory of a (re)list is one page of
+/// JSON and its decoded objects, not the whole list.
+const WATCH_PAGE_SIZE: u32 = 100;
+
+/// A watch of the children of kind `K` (by the `managed-by` label) that fills a cache as it is
+/// polled: the cache and the stream of its events.
+fn cached_watch<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let config = watcher::Config::default()
+        .labels(MANAGED_BY_SELECTOR)
+        .page_size(WATCH_PAGE_SIZE);
+    let events = watcher::watcher(api, config)
+        .default_backoff()
+        // Only the API server reads managedFields; in the cache they would be most of its memory.
+        .modify(|child| child.meta_mut().managed_fields = None)
+        .reflect(writer);
+    (store, events)
+}
+
+/// Mark the controller ready when there is no SandboxService at all, so no reconcile will.
+/// A failed list is retried with the reconcile backoff.
+async fn ready_if_no_crs(client: &Client, admin: &AdminState) {
+    let crs = Api::<SandboxService>::all(client.clone());
+    for attempt in 1.. {
+        match crs.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(list) => {
+                if list.items.is_empty() && !admin.is_ready() {
+                    info!("no SandboxService exists; controller ready");
+                    admin.set_ready(true);
+                }
+                return;
+            }
+            Err(error) => {
+                warn!(%error, attempt, "listing SandboxServices failed");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! What a user writes: the `SandboxService` resource, its rules and their checks.
+//!
+//! - [`crd`]: the Rust types, the single source of the CRD YAML in `crds/`;
+//! - [`schema`]: the CRD those types make, with the rules a derive cannot state;
+//! - [`rules`]: the rules between fields, stated once, made into both CEL and Rust checks;
+//! - [`validate`](mod@validate): pipeline step 1, every rule of the schema checked again in Rust (pure);
+//! - [`quantity`]: Kubernetes quantities as numbers, both ways.
+
+pub mod crd;
+pub mod quantity;
+pub mod rules;
+pub mod schema;
+pub mod validate;
+
+pub use crd::{SandboxService, SandboxServiceSpec, SandboxServiceStatus};
+pub use validate::{InvalidSpec, Owner, Validated, validate};

@@ -1,0 +1,80 @@
+//! The CRD as the API server gets it: the schema derived from [`super::crd`] plus what a
+//! derive cannot say: the cross-field rules of [`SPEC_RULES`] as CEL and the pattern of
+//! `metadata.name`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
+use kube::CustomResourceExt;
+
+use super::crd::{DNS1035_LABEL_PATTERN, SandboxService};
+use super::rules::{SPEC_RULES, SpecRule};
+
+/// The CRD: the derived schema plus the cross-field rules of [`SPEC_RULES`] on `spec` and a
+/// `metadata.name` restriction.
+///
+/// The name names the Service, so it must be a DNS-1035 label. A CRD may constrain
+/// `metadata.name` in its OpenAPI schema, which costs nothing at admission, whereas a CEL regex
+/// on the name is rejected by the CRD cost estimator on current Kubernetes versions (it assumes
+/// an unbounded string).
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = SandboxService::crd();
+    let name = JSONSchemaProps {
+        type_: Some("string".to_string()),
+        max_length: Some(63),
+        pattern: Some(DNS1035_LABEL_PATTERN.to_string()),
+        ..Default::default()
+    };
+    let metadata = JSONSchemaProps {
+        type_: Some("object".to_string()),
+        properties: Some(BTreeMap::from([("name".to_string(), name)])),
+        ..Default::default()
+    };
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|schema| schema.open_api_v3_schema.as_mut())
+        {
+            let properties = root.properties.get_or_insert_default();
+            properties.insert("metadata".to_string(), metadata.clone());
+            if let Some(spec) = properties.get_mut("spec") {
+                spec.x_kubernetes_validations =
+                    Some(SPEC_RULES.iter().map(SpecRule::cel).collect());
+            }
+        }
+    }
+    crd
+}
+
+/// The CRD as YAML, exactly what `operator crd` prints and `crds/sandboxservice.yaml` holds.
+pub fn crd_yaml() -> String {
+    // Serializing a CRD built from our own types cannot fail; a failure is a programming error.
+    serde_yaml::to_string(&crd()).expect("the CRD serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_carries_names_columns_and_cel_rules() {
+        let crd = crd_yaml();
+        for needle in [
+            "name: sandboxservices.sandbox.perf.dev",
+            "- sbx",
+            "self.autoscaling.maxReplicas >= self.autoscaling.minReplicas",
+            "self.autoscaling.targetQueueRatio < double(self.readinessQueueFactor)",
+            "self.breakerQueueFactor >= self.readinessQueueFactor",
+            "pattern: ^[a-z]([-a-z0-9]*[a-z0-9])?$",
+            "maxLength: 63",
+            "jsonPath: .status.readyReplicas",
+            "jsonPath: .spec.autoscaling.targetQueueRatio",
+            "status: {}",
+        ] {
+            assert!(crd.contains(needle), "CRD lacks {needle:?}:\n{crd}");
+        }
+    }
+}
