@@ -17,6 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+. scripts/lib.sh
 
 CONNECTIONS=${CONNECTIONS:-6} CONCURRENCY=${CONCURRENCY:-1} DURATION=${DURATION:-60}
 INTERVAL=${INTERVAL:-5s} WINDOW=${WINDOW:-30} CONNECTION_CLOSE=${CONNECTION_CLOSE:-WhenQueued}
@@ -24,11 +25,9 @@ ns=${NAMESPACE:-autoscale-bench} name=performance-sandbox
 out=${OUT:-$root/target/autoscale-bench}
 rm -rf "$out" && mkdir -p "$out/counts" "$out/latency"
 
-for tool in autocannon gnuplot jq curl; do
-	command -v "$tool" >/dev/null || { echo "$tool not found: run scripts/install-test-deps.sh" >&2; exit 1; }
-done
+require_tools autocannon gnuplot jq curl
 
-started_testbed=false operator_pid="" sampler_pid=""
+operator_pid="" sampler_pid=""
 cleanup() {
 	[ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null
 	[ -n "$operator_pid" ] && kill "$operator_pid" 2>/dev/null
@@ -39,27 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! scripts/testbed.sh status >/dev/null 2>&1; then
-	testbed/build.sh >/dev/null
-	scripts/testbed.sh up >/dev/null
-	started_testbed=true
-fi
-eval "$(scripts/testbed.sh env)"
-testbed=$TESTBED_DIR
-
-# The API server, read with curl and the admin certificate: cheaper than kubectl twice a second.
-api=$(sed -n 's/^ *server: //p' "$KUBECONFIG" | head -1)
-get() { curl -fsS --cacert "$testbed/pki/ca.crt" --cert "$testbed/pki/admin.crt" --key "$testbed/pki/admin.key" "$api$1"; }
-now() { date +%s.%N; }
-# wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds, or fail naming WHAT.
-wait_for() {
-	local seconds=$1 what=$2; shift 2
-	local deadline=$((SECONDS + seconds))
-	until "$@" >/dev/null 2>&1; do
-		[ $SECONDS -lt $deadline ] || { echo "autoscale-bench: error: no $what within ${seconds}s" >&2; exit 1; }
-		sleep 1
-	done
-}
+testbed_up
 
 kubectl apply --server-side -f third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml >/dev/null
 if [ "$TESTBED_NODES" = real ]; then
@@ -69,13 +48,10 @@ if [ "$TESTBED_NODES" = real ]; then
 	admin=$(kubectl get pod -n sandbox-system -l app.kubernetes.io/name=sandbox-operator \
 		-o jsonpath='{.items[0].status.podIP}'):8080
 else
-	cargo build --quiet --release --locked -p operator
 	kubectl apply --server-side -f crds/sandboxservice.yaml >/dev/null
 	kubectl get namespace sandbox-system >/dev/null 2>&1 || kubectl create namespace sandbox-system >/dev/null
-	admin=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-	target/release/operator run --admin-addr "$admin" --lease-name autoscale-bench \
-		--lease-namespace sandbox-system --identity bench >"$out/operator.log" 2>&1 &
-	operator_pid=$!
+	start_operator "$out/operator.log" sandbox-system autoscale-bench
+	admin=$operator_admin
 fi
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 if [ "$ns" != default ]; then
@@ -104,12 +80,12 @@ fi
 # a pod leaves, in counts/), and a connection without a ready endpoint is refused, not answered ("-").
 if [ "$TESTBED_NODES" = real ]; then
 	pods() {
-		get "/api/v1/namespaces/$ns/pods?labelSelector=app.kubernetes.io/instance=$name" | jq -r '.items[]
+		api_get "/api/v1/namespaces/$ns/pods?labelSelector=app.kubernetes.io/instance=$name" | jq -r '.items[]
 			| select(.metadata.deletionTimestamp == null and .status.podIP != null)
 			| "\(.metadata.name) \(.status.podIP):\(.spec.containers[0].ports[0].containerPort)"'
 	}
 	ready_endpoints() {
-		get "/apis/discovery.k8s.io/v1/namespaces/$ns/endpointslices?labelSelector=kubernetes.io/service-name=$name" |
+		api_get "/apis/discovery.k8s.io/v1/namespaces/$ns/endpointslices?labelSelector=kubernetes.io/service-name=$name" |
 			jq '[.items[].endpoints[]? | select(.conditions.ready)] | length'
 	}
 	answers() { cat "$out"/counts/* 2>/dev/null | awk '{ ok += $1; no += $2 } END { printf "%d\t%d\t-", ok, no }'; }
@@ -146,8 +122,8 @@ sample() {
 				<<<"$metrics" >"$out/latency/$pod"
 			ratios+=" ${pod##*-}=${ratio:-?}"
 		done < <(pods)
-		hpa=$(get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
-		deployment=$(get "/apis/apps/v1/namespaces/$ns/deployments/$name")
+		hpa=$(api_get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
+		deployment=$(api_get "/apis/apps/v1/namespaces/$ns/deployments/$name")
 		line=$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$t" \
 			"$(jq '.spec.replicas' <<<"$deployment")" "$(ready_endpoints)" \
 			"$(jq '.status.desiredReplicas // 0' <<<"$hpa")" \
@@ -173,7 +149,7 @@ autocannon -t 60 -c "$CONNECTIONS" -d "$DURATION" --json "http://$service/expens
 load_end=$(now)
 echo "load ended; waiting for the scale-in (window ${WINDOW}s)" >&2
 one_pod() {
-	[ "$(get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.replicas')" = 1 ] && [ "$(pods | wc -l)" = 1 ]
+	[ "$(api_get "/apis/apps/v1/namespaces/$ns/deployments/$name" | jq '.spec.replicas')" = 1 ] && [ "$(pods | wc -l)" = 1 ]
 }
 # The window, up to two HPA syncs, and the last pod's drain.
 wait_for $((WINDOW + 120)) "the scale-in to one pod" one_pod

@@ -13,6 +13,7 @@
 # connections is measured on a second workload with CONNECTION_CLOSE=never against the plain bare route.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-5}
@@ -26,11 +27,6 @@ cargo build --release -p workload --bin workload --example bare_ok --quiet
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-
-wait_listening() {
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1$2" && return 0; sleep 0.05; done
-  echo "nothing listening on $1" >&2; exit 1
-}
 
 PORT=$BARE_PORT target/release/examples/bare_ok & bare_pid=$!; pids+=($bare_pid)
 HOST=127.0.0.1 PORT=$WORKLOAD_PORT CONCURRENCY=1 RUST_LOG=warn target/release/workload & workload_pid=$!; pids+=($workload_pid)

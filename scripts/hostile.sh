@@ -12,6 +12,7 @@
 #   scripts/hostile.sh                 # SLOW=5000 ATTACK=10000 SECONDS_=20
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 SLOW=${SLOW:-5000} ATTACK=${ATTACK:-10000} DURATION=${SECONDS_:-20}
 # The operator's default memory limit for a SandboxService's pods.
@@ -28,10 +29,6 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
-wait_listening() {
-	for _ in $(seq 100); do curl -fs "http://127.0.0.1:$1$2" >/dev/null && return 0; sleep 0.05; done
-	echo "nothing listening on port $1" >&2; return 1
-}
 
 # The clients, in Python's asyncio: `hold N PORT` keeps N half-sent heads open until stdin closes;
 # `attack N PORT SECONDS` keeps re-opening them; `probe PORT SECONDS` times the probes.

@@ -22,8 +22,7 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n1)
 pause_version=3.10.1
 rust_target=x86_64-unknown-linux-gnu
 
-die() { echo "images: error: $*" >&2; exit 1; }
-log() { echo "images: $*" >&2; }
+. "$root/scripts/lib.sh"
 
 # static_binary PACKAGE: target/$rust_target/release/PACKAGE, linked statically. One package per build so
 # feature unification gives each binary exactly the features its own build would have.

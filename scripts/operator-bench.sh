@@ -40,14 +40,10 @@ out=$root/target/operator-bench
 label=operator-bench
 rm -rf "$out" && mkdir -p "$out"
 
-for tool in jq curl python3; do
-	command -v "$tool" >/dev/null || { echo "$tool not found: run scripts/install-test-deps.sh" >&2; exit 1; }
-done
+. scripts/lib.sh
+require_tools jq curl python3
 
-log() { echo "operator-bench: $*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-started_testbed=false operator_pid="" sampler_pid=""
+operator_pid="" sampler_pid=""
 cleanup() {
 	local status=$?
 	set +e
@@ -66,25 +62,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! scripts/testbed.sh status >/dev/null 2>&1; then
-	[ -x "${TESTBED_BIN:-$root/target/testbed/bin}/kube-apiserver" ] || testbed/build.sh >/dev/null
-	log "starting the test bed in $testbed (no workload processes)"
-	started_testbed=true
-	TESTBED_NODES=kwok TESTBED_STANDIN_SELECTOR=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=none} \
-		scripts/testbed.sh up >/dev/null
-elif ! tr '\0' ' ' <"/proc/$(cat "$testbed/pids/standin.pid")/cmdline" | grep -q -- '--pod-selector'; then
+if scripts/testbed.sh status >/dev/null 2>&1 &&
+	! tr '\0' ' ' <"/proc/$(cat "$testbed/pids/standin.pid")/cmdline" | grep -q -- '--pod-selector'; then
 	log "warning: the test bed's stand-in runs a workload process for every pod ($crs or more)"
 fi
-eval "$(scripts/testbed.sh env)"
+# Without workload processes: the stand-in runs none for a selector no pod matches.
+testbed_up TESTBED_NODES=kwok TESTBED_STANDIN_SELECTOR="${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=none}"
 log "building the operator (release)"
 cargo build --release --locked --quiet -p operator
 operator=$root/target/release/operator
-
-# The API server, read with curl and the admin certificate: cheaper than kubectl once a second.
-api=$(sed -n 's/^ *server: //p' "$KUBECONFIG" | head -1)
-get() { curl -fsS --cacert "$testbed/pki/ca.crt" --cert "$testbed/pki/admin.crt" --key "$testbed/pki/admin.key" "$api$1"; }
-now() { date +%s.%N; }
-elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
 
 # Namespaces: floor-K and op-K for K < $namespaces, and the Lease's. A previous run's go first.
 kubectl delete namespace -l "$label=true" --wait=true --timeout=600s >/dev/null
@@ -117,7 +103,7 @@ floor_objects=$(grep -c '^kind:' "$out/floor.yaml")
 # ready_crs ROLLED: CRs whose status is for their generation with Ready=True (and, with ROLLED=true,
 # the rollout complete).
 ready_crs() {
-	get "/apis/sandbox.perf.dev/v1alpha1/sandboxservices?labelSelector=$label%3Dtrue" | jq --argjson rolled "$1" '
+	api_get "/apis/sandbox.perf.dev/v1alpha1/sandboxservices?labelSelector=$label%3Dtrue" | jq --argjson rolled "$1" '
 		[.items[] | select(.status.observedGeneration == .metadata.generation
 			and any(.status.conditions[]?; .type == "Ready" and .status == "True")
 			and (($rolled | not) or any(.status.conditions[]?; .type == "Progressing" and .reason == "RolloutComplete")))]
@@ -125,13 +111,13 @@ ready_crs() {
 }
 # Deployments of the floor with a ready pod for their generation.
 ready_floor() {
-	get /apis/apps/v1/deployments | jq --arg prefix "$label-floor-" '
+	api_get /apis/apps/v1/deployments | jq --arg prefix "$label-floor-" '
 		[.items[] | select((.metadata.namespace | startswith($prefix))
 			and .status.observedGeneration == .metadata.generation and (.status.readyReplicas // 0) >= 1)]
 		| length'
 }
-# wait_for WHAT COMMAND...: until COMMAND prints $crs, at most $timeout seconds.
-wait_for() {
+# wait_for_all WHAT COMMAND...: until COMMAND prints $crs, at most $timeout seconds.
+wait_for_all() {
 	local what=$1 deadline=$((SECONDS + timeout)) count; shift
 	until count=$("$@") && [ "$count" -ge "$crs" ]; do
 		[ $SECONDS -lt $deadline ] || die "$what: ${count:-?} of $crs after ${timeout}s"
@@ -140,7 +126,7 @@ wait_for() {
 }
 # The operator's Events in its namespaces, with their series (see `phase`).
 events() {
-	get /apis/events.k8s.io/v1/events | jq --arg prefix "$label-op-" \
+	api_get /apis/events.k8s.io/v1/events | jq --arg prefix "$label-op-" \
 		'[.items[] | select(.reportingController == "sandbox-operator" and (.metadata.namespace | startswith($prefix)))]'
 }
 
@@ -149,7 +135,7 @@ log "floor: applying $floor_objects objects with kubectl apply --server-side"
 floor_start=$(now)
 kubectl apply --server-side -f "$out/floor.yaml" >/dev/null
 floor_applied=$(now)
-wait_for "floor Deployments with a ready pod" ready_floor
+wait_for_all "floor Deployments with a ready pod" ready_floor
 floor_wall=$(elapsed "$floor_start" "$(now)")
 printf 'floor\t%s\t%s\t-\t0\t-\t-\t-\t-\t-\t-\n' "$floor_wall" "$floor_objects" >"$out/phases.tsv"
 log "floor: $floor_wall s; deleting its namespaces (the test bed's nodes hold 1,200 pods)"
@@ -158,16 +144,8 @@ for ((k = 0; k < namespaces; k++)); do floor_namespaces+=("$label-floor-$k"); do
 kubectl delete namespace "${floor_namespaces[@]}" --wait=true --timeout=600s >/dev/null
 
 # --- the operator ---------------------------------------------------------------------------------
-admin=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$operator" run --admin-addr "$admin" --lease-name "$label" --lease-namespace "$label" --identity "$label" \
-	>"$out/operator.log" 2>&1 &
-operator_pid=$!
-deadline=$((SECONDS + 60))
-until grep -q 'acquired leadership' "$out/operator.log" && curl -fsS "http://$admin/readyz" >/dev/null 2>&1; do
-	kill -0 "$operator_pid" 2>/dev/null || die "the operator exited: $(tail -5 "$out/operator.log")"
-	[ $SECONDS -lt $deadline ] || die "the operator was not leading and ready within 60 s"
-	sleep 0.2
-done
+start_operator "$out/operator.log" "$label" "$label"
+admin=$operator_admin
 (
 	while kill -0 "$operator_pid" 2>/dev/null; do
 		sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$operator_pid/status" 2>/dev/null
@@ -271,7 +249,7 @@ log "operator: applying $crs SandboxServices"
 mark operator-start
 start=$(now)
 kubectl apply --server-side -f "$out/crs.yaml" >/dev/null
-wait_for "SandboxServices Ready" ready_crs false
+wait_for_all "SandboxServices Ready" ready_crs false
 end=$(now)
 mark operator-end
 operator_wall=$(elapsed "$start" "$end")
@@ -290,7 +268,7 @@ log "spec change: concurrency 1 -> 2 on $crs SandboxServices"
 mark spec-change-start
 start=$(now)
 kubectl apply --server-side -f "$out/crs-concurrency-2.yaml" >/dev/null
-wait_for "SandboxServices rolled out and Ready" ready_crs true
+wait_for_all "SandboxServices rolled out and Ready" ready_crs true
 end=$(now)
 mark spec-change-end
 phase spec-change "$(elapsed "$start" "$end")"

@@ -9,6 +9,7 @@
 # /expensive-op, and half-way through an operation probe /readiness and send one manual /expensive-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 OPERATION_DURATION_MS=${OPERATION_DURATION_MS:-2000}
 DURATION=${DURATION:-10}
@@ -24,10 +25,6 @@ server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_listening() {
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/liveness" >/dev/null && return 0; sleep 0.05; done
-  echo "workload did not start on port $PORT" >&2; return 1
-}
 metric() { grep "^$1 " <<<"$2" | cut -d' ' -f2; }
 scrape() { curl -fs "http://127.0.0.1:$PORT/metrics" || true; }
 # The answer of $1 (a probe, or an /expensive-op expected to be rejected) with $2 tasks waiting. Between an
@@ -71,7 +68,7 @@ run_row() { # connections want_manual
   echo "autocannon http://127.0.0.1:$PORT/expensive-op -t 60 -c $c -d $DURATION"
   HOST=127.0.0.1 PORT=$PORT CONCURRENCY=1 OPERATION_DURATION_MS=$OPERATION_DURATION_MS RUST_LOG=warn "$BIN" &
   server_pid=$!
-  wait_listening
+  wait_listening "$PORT" /liveness
   start=$(date +%s.%N)
   autocannon "http://127.0.0.1:$PORT/expensive-op" -t 60 -c "$c" -d "$DURATION" --json >"$work/c$c.json" 2>/dev/null &
   cannon_pid=$!

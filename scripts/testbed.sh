@@ -50,15 +50,11 @@ hpa_sync=${TESTBED_HPA_SYNC:-5s}
 # The pods and Services the stand-in runs a workload process and a proxy for.
 standin_selector=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=workload}
 
-die() { echo "testbed: error: $*" >&2; exit 1; }
-log() { echo "testbed: $*" >&2; }
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 # shellcheck source=scripts/testbed-node.sh
 . "$root/scripts/testbed-node.sh"
-
-free_port() {
-	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # The executable of each component.
 binary() {

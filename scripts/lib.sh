@@ -1,0 +1,81 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts: `. scripts/lib.sh` once the script is at the repository root.
+# Messages carry the calling script's name ($script, by default its file name without `.sh`).
+
+script=${script:-$(basename "$0" .sh)}
+
+log() { echo "$script: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# A TCP port free on 127.0.0.1 at the time of asking.
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_listening PORT PATH: until http://127.0.0.1:PORT/PATH answers 2xx (5 s at most).
+wait_listening() {
+	for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$1$2" && return 0; sleep 0.05; done
+	die "nothing answers on http://127.0.0.1:$1$2"
+}
+
+# wait_for SECONDS WHAT COMMAND...: until COMMAND succeeds, or fail naming WHAT.
+wait_for() {
+	local seconds=$1 what=$2; shift 2
+	local deadline=$((SECONDS + seconds))
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $deadline ] || die "no $what within ${seconds}s"
+		sleep 1
+	done
+}
+
+now() { date +%s.%N; }
+# elapsed START END: seconds between two `now`s, to a tenth.
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+
+# testbed_up [VAR=value...]: start the test bed (built first if need be) with those settings unless
+# one is up, then take its environment. Sets started_testbed=true when it started one, so the
+# caller's cleanup takes down only what it started.
+started_testbed=false
+testbed_up() {
+	if ! scripts/testbed.sh status >/dev/null 2>&1; then
+		testbed/build.sh >/dev/null
+		log "starting the test bed"
+		env "$@" scripts/testbed.sh up >/dev/null
+		started_testbed=true
+	fi
+	eval "$(scripts/testbed.sh env)"
+}
+
+# api_get PATH: GET from the test bed's API server with its admin certificate (cheaper than kubectl
+# when polled); after testbed_up.
+api_get() {
+	local server
+	server=$(sed -n 's/^ *server: //p' "$KUBECONFIG" | head -1)
+	curl -fsS --cacert "$TESTBED_DIR/pki/ca.crt" --cert "$TESTBED_DIR/pki/admin.crt" \
+		--key "$TESTBED_DIR/pki/admin.key" "$server$1"
+}
+
+# start_operator LOG LEASE_NAMESPACE NAME: the release operator as a process on this machine, its
+# Lease and identity named NAME, logging to LOG; returns once it leads and is ready. Sets
+# operator_pid and operator_admin (host:port of its admin server).
+start_operator() {
+	cargo build --release --locked --quiet -p operator
+	operator_admin=127.0.0.1:$(free_port)
+	target/release/operator run --admin-addr "$operator_admin" --lease-name "$3" \
+		--lease-namespace "$2" --identity "$3" >"$1" 2>&1 &
+	operator_pid=$!
+	local deadline=$((SECONDS + 60))
+	until grep -q 'acquired leadership' "$1" && curl -fsS "http://$operator_admin/readyz" >/dev/null 2>&1; do
+		kill -0 "$operator_pid" 2>/dev/null || die "the operator exited: $(tail -5 "$1")"
+		[ $SECONDS -lt $deadline ] || die "the operator was not leading and ready within 60 s"
+		sleep 0.2
+	done
+}
+
+# require_tools TOOL...: fail naming the first missing one and where it comes from.
+require_tools() {
+	local tool
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-test-deps.sh"
+	done
+}
