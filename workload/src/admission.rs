@@ -6,7 +6,7 @@
 //! admitted requests, so the breaker decision, the readiness verdict and the metrics can never disagree.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -141,10 +141,22 @@ impl QueueSnapshot {
 #[derive(Debug)]
 pub struct Admission {
     limits: QueueLimits,
-    admitted: AtomicUsize,
+    /// The admitted count, and [`DRAINING`] once shutdown began: one word, so that admitting
+    /// (check the flag, then count) is one atomic step that a drain cannot fall between.
+    state: AtomicUsize,
     slots: Arc<Semaphore>,
-    draining: AtomicBool,
     drained: Notify,
+}
+
+/// The bit of [`Admission::state`] set when draining begins; the bits below count.
+const DRAINING: usize = 1 << (usize::BITS - 1);
+
+fn admitted(state: usize) -> usize {
+    state & !DRAINING
+}
+
+fn draining(state: usize) -> bool {
+    state & DRAINING != 0
 }
 
 impl Admission {
@@ -153,9 +165,8 @@ impl Admission {
         assert!(limits.concurrency >= 1, "concurrency must be at least 1");
         Self {
             limits,
-            admitted: AtomicUsize::new(0),
+            state: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(limits.concurrency)),
-            draining: AtomicBool::new(false),
             drained: Notify::new(),
         }
     }
@@ -168,20 +179,20 @@ impl Admission {
     /// Admits a request into the queue, or says why not. The returned ticket holds the place in the queue
     /// until it is dropped, whether the operation finished or the client went away.
     pub fn try_admit(self: &Arc<Self>) -> Result<Ticket, Rejection> {
-        if self.draining.load(Ordering::Acquire) {
-            return Err(Rejection::ShuttingDown);
-        }
-        // The check and the increment are one atomic step, so concurrent requests cannot overshoot the limit.
-        self.admitted
-            .fetch_update(
-                Ordering::AcqRel,
-                Ordering::Acquire,
-                |admitted| match decide(admitted, &self.limits) {
-                    Decision::Admit => Some(admitted + 1),
-                    Decision::CircuitOpen => None,
-                },
-            )
-            .map_err(|_| Rejection::CircuitOpen)?;
+        // The checks and the increment are one atomic step, so concurrent requests cannot overshoot the
+        // limit, and none is admitted after a drain found the queue empty.
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (!draining(state) && decide(admitted(state), &self.limits) == Decision::Admit)
+                    .then_some(state + 1)
+            })
+            .map_err(|state| {
+                if draining(state) {
+                    Rejection::ShuttingDown
+                } else {
+                    Rejection::CircuitOpen
+                }
+            })?;
         Ok(Ticket {
             admission: Arc::clone(self),
         })
@@ -189,27 +200,20 @@ impl Admission {
 
     /// The current readiness verdict.
     pub fn readiness(&self) -> Readiness {
-        readiness(
-            self.admitted.load(Ordering::Acquire),
-            self.draining.load(Ordering::Acquire),
-            &self.limits,
-        )
+        let state = self.state.load(Ordering::Acquire);
+        readiness(admitted(state), draining(state), &self.limits)
     }
 
     /// Whether to close the connection after answering `200` on it under `mode`; asked while the answered
     /// request still holds its place.
     pub fn close_after_answer(&self, mode: ConnectionClose) -> bool {
-        close_after_answer(
-            self.admitted.load(Ordering::Acquire),
-            self.draining.load(Ordering::Acquire),
-            &self.limits,
-            mode,
-        )
+        let state = self.state.load(Ordering::Acquire);
+        close_after_answer(admitted(state), draining(state), &self.limits, mode)
     }
 
     /// Counts for metrics.
     pub fn snapshot(&self) -> QueueSnapshot {
-        let admitted = self.admitted.load(Ordering::Acquire);
+        let admitted = admitted(self.state.load(Ordering::Acquire));
         QueueSnapshot {
             waiting: self.limits.waiting(admitted),
             in_flight: self.limits.in_flight(admitted),
@@ -219,12 +223,12 @@ impl Admission {
 
     /// Stops admitting: readiness turns to `ShuttingDown` and new requests are rejected.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.state.fetch_or(DRAINING, Ordering::AcqRel);
     }
 
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        draining(self.state.load(Ordering::Acquire))
     }
 
     /// Resolves once no admitted request is left (waiting or running).
@@ -234,7 +238,7 @@ impl Admission {
             tokio::pin!(notified);
             // Register before checking, so a wake-up between the check and the await is not lost.
             notified.as_mut().enable();
-            if self.admitted.load(Ordering::Acquire) == 0 {
+            if admitted(self.state.load(Ordering::Acquire)) == 0 {
                 return;
             }
             notified.await;
@@ -260,7 +264,8 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.admission.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // The count is below the flag bit, so this never touches the flag.
+        if admitted(self.admission.state.fetch_sub(1, Ordering::AcqRel)) == 1 {
             self.admission.drained.notify_waiters();
         }
     }
@@ -404,5 +409,46 @@ mod tests {
             .await
             .expect("drained() must resolve")
             .unwrap();
+    }
+
+    #[test]
+    fn nothing_is_admitted_after_a_drain_found_the_queue_empty() {
+        // Admitters race a drain. Once the drain has seen the queue empty (what `drained()` waits for), the
+        // count must stay 0: with the flag and the count in two words, an admitter that read "not draining"
+        // just before the drain began could still be counted after it. Probabilistic: it cannot pass wrongly,
+        // but the old two-step code failed it only sometimes.
+        for _ in 0..50 {
+            let admission = Arc::new(Admission::new(QueueLimits {
+                concurrency: 1,
+                readiness_factor: 1_000,
+                breaker_factor: 1_000,
+            }));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let admitters: Vec<_> = (0..3)
+                .map(|_| {
+                    let (admission, stop) = (Arc::clone(&admission), Arc::clone(&stop));
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            drop(admission.try_admit());
+                        }
+                    })
+                })
+                .collect();
+            std::thread::yield_now();
+            admission.start_draining();
+            let empty = |a: &Admission| a.snapshot().waiting + a.snapshot().in_flight == 0;
+            while !empty(&admission) {
+                std::hint::spin_loop();
+            }
+            for _ in 0..20_000 {
+                assert!(
+                    empty(&admission),
+                    "admitted after the drain saw an empty queue"
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+            admitters.into_iter().for_each(|t| t.join().unwrap());
+            assert_eq!(admission.try_admit().unwrap_err(), Rejection::ShuttingDown);
+        }
     }
 }

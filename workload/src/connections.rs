@@ -66,7 +66,7 @@ impl OpenConnection {
     /// Counts a new connection; also returns how many are open with it.
     fn new(open: &Arc<AtomicUsize>, metrics: &Metrics) -> (Self, usize) {
         let count = open.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics.set_connections_open(count);
+        metrics.connection_opened();
         let connection = Self {
             open: Arc::clone(open),
             metrics: metrics.clone(),
@@ -77,8 +77,8 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        let count = self.open.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.metrics.set_connections_open(count);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connection_closed();
     }
 }
 
@@ -151,4 +151,40 @@ async fn overflow_paths_only(request: Request, next: Next) -> Response {
         "too many connections\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::QueueSnapshot;
+
+    #[test]
+    fn the_open_gauge_ends_at_the_open_count_under_concurrent_churn() {
+        // Setting the gauge from a count read a moment earlier let a slower thread write a stale
+        // value last; moving it with each open and close cannot.
+        let metrics = Metrics::new().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let kept: Vec<_> = (0..3)
+            .map(|_| OpenConnection::new(&open, &metrics).0)
+            .collect();
+        let churners: Vec<_> = (0..4)
+            .map(|_| {
+                let (open, metrics) = (Arc::clone(&open), metrics.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        drop(OpenConnection::new(&open, &metrics));
+                    }
+                })
+            })
+            .collect();
+        churners.into_iter().for_each(|t| t.join().unwrap());
+        let queue = QueueSnapshot {
+            waiting: 0,
+            in_flight: 0,
+            concurrency: 1,
+        };
+        let text = metrics.render(queue).unwrap();
+        assert!(text.contains("\nhttp_connections_open 3\n"), "{text}");
+        assert_eq!(open.load(Ordering::Relaxed), kept.len());
+    }
 }

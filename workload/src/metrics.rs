@@ -118,9 +118,15 @@ impl Metrics {
         }
     }
 
-    /// Records how many connections are open.
-    pub fn set_connections_open(&self, open: usize) {
-        self.connections_open.set(open as i64);
+    /// Counts a connection opened. The gauge is moved, never set, so concurrent opens and closes
+    /// cannot leave it at a stale count.
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    /// Counts a connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
     }
 
     /// Counts a connection accepted past `MAX_CONNECTIONS`.
