@@ -53,6 +53,11 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
+    /// A reconcile did not finish within its deadline, e.g. on a connection that stopped
+    /// answering without closing (kube's client has no read timeout of its own).
+    #[error("reconcile did not finish within {} s; an API request hung, it is retried", .0.as_secs())]
+    ReconcileTimeout(std::time::Duration),
+
     /// Reading the kubeconfig or in-cluster config failed.
     #[error("Kubernetes client configuration: {0}")]
     Config(#[source] Box<kube::Error>),
@@ -119,6 +124,7 @@ impl Error {
             Error::Apply { .. } => "ApplyFailed",
             Error::Cleanup { .. } => "CleanupFailed",
             Error::Status { .. } => "StatusUpdateFailed",
+            Error::ReconcileTimeout(_) => "ReconcileTimeout",
             Error::Config(_) => "ConfigError",
             Error::LeaderElection(_) => "LeaderElectionFailed",
             Error::LostLeadership(_) => "LostLeadership",

@@ -21,13 +21,15 @@ use operator::build::ServiceMonitor;
 use operator::names::FIELD_MANAGER;
 use operator::reconcile::status::{DEGRADED, PROGRESSING, READY};
 use operator::reconcile::{
-    BASE_BACKOFF, CRD_RECHECK_INTERVAL, Context, RESYNC_INTERVAL, error_policy, reconcile,
+    CRD_RECHECK_INTERVAL, Context, RECONCILE_TIMEOUT, RESYNC_INTERVAL, error_policy, reconcile,
+    retry_delay,
 };
 use operator::spec::SandboxService;
 use operator::telemetry::metrics::Metrics;
 
 const NAMESPACE: &str = "sandbox";
 const NAME: &str = "demo";
+const UID: &str = "uid-demo";
 
 /// One request as the API server would log it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,12 +414,68 @@ async fn api_error_ends_in_a_warning_event_and_a_backed_off_requeue() {
 
     assert_eq!(
         error_policy(cr.clone(), &error, harness.ctx.clone()),
-        Action::requeue(BASE_BACKOFF)
+        Action::requeue(retry_delay(1, UID))
     );
     assert_eq!(
         error_policy(cr, &error, harness.ctx.clone()),
-        Action::requeue(BASE_BACKOFF * 2),
+        Action::requeue(retry_delay(2, UID)),
         "consecutive failures back off"
+    );
+
+    // The retry meets the same error: counted, but no second Warning (a write per retry
+    // would add to an outage's load).
+    let (result, calls, _) = harness.reconcile().await;
+    assert_eq!(result.unwrap_err().category(), "ApplyFailed");
+    assert_eq!(
+        calls,
+        vec![apply_call(
+            "apis/apps/v1/namespaces/sandbox/deployments/demo"
+        )]
+    );
+    assert_eq!(harness.events().await.len(), 1);
+    assert_eq!(
+        metric(
+            &harness.ctx.metrics,
+            r#"sandbox_operator_reconcile_failures_total{category="ApplyFailed"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_request_fails_the_reconcile_at_its_deadline() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    // A connection that takes the Deployment's apply and never answers, without closing.
+    let inner = harness.client.clone();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let inner = inner.clone();
+        async move {
+            if request.uri().path().contains("/deployments/") {
+                std::future::pending::<()>().await;
+            }
+            inner.send(request).await
+        }
+    });
+    let ctx = Arc::new(Context::new(
+        Client::new(service, NAMESPACE),
+        Metrics::new(),
+        None,
+    ));
+    let cr = Arc::new(harness.crs().get(NAME).await.unwrap());
+    take(&harness.log);
+
+    let started = tokio::time::Instant::now();
+    let error = reconcile(cr.clone(), ctx.clone()).await.unwrap_err();
+
+    assert_eq!(error.category(), "ReconcileTimeout");
+    assert_eq!(started.elapsed().as_secs(), RECONCILE_TIMEOUT.as_secs());
+    let events = harness.events().await;
+    assert_eq!(events.len(), 1);
+    assert_warning(&events[0], "ReconcileTimeout", "an API request hung");
+    assert_eq!(
+        error_policy(cr, &error, ctx),
+        Action::requeue(retry_delay(1, UID)),
+        "retried like any failure"
     );
 }
 
@@ -629,7 +687,7 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
     let ctx = harness.ctx.clone();
     assert_eq!(
         error_policy(cr.clone(), &error, ctx.clone()),
-        Action::requeue(BASE_BACKOFF)
+        Action::requeue(retry_delay(1, UID))
     );
 
     // The Controller's cache, as the controller loop hands it to `Memory::forget_missing`.
@@ -639,7 +697,7 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
     ctx.history.forget_missing(&cache);
     assert_eq!(
         error_policy(cr.clone(), &error, ctx.clone()),
-        Action::requeue(BASE_BACKOFF * 2),
+        Action::requeue(retry_delay(2, UID)),
         "a CR still in the cache keeps its backoff"
     );
 
@@ -647,7 +705,7 @@ async fn a_deleted_cr_is_forgotten_so_a_new_one_backs_off_from_the_start() {
     ctx.history.forget_missing(&cache);
     assert_eq!(
         error_policy(cr, &error, ctx),
-        Action::requeue(BASE_BACKOFF),
+        Action::requeue(retry_delay(1, UID)),
         "one under the same name starts from the base backoff"
     );
 }
@@ -665,7 +723,7 @@ async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
     let error = operator::Error::MissingObjectKey("metadata.uid");
     assert_eq!(
         error_policy(cr.clone(), &error, harness.ctx.clone()),
-        Action::requeue(BASE_BACKOFF)
+        Action::requeue(retry_delay(1, UID))
     );
 
     // Foreground deletion: the CR stays, with a deletionTimestamp, while its children go.
@@ -687,7 +745,7 @@ async fn a_cr_being_deleted_costs_no_calls_and_is_forgotten() {
     );
     assert_eq!(
         error_policy(cr, &error, harness.ctx.clone()),
-        Action::requeue(BASE_BACKOFF)
+        Action::requeue(retry_delay(1, UID))
     );
 }
 

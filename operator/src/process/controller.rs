@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use tracing::{debug, info, warn};
@@ -96,7 +96,13 @@ async fn controller_until(
     )
     // A child's status changes come in bursts (a Deployment's replica counts move one after
     // another as its pods start): one reconcile for the burst, not one per write.
-    .with_config(controller::Config::default().debounce(DEBOUNCE))
+    // At most this many reconciles at once, so a new leader or the end of an outage does not
+    // start every CR's writes together.
+    .with_config(
+        controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(RECONCILE_CONCURRENCY),
+    )
     .owns_stream(triggers::significant_changes(
         deployment_events,
         triggers::deployment,
@@ -136,12 +142,7 @@ async fn controller_until(
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
-            // Deleted CRs trigger no reconcile of their own; this is where they are forgotten,
-            // so memory stays bounded by the CRs that exist.
-            ctx.history.forget_missing(&cache);
-            ctx.last_applied.retain(|namespace, name| {
-                cache.get(&ObjectRef::new(name).within(namespace)).is_some()
-            });
+            ctx.forget_deleted(&cache);
             let reconciled = matches!(
                 result,
                 Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
@@ -162,6 +163,9 @@ async fn controller_until(
         });
     futures::join!(controller, ready_if_no_crs(&client, &admin));
 }
+
+/// Most reconciles running at once.
+const RECONCILE_CONCURRENCY: u16 = 8;
 
 /// How long a reconcile waits for more changes of the same CR before it runs.
 const DEBOUNCE: Duration = Duration::from_millis(500);

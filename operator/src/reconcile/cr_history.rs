@@ -29,6 +29,8 @@ struct Entry {
     uid: String,
     failures: u32,
     written: Option<SandboxServiceStatus>,
+    /// The note of the last Warning published for a failure, until a reconcile succeeds.
+    warned: Option<String>,
 }
 
 impl CrHistory {
@@ -40,11 +42,35 @@ impl CrHistory {
         entry.failures
     }
 
-    /// `cr` reconciled successfully: its next failure backs off from the start again.
+    /// `cr` reconciled successfully: its next failure backs off from the start again, and is
+    /// warned about again.
     pub fn reset_failures(&self, cr: &SandboxService) {
         if let Some(entry) = self.lock().get_mut(&ObjectRef::from_obj(cr)) {
             entry.failures = 0;
+            entry.warned = None;
         }
+    }
+
+    /// Whether a failure of `cr` with `note` deserves a Warning: not when the last one
+    /// published since the last success said the same. Remembers `note` as published.
+    pub fn warning_is_new(&self, cr: &SandboxService, note: &str) -> bool {
+        let mut entries = self.lock();
+        let entry = entry(&mut entries, cr);
+        if entry.warned.as_deref() == Some(note) {
+            return false;
+        }
+        entry.warned = Some(note.to_string());
+        true
+    }
+
+    /// How many CRs are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no CR is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The operator has just written `status` to `cr`.
@@ -164,6 +190,23 @@ mod tests {
         history.reset_failures(&first);
         assert_eq!(history.record_failure(&first), 1);
         assert_eq!(history.record_failure(&cr("u2", None)), 1, "recreated CR");
+    }
+
+    #[test]
+    fn a_warning_is_new_once_per_error_until_a_success() {
+        let history = CrHistory::default();
+        let cr = cr("u1", None);
+        assert!(history.warning_is_new(&cr, "apply failed: 503"));
+        assert!(!history.warning_is_new(&cr, "apply failed: 503"), "a retry");
+        assert!(
+            history.warning_is_new(&cr, "status failed: 500"),
+            "another error"
+        );
+        history.reset_failures(&cr);
+        assert!(
+            history.warning_is_new(&cr, "status failed: 500"),
+            "after a success"
+        );
     }
 
     #[test]

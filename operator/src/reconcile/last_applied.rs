@@ -7,15 +7,16 @@
 //! and a fingerprint of the child right after that apply. The fingerprint is what a change by
 //! someone else moves, and a status write does not: labels, owner references, and
 //! `metadata.generation` (every spec edit) or, for the kinds that have none (Service and
-//! HorizontalPodAutoscaler), the spec itself. Nothing is remembered across restarts, so a new
-//! operator process applies everything once.
+//! HorizontalPodAutoscaler) and for the Deployment (whose generation the HPA's scaling moves),
+//! the spec itself, the Deployment's without its replica count. Nothing is remembered across
+//! restarts, so a new operator process applies everything once.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -62,8 +63,14 @@ where
 }
 
 impl Fingerprint for Deployment {
+    /// By its spec without `replicas`, not its generation: the HPA's writes to `/scale` move
+    /// the generation, and each would otherwise cost an apply that changes nothing.
     fn fingerprint(&self) -> u64 {
-        by_generation(&self.metadata)
+        let spec = self.spec.as_ref().map(|spec| DeploymentSpec {
+            replicas: None,
+            ..spec.clone()
+        });
+        by_spec(&self.metadata, &spec)
     }
 }
 
@@ -326,21 +333,37 @@ mod tests {
     }
 
     #[test]
-    fn with_a_generation_only_the_generation_and_metadata_count() {
-        let deployment = |generation: i64, rv: &str| -> Deployment {
+    fn a_deployment_scaled_by_the_hpa_is_unchanged_but_an_edited_one_is_not() {
+        let deployment = |generation: i64, replicas: i32, image: &str| -> Deployment {
             serde_yaml::from_str(&format!(
-                "metadata: {{name: demo, generation: {generation}, resourceVersion: '{rv}'}}"
+                "metadata: {{name: demo, generation: {generation}}}\n\
+                 spec: {{replicas: {replicas}, selector: {{}}, template: {{spec: {{containers: [{{name: w, image: {image}}}]}}}}}}"
             ))
             .unwrap()
         };
-        let status_written = deployment(1, "6");
+        let applied = deployment(1, 1, "w:1");
         assert_eq!(
-            deployment(1, "5").fingerprint(),
-            status_written.fingerprint()
+            applied.fingerprint(),
+            deployment(2, 4, "w:1").fingerprint(),
+            "/scale"
         );
         assert_ne!(
-            deployment(1, "5").fingerprint(),
-            deployment(2, "7").fingerprint()
+            applied.fingerprint(),
+            deployment(2, 1, "w:2").fingerprint(),
+            "an edit"
         );
+    }
+
+    #[test]
+    fn with_a_generation_only_the_generation_and_metadata_count() {
+        let meta = |generation: i64, rv: &str| -> ObjectMeta {
+            serde_yaml::from_str(&format!(
+                "{{name: demo, generation: {generation}, resourceVersion: '{rv}'}}"
+            ))
+            .unwrap()
+        };
+        let status_written = meta(1, "6");
+        assert_eq!(by_generation(&meta(1, "5")), by_generation(&status_written));
+        assert_ne!(by_generation(&meta(1, "5")), by_generation(&meta(2, "7")));
     }
 }

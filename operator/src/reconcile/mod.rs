@@ -19,11 +19,15 @@ pub mod last_applied;
 pub mod status;
 pub mod triggers;
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -52,6 +56,11 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait between retries of a failing CR.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 
+/// Longest a reconcile may take. Normally a few requests and well under a second; the bound is
+/// for a request that hangs, which would otherwise stall this CR for good and keep a shutdown
+/// waiting: 20 s leaves a SIGTERM room within the pod's default 30 s grace period.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// What `reconcile` and `error_policy` need: the client, the Event recorder, the metrics and
 /// what is kept per CR and per child between reconciles.
 pub struct Context {
@@ -65,7 +74,12 @@ pub struct Context {
     pub history: CrHistory,
     /// What was last applied of each child, and the children's watch caches.
     pub last_applied: LastApplied,
+    /// Reconciles since the last sweep of deleted CRs, see [`Context::forget_deleted`].
+    since_sweep: AtomicUsize,
 }
+
+/// Fewest reconciles between two sweeps of deleted CRs.
+const MIN_RECONCILES_PER_SWEEP: usize = 64;
 
 impl Context {
     /// A context whose Events name `instance` (the pod name) as the reporting instance.
@@ -80,7 +94,23 @@ impl Context {
             metrics,
             history: CrHistory::default(),
             last_applied: LastApplied::default(),
+            since_sweep: AtomicUsize::new(0),
         }
+    }
+
+    /// Called after every reconcile: forgets what is kept for CRs no longer in `cache` (a
+    /// deleted CR triggers no reconcile of its own). A sweep costs one look-up per remembered
+    /// CR, so it runs once per that many reconciles: constant work per reconcile on average,
+    /// where a sweep after each one made a resync of N CRs cost N².
+    pub fn forget_deleted(&self, cache: &Store<SandboxService>) {
+        let since = self.since_sweep.fetch_add(1, Ordering::Relaxed) + 1;
+        if since < self.history.len().max(MIN_RECONCILES_PER_SWEEP) {
+            return;
+        }
+        self.since_sweep.store(0, Ordering::Relaxed);
+        self.history.forget_missing(cache);
+        self.last_applied
+            .retain(|namespace, name| cache.get(&ObjectRef::new(name).within(namespace)).is_some());
     }
 }
 
@@ -89,15 +119,22 @@ impl Context {
 pub async fn reconcile(cr: Arc<SandboxService>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let (result, api_wait) = measuring_api_wait(async {
-        let result = reconcile_pipeline(&cr, &ctx).await;
+        let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_pipeline(&cr, &ctx))
+            .await
+            .unwrap_or(Err(Error::ReconcileTimeout(RECONCILE_TIMEOUT)));
         if let Err(error) = &result {
             ctx.metrics.reconcile_failed(error.category());
-            let notice = Notice {
-                type_: EventType::Warning,
-                reason: error.category(),
-                note: error.to_string(),
-            };
-            events::publish(&ctx.recorder, &cr, notice).await;
+            let note = error.to_string();
+            // One Warning per error, not one per retry: during an outage every retry would
+            // otherwise be another write to a struggling API server.
+            if ctx.history.warning_is_new(&cr, &note) {
+                let notice = Notice {
+                    type_: EventType::Warning,
+                    reason: error.category(),
+                    note,
+                };
+                events::publish(&ctx.recorder, &cr, notice).await;
+            }
         }
         result
     })
@@ -164,10 +201,10 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
     Ok(action)
 }
 
-/// Retry a failed reconcile with exponential backoff per CR: 5 s, 10 s, 20 s … up to 5 min.
+/// Retry a failed reconcile with exponential backoff per CR, spread: see [`retry_delay`].
 pub fn error_policy(cr: Arc<SandboxService>, error: &Error, ctx: Arc<Context>) -> Action {
     let attempt = ctx.history.record_failure(&cr);
-    let delay = backoff(attempt);
+    let delay = retry_delay(attempt, &cr.uid().unwrap_or_default());
     warn!(
         name = %cr.name_any(),
         namespace = cr.namespace().unwrap_or_default(),
@@ -180,20 +217,89 @@ pub fn error_policy(cr: Arc<SandboxService>, error: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-/// Delay before retry number `attempt` (1-based).
+/// Delay before retry number `attempt` (1-based): 5 s, 10 s, 20 s … up to 5 min.
 pub fn backoff(attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(1).min(16);
     BASE_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
 }
 
+/// Delay before retry `attempt` of the CR with `uid`: the [`backoff`] plus up to half of it
+/// again, chosen by a hash of the uid and the attempt. CRs that failed together (an outage)
+/// then retry spread over that time instead of all at once, and one CR's delays stay
+/// reproducible.
+pub fn retry_delay(attempt: u32, uid: &str) -> Duration {
+    let base = backoff(attempt);
+    let mut hasher = DefaultHasher::new();
+    (uid, attempt).hash(&mut hasher);
+    let spread = (hasher.finish() % 1000) as f64 / 2000.0;
+    base + base.mul_f64(spread)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher;
+
+    fn cr(name: &str) -> SandboxService {
+        serde_yaml::from_str(&format!(
+            "apiVersion: sandbox.perf.dev/v1alpha1\nkind: SandboxService\nmetadata: {{name: {name}, namespace: apps, uid: uid-{name}}}\nspec: {{}}"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn deleted_crs_are_swept_once_per_as_many_reconciles_as_are_remembered() {
+        let unused = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("no API server"))
+        });
+        let ctx = Context::new(Client::new(unused, "apps"), Metrics::new(), None);
+        let mut writer = Writer::<SandboxService>::default();
+        let cache = writer.as_reader();
+        let live = cr("live");
+        writer.apply_watcher_event(&watcher::Event::Apply(live.clone()));
+        for name in ["live", "gone-1", "gone-2"] {
+            ctx.history.record_failure(&cr(name));
+        }
+        for _ in 1..MIN_RECONCILES_PER_SWEEP {
+            ctx.forget_deleted(&cache);
+        }
+        assert_eq!(ctx.history.len(), 3, "no sweep yet");
+        ctx.forget_deleted(&cache);
+        assert_eq!(ctx.history.len(), 1, "swept");
+        assert_eq!(ctx.history.record_failure(&live), 2, "the live CR is kept");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
         let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn retries_of_many_crs_spread_over_half_a_backoff() {
+        let delays: Vec<f64> = (0..100)
+            .map(|n| retry_delay(3, &format!("uid-{n}")).as_secs_f64())
+            .collect();
+        assert!(
+            delays.iter().all(|d| (20.0..30.0).contains(d)),
+            "{delays:?}"
+        );
+        // Spread, not bunched: every 2-second slice of [20, 30) gets some, none most.
+        for slice in 0..5 {
+            let low = 20.0 + 2.0 * slice as f64;
+            let count = delays
+                .iter()
+                .filter(|d| (low..low + 2.0).contains(*d))
+                .count();
+            assert!(
+                (5..=40).contains(&count),
+                "{count} retries in [{low}, {})",
+                low + 2.0
+            );
+        }
+        assert_eq!(retry_delay(3, "uid-1"), retry_delay(3, "uid-1"));
+        assert!(retry_delay(99, "uid-1") < MAX_BACKOFF.mul_f64(1.5));
     }
 }

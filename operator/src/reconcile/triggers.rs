@@ -7,8 +7,8 @@
 //! spec edit; any write for a kind without one, the Service), its labels and owner references,
 //! and for the Deployment the status fields the SandboxService's status is made of.
 
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use futures::{Stream, StreamExt, future};
@@ -20,6 +20,8 @@ use crate::reconcile::last_applied::Fingerprint;
 
 /// The child's watch events reduced to the objects that may need a reconcile: every deletion,
 /// and an applied object whose `significant` hash differs from the last one seen for its uid.
+/// A relist (after the watch was down) keeps only the uids it lists, so children deleted
+/// meanwhile are not remembered for ever.
 pub fn significant_changes<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     significant: fn(&K) -> u64,
@@ -28,11 +30,15 @@ where
     K: Resource + Send + 'static,
 {
     let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut relisted: Option<HashSet<String>> = None;
     events.filter_map(move |event| {
         let changed = match event {
             Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
                 let uid = object.meta().uid.clone().unwrap_or_default();
                 let hash = significant(&object);
+                if let Some(relisted) = relisted.as_mut() {
+                    relisted.insert(uid.clone());
+                }
                 (seen.insert(uid, hash) != Some(hash)).then_some(Ok(object))
             }
             Ok(watcher::Event::Delete(object)) => {
@@ -41,7 +47,16 @@ where
                 }
                 Some(Ok(object))
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Ok(watcher::Event::Init) => {
+                relisted = Some(HashSet::new());
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(relisted) = relisted.take() {
+                    seen.retain(|uid, _| relisted.contains(uid));
+                }
+                None
+            }
             Err(error) => Some(Err(error)),
         };
         future::ready(changed)
@@ -116,6 +131,31 @@ mod tests {
         assert_eq!(
             passed(events, Fingerprint::fingerprint).await,
             ["a@1", "a@4", "a@5", "a@6"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_relist_forgets_children_deleted_while_the_watch_was_down() {
+        let hpa = |uid: &str, rv: u32| -> HorizontalPodAutoscaler {
+            object(&format!(
+                "metadata: {{name: {uid}, uid: {uid}, resourceVersion: '{rv}'}}\n\
+                 spec: {{maxReplicas: 1, scaleTargetRef: {{kind: Deployment, name: demo}}}}"
+            ))
+        };
+        use watcher::Event::*;
+        let events = vec![
+            Apply(hpa("a", 1)),
+            Apply(hpa("b", 2)),
+            // The watch was down; b was deleted meanwhile, so the relist lists only a.
+            Init,
+            InitApply(hpa("a", 3)),
+            InitDone,
+            Apply(hpa("a", 4)), // unchanged: still remembered
+            Apply(hpa("b", 5)), // forgotten, so seen afresh (were it still remembered, this would be dropped)
+        ];
+        assert_eq!(
+            passed(events, Fingerprint::fingerprint).await,
+            ["a@1", "b@2", "b@5"]
         );
     }
 
