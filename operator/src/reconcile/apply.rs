@@ -129,7 +129,9 @@ async fn apply_and_record<K>(
 where
     K: Child + Fingerprint,
 {
-    match apply(client, namespace, object).await {
+    // Boxed: the future of an apply of a whole Deployment is large, and four of them inline
+    // made the reconcile future overflow a test thread's stack in debug builds.
+    match Box::pin(apply(client, namespace, object)).await {
         Ok(applied) => {
             last.record(namespace, object, &applied);
             Ok(applied)
@@ -153,15 +155,18 @@ where
     let applied = match api.patch(&name, &params, &Patch::Apply(object)).await {
         Err(kube::Error::Api(status)) if status.code == 422 => {
             if replace_lists(&api, &name, object).await {
-                match api.patch(&name, &params, &Patch::Apply(object)).await {
-                    Ok(reapplied) => drop_repair_entry(&api, &name, reapplied).await,
-                    Err(error) => Err(error),
-                }
+                api.patch(&name, &params, &Patch::Apply(object)).await
             } else {
                 Err(kube::Error::Api(status))
             }
         }
         result => result,
+    };
+    // After every apply, not only a repair's: should the apply after a repair fail, the next
+    // successful one still removes the entry the repair left.
+    let applied = match applied {
+        Ok(applied) => drop_repair_entry(&api, &name, applied).await,
+        Err(error) => Err(error),
     };
     applied.map_err(|source| Error::Apply {
         kind: K::kind(&()).into_owned(),
@@ -209,23 +214,40 @@ fn update_params() -> PatchParams {
 /// Remove the `Update` entry the merge patch of [`replace_lists`] left in managedFields: while
 /// it stays, [`FIELD_MANAGER`] co-owns every field it wrote under two operations, and a field
 /// later dropped from the spec would never be removed from the child.
+///
+/// The patch carries the resourceVersion it was computed from, so it cannot drop an entry
+/// another writer added meanwhile; on such a conflict it reads the child again and retries.
 async fn drop_repair_entry<K>(api: &Api<K>, name: &str, applied: K) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
-    let entries = applied.meta().managed_fields.clone().unwrap_or_default();
     let is_repair = |entry: &ManagedFieldsEntry| {
         entry.manager.as_deref() == Some(FIELD_MANAGER)
             && entry.operation.as_deref() == Some("Update")
     };
-    if !entries.iter().any(is_repair) {
-        return Ok(applied);
-    }
-    let kept: Vec<&ManagedFieldsEntry> = entries.iter().filter(|entry| !is_repair(entry)).collect();
     let params = update_params();
-    let patch = serde_json::json!({ "metadata": { "managedFields": kept } });
-    api.patch(name, &params, &Patch::Merge(patch)).await
+    let mut current = applied;
+    for _ in 0..REPAIR_ENTRY_ATTEMPTS {
+        let entries = current.meta().managed_fields.as_deref().unwrap_or_default();
+        if !entries.iter().any(is_repair) {
+            return Ok(current);
+        }
+        let kept: Vec<&ManagedFieldsEntry> =
+            entries.iter().filter(|entry| !is_repair(entry)).collect();
+        let patch = serde_json::json!({ "metadata": {
+            "resourceVersion": current.meta().resource_version,
+            "managedFields": kept,
+        } });
+        match api.patch(name, &params, &Patch::Merge(patch)).await {
+            Err(kube::Error::Api(status)) if status.code == 409 => current = api.get(name).await?,
+            result => return result,
+        }
+    }
+    Ok(current)
 }
+
+/// Reads and patches tried before leaving a repair's entry to the next apply.
+const REPAIR_ENTRY_ATTEMPTS: usize = 3;
 
 /// Delete the ServiceMonitor `name` if, and only if, this CR owns it: one GET, plus the DELETE
 /// when there is something to remove. A missing object or a missing CRD both mean nothing to do.
