@@ -18,9 +18,9 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-5}
 STRICT=${1:-}
-WORKLOAD_PORT=3100
-BARE_PORT=3101
-KEEP_ALIVE_PORT=3102
+WORKLOAD_PORT=$(free_port)
+BARE_PORT=$(free_port)
+KEEP_ALIVE_PORT=$(free_port)
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 
 cargo build --release -p workload --bin workload --example bare_ok --quiet

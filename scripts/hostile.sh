@@ -17,9 +17,9 @@ cd "$(dirname "$0")/.."
 SLOW=${SLOW:-5000} ATTACK=${ATTACK:-10000} DURATION=${SECONDS_:-20}
 # The operator's default memory limit for a SandboxService's pods.
 POD_LIMIT_MIB=128
-WORKLOAD_PORT=3200 BARE_PORT=3201
+WORKLOAD_PORT=$(free_port) BARE_PORT=$(free_port)
 
-command -v autocannon >/dev/null || { echo "autocannon not found: run scripts/install-test-deps.sh" >&2; exit 1; }
+require_tools autocannon
 cargo build --release --locked --quiet -p workload --bin workload --example bare_ok
 # Each side holds up to ATTACK sockets.
 ulimit -n "$(ulimit -Hn)"
