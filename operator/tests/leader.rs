@@ -57,6 +57,8 @@ const SLOW_ACQUISITION: u8 = 4;
 #[derive(Default)]
 struct Server {
     mode: AtomicU8,
+    /// Lease requests of any kind.
+    requests: AtomicUsize,
     patches: AtomicUsize,
     /// When the first Lease PATCH arrived.
     first_patch: Mutex<Option<Instant>>,
@@ -95,6 +97,7 @@ impl Server {
             return fake.send(request).await;
         }
         let arrived = Instant::now();
+        self.requests.fetch_add(1, Ordering::SeqCst);
         let is_patch = request.method() == http::Method::PATCH;
         if is_patch && self.patches.fetch_add(1, Ordering::SeqCst) == 0 {
             *self.first_patch.lock().unwrap() = Some(arrived);
@@ -165,7 +168,7 @@ async fn start(client: Client, timing: LeaseTiming) -> Election {
         namespace: NAMESPACE.into(),
         identity: ME.into(),
     };
-    Election::start_with(client, &config, timing).await.unwrap()
+    Election::start_with(client, &config, timing)
 }
 
 /// The only replica, on an empty in-memory API server answered by `server`, once it leads.
@@ -315,6 +318,70 @@ async fn the_renew_deadline_counts_from_the_patch_that_set_renew_time() {
     assert!(server.patches.load(Ordering::SeqCst) >= 2);
 
     release_returns(election, is_leader).await;
+}
+
+/// A candidate whose API server cannot be reached waits and retries instead of failing (under
+/// a kubelet, a failing candidate is a crash loop whose delay adds to every recovery).
+#[tokio::test]
+async fn a_candidate_waits_out_an_unreachable_api_server_and_then_leads() {
+    let server = Server::new(FAILING);
+    let (client, fake) = client(server.clone(), vec![]).await;
+    let election = start(client, TIMING).await;
+    let mut is_leader = election.is_leader.clone();
+    assert!(
+        !wait_for(&mut is_leader, true, Duration::from_secs(2)).await,
+        "no leader without the API server"
+    );
+    assert!(is_leader.has_changed().is_ok(), "the election still runs");
+
+    server.set_mode(HEALTHY);
+    assert!(
+        wait_for(&mut is_leader, true, Duration::from_secs(8)).await,
+        "leads once the API server answers"
+    );
+    assert_eq!(holder(fake).await.as_deref(), Some(ME));
+    release_returns(election, is_leader).await;
+}
+
+/// A standby that shuts down leaves the Lease alone, not even reading it: the lease manager's
+/// release clears an expired Lease without a precondition, so from a standby it could clear
+/// the Lease another replica has just taken.
+#[tokio::test]
+async fn a_standby_leaves_the_lease_to_its_holder_on_shutdown() {
+    let now = MicroTime(Timestamp::now());
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.into()),
+            namespace: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(OTHER.into()),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_duration_seconds: Some(30),
+            lease_transitions: Some(1),
+            ..LeaseSpec::default()
+        }),
+    };
+    let server = Server::new(HEALTHY);
+    let (client, fake) = client(server.clone(), vec![lease]).await;
+    let election = start(client, TIMING).await;
+    let mut is_leader = election.is_leader.clone();
+    assert!(!wait_for(&mut is_leader, true, Duration::from_millis(500)).await);
+
+    drop(is_leader);
+    let requests = server.requests.load(Ordering::SeqCst);
+    timeout(Duration::from_secs(2), election.release())
+        .await
+        .expect("release returns")
+        .unwrap();
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        requests,
+        "no Lease request on shutdown"
+    );
+    assert_eq!(holder(fake).await.as_deref(), Some(OTHER));
 }
 
 #[tokio::test]

@@ -94,16 +94,17 @@ pub struct Election {
 
 impl Election {
     /// Start competing for the Lease (created if missing) with [`LeaseTiming::DEFAULT`].
-    pub async fn start(client: Client, config: &LeaseConfig) -> Result<Self> {
-        Self::start_with(client, config, LeaseTiming::DEFAULT).await
+    pub fn start(client: Client, config: &LeaseConfig) -> Self {
+        Self::start_with(client, config, LeaseTiming::DEFAULT)
     }
 
     /// Start competing for the Lease (created if missing) with the given timing.
-    pub async fn start_with(
-        client: Client,
-        config: &LeaseConfig,
-        timing: LeaseTiming,
-    ) -> Result<Self> {
+    ///
+    /// Returns at once: the first Lease requests are made by the election's task, which waits
+    /// and retries while the API server cannot be reached. A candidate that exited instead
+    /// would be restarted by its kubelet with a growing delay, which then adds to the recovery
+    /// after every outage.
+    pub fn start_with(client: Client, config: &LeaseConfig, timing: LeaseTiming) -> Self {
         let (renewed_tx, renewed) = watch::channel(None);
         let lease_path = format!(
             "{}/{}",
@@ -117,21 +118,26 @@ impl Election {
             timing.request_timeout(),
             renewed_tx,
         );
-        let manager = LeaseManagerBuilder::new(client, &config.name)
-            .with_namespace(&config.namespace)
-            .with_identity(&config.identity)
-            .with_duration(timing.duration_seconds)
-            // The manager's "grace" is how long before expiry it renews.
-            .with_grace(2 * timing.grace_seconds)
-            // The lease manager detects competing replicas through SSA conflicts, so each
-            // replica needs its own field manager here, unlike the children.
-            .with_field_manager(format!("{FIELD_MANAGER}-{}", config.identity))
-            .build()
-            .await
-            .map_err(|e| Error::LeaderElection(Box::new(e)))?;
+        let config = config.clone();
+        let builder = move || {
+            LeaseManagerBuilder::new(client.clone(), &config.name)
+                .with_namespace(&config.namespace)
+                .with_identity(&config.identity)
+                .with_duration(timing.duration_seconds)
+                // The manager's "grace" is how long before expiry it renews.
+                .with_grace(2 * timing.grace_seconds)
+                // The lease manager detects competing replicas through SSA conflicts, so each
+                // replica needs its own field manager here, unlike the children.
+                .with_field_manager(format!("{FIELD_MANAGER}-{}", config.identity))
+        };
         let (sender, is_leader) = watch::channel(false);
-        let task = tokio::spawn(drive(manager, timing, renewed, sender));
-        Ok(Self { is_leader, task })
+        let task = tokio::spawn(async move {
+            match build(builder, &sender).await {
+                Some(manager) => drive(manager, timing, renewed, sender).await,
+                None => Ok(()),
+            }
+        });
+        Self { is_leader, task }
     }
 
     /// Stop competing and release the Lease if held, so a standby takes over at once instead
@@ -146,6 +152,36 @@ impl Election {
         }
     }
 }
+
+/// The lease manager, once its first requests (reading, or creating, the Lease) succeed;
+/// `None` if every receiver of `sender` is gone first.
+async fn build(
+    builder: impl Fn() -> LeaseManagerBuilder,
+    sender: &watch::Sender<bool>,
+) -> Option<LeaseManager> {
+    let mut attempt: u32 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            () = sender.closed() => return None,
+            built = builder().build() => match built {
+                Ok(manager) => return Some(manager),
+                Err(error) => {
+                    attempt += 1;
+                    let retry_in = RETRY_PERIOD * attempt.min(MAX_START_RETRY_FACTOR);
+                    warn!(%error, attempt, retry_in_s = retry_in.as_secs(), "reading the Lease failed; waiting to compete");
+                    tokio::select! {
+                        () = sender.closed() => return None,
+                        () = sleep(retry_in) => {}
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A candidate that cannot read the Lease asks again after 1 s, 2 s, … up to this many seconds.
+const MAX_START_RETRY_FACTOR: u32 = 5;
 
 /// Compete for the Lease and publish leadership to `sender` until every receiver is gone.
 //
@@ -181,6 +217,12 @@ async fn drive(
             biased;
             () = sender.closed() => {
                 drop(next);
+                // Only a leader releases. The lease manager's release also clears an expired
+                // Lease, without a precondition: from a standby it could clear the Lease
+                // another replica has just taken.
+                if !leading {
+                    return Ok(());
+                }
                 return release(&manager, timing).await;
             }
             // Wake up to recompute when a renewal lands or the deadline passes.

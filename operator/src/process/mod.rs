@@ -39,7 +39,8 @@ pub struct RunConfig {
     /// Namespace of the Lease; defaults to the operator's own namespace.
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// Identity in the leader election; defaults to the host (pod) name.
+    /// Identity in the leader election, unique per replica; defaults to the host name and the
+    /// process id.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 }
@@ -67,11 +68,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     ));
     info!(addr = %admin_addr, "admin server listening");
 
-    let identity = config
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| FIELD_MANAGER.to_string());
+    let identity = config.identity.clone().unwrap_or_else(default_identity);
     let lease = LeaseConfig {
         name: config.lease_name.clone(),
         namespace: config
@@ -80,7 +77,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
             .unwrap_or_else(|| client.default_namespace().to_string()),
         identity: identity.clone(),
     };
-    let election = Election::start(client.clone(), &lease).await?;
+    let election = Election::start(client.clone(), &lease);
     info!(lease = %lease.name, namespace = %lease.namespace, %identity, "waiting for leadership");
     admin_state.set_ready(true); // a standby is ready, see `admin`
 
@@ -132,6 +129,14 @@ async fn lead(
             Err(Error::LostLeadership(lease.name.clone()))
         }
     }
+}
+
+/// This process's identity in the election when none is given (no `POD_NAME`): the host name
+/// and the process id, so that two processes on one host never both believe they hold the
+/// Lease.
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| FIELD_MANAGER.to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Completes once shutdown is requested (the channel holds `true`), or once its sender is gone.
