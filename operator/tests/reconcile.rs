@@ -13,12 +13,14 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
 use operator::build::ServiceMonitor;
 use operator::names::FIELD_MANAGER;
+use operator::reconcile::last_applied::ChildCaches;
 use operator::reconcile::status::{DEGRADED, PROGRESSING, READY};
 use operator::reconcile::{
     CRD_RECHECK_INTERVAL, Context, RECONCILE_TIMEOUT, RESYNC_INTERVAL, error_policy, reconcile,
@@ -136,6 +138,19 @@ impl Harness {
         (result, take(&self.log))
     }
 
+    /// Fill the operator's child caches from the API server, as its watches would have them
+    /// by now (the fake API server has no watches).
+    async fn cache_children(&self) {
+        let caches = ChildCaches {
+            deployments: cached(self.api()).await,
+            services: cached(self.api()).await,
+            hpas: cached(self.api()).await,
+            service_monitors: Some(cached_metadata(self.api::<ServiceMonitor>()).await),
+        };
+        self.ctx.last_applied.set_caches(Some(caches));
+        take(&self.log);
+    }
+
     fn crs(&self) -> Api<SandboxService> {
         Api::namespaced(self.client.clone(), NAMESPACE)
     }
@@ -169,6 +184,32 @@ impl Harness {
             .unwrap();
         (condition.status, condition.reason, condition.message)
     }
+}
+
+/// A watch cache holding every object `api` lists.
+async fn cached<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
+{
+    let mut writer = Writer::default();
+    let store = writer.as_reader();
+    for object in api.list(&ListParams::default()).await.unwrap() {
+        writer.apply_watcher_event(&watcher::Event::Apply(object));
+    }
+    store
+}
+
+/// A metadata-only watch cache of what `api` lists, as the operator keeps ServiceMonitors.
+async fn cached_metadata<K>(api: Api<K>) -> Store<kube::api::PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
+{
+    let mut writer = Writer::default();
+    let store = writer.as_reader();
+    for object in api.list_metadata(&ListParams::default()).await.unwrap() {
+        writer.apply_watcher_event(&watcher::Event::Apply(object));
+    }
+    store
 }
 
 fn with_service_monitor_crd() -> ClientBuilder {
@@ -296,10 +337,59 @@ async fn unchanged_second_reconcile_applies_children_and_writes_no_status() {
     assert_eq!(
         calls,
         child_applies(true),
-        "4 calls: one apply per child, nothing else"
+        "without watch caches (as in a new process), one apply per child and nothing else"
     );
     assert_eq!(harness.crs().get(NAME).await.unwrap().status, status_before);
     assert_eq!(harness.events().await.len(), 1, "no new Event");
+}
+
+#[tokio::test]
+async fn with_the_children_watched_only_what_changed_is_applied() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    harness.reconcile().await.0.unwrap();
+    harness.cache_children().await;
+
+    let (result, calls, _) = harness.reconcile().await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    assert_eq!(calls, vec![], "nothing changed: not one call");
+
+    // The HPA scales the Deployment: /scale moves its replicas and its generation.
+    let generation = harness
+        .api::<Deployment>()
+        .get(NAME)
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap_or(1);
+    let scale = serde_json::json!({
+        "metadata": {"generation": generation + 1},
+        "spec": {"replicas": 3},
+    });
+    harness
+        .api::<Deployment>()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(scale))
+        .await
+        .unwrap();
+    harness.cache_children().await;
+    let scaled = harness.api::<Deployment>().get(NAME).await.unwrap();
+    assert_eq!(scaled.metadata.generation, Some(generation + 1));
+    let (_, calls, _) = harness.reconcile().await;
+    assert_eq!(calls, vec![], "a scale is the HPA's, not drift");
+
+    // Someone edits the Service: it alone is applied again.
+    let edit = serde_json::json!({"spec": {"sessionAffinity": "ClientIP"}});
+    harness
+        .api::<Service>()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(edit))
+        .await
+        .unwrap();
+    harness.cache_children().await;
+    let (_, calls, _) = harness.reconcile().await;
+    assert_eq!(
+        calls,
+        vec![apply_call("api/v1/namespaces/sandbox/services/demo")]
+    );
 }
 
 #[tokio::test]
