@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use operator::spec::SandboxService;
 
+mod outage;
 mod relief;
 
 use crate::autoscale::{Load, fixed_replicas};
