@@ -146,6 +146,41 @@ pub fn cluster() -> &'static Cluster {
     })
 }
 
+/// The operator's kubeconfig with its server's address replaced by `proxy` (same scheme and
+/// certificate checks): where a test puts something between the operator and the API server.
+pub fn operator_kubeconfig_via(proxy: SocketAddr) -> PathBuf {
+    let path = &cluster().operator_kubeconfig;
+    let mut kubeconfig: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("read the operator's kubeconfig"))
+            .expect("the operator's kubeconfig is JSON");
+    let server = &mut kubeconfig["clusters"][0]["cluster"]["server"];
+    let url = server.as_str().expect("a server URL").to_string();
+    let (scheme, _) = url.split_once("://").expect("a URL with a scheme");
+    *server = json!(format!("{scheme}://{proxy}"));
+    let via = work_dir().join(format!("operator-via-{}.kubeconfig", proxy.port()));
+    std::fs::write(&via, kubeconfig.to_string()).expect("write the kubeconfig");
+    via
+}
+
+/// The API server's address, as the test bed's kubeconfig names it.
+pub fn api_server_address() -> SocketAddr {
+    let server = kubectl_ok(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let authority = server
+        .trim()
+        .split_once("://")
+        .map_or(server.trim(), |(_, rest)| rest)
+        .trim_end_matches('/');
+    authority
+        .parse()
+        .unwrap_or_else(|e| panic!("the API server {authority:?} is not IP:port: {e}"))
+}
+
 /// `kubectl apply --server-side -k deploy/operator`, as docs/running-in-kubernetes.md installs the operator; its output.
 pub fn install() -> String {
     // Forcing only matters on a test bed reused across runs, where a test edited the CRD.
@@ -312,7 +347,12 @@ pub struct Operator {
 impl Operator {
     /// Start `operator run` competing for `lease` as `identity`.
     pub fn start(lease: &str, identity: &str) -> Self {
-        let cluster = cluster();
+        Self::start_via(lease, identity, &cluster().operator_kubeconfig)
+    }
+
+    /// [`Operator::start`] with another kubeconfig of the operator's ServiceAccount (e.g. one
+    /// whose server is a proxy, see [`operator_kubeconfig_via`]).
+    pub fn start_via(lease: &str, identity: &str, kubeconfig: &Path) -> Self {
         let admin = free_port();
         // One log per process of this run: a 403 of an earlier run must not fail this one.
         static STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -333,7 +373,7 @@ impl Operator {
                 "--identity",
                 identity,
             ])
-            .env("KUBECONFIG", &cluster.operator_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn,operator=debug")
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file)

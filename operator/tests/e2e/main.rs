@@ -14,6 +14,7 @@
 //! on the real node instead, against the installed operator (`--skip node::` and `node::`).
 
 mod autoscale;
+mod faults;
 mod harness;
 mod node;
 #[path = "../support/refused_crs.rs"]
