@@ -192,6 +192,26 @@ async fn wait_for(is_leader: &mut watch::Receiver<bool>, wanted: bool, within: D
         .is_ok_and(|changed| changed.is_ok())
 }
 
+/// The Lease as `holder` has just renewed it, valid for `duration_seconds`.
+fn lease_held_by(holder: &str, duration_seconds: i32) -> Lease {
+    let now = MicroTime(Timestamp::now());
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.into()),
+            namespace: Some(NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_duration_seconds: Some(duration_seconds),
+            lease_transitions: Some(1),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
 /// Ends the election (its result aside: Lease requests may be failing) and checks that it returns.
 async fn release_returns(election: Election, is_leader: watch::Receiver<bool>) {
     drop(is_leader);
@@ -263,22 +283,7 @@ async fn leader_gives_up_when_lease_renewals_hang() {
 /// `renewTime` alone) succeeds on the other replica's Lease: it must not make it leader.
 #[tokio::test]
 async fn a_renewal_of_a_lease_held_by_another_replica_does_not_make_it_leader() {
-    let now = MicroTime(Timestamp::now());
-    let lease = Lease {
-        metadata: ObjectMeta {
-            name: Some(LEASE.into()),
-            namespace: Some(NAMESPACE.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(ME.into()),
-            acquire_time: Some(now.clone()),
-            renew_time: Some(now),
-            lease_duration_seconds: Some(3),
-            lease_transitions: Some(1),
-            ..LeaseSpec::default()
-        }),
-    };
+    let lease = lease_held_by(ME, 3);
     let server = Server::new(STOLEN_BEFORE_PATCH);
     let (client, fake) = client(server.clone(), vec![lease]).await;
     let election = start(client, TIMING).await;
@@ -348,22 +353,7 @@ async fn a_candidate_waits_out_an_unreachable_api_server_and_then_leads() {
 /// the Lease another replica has just taken.
 #[tokio::test]
 async fn a_standby_leaves_the_lease_to_its_holder_on_shutdown() {
-    let now = MicroTime(Timestamp::now());
-    let lease = Lease {
-        metadata: ObjectMeta {
-            name: Some(LEASE.into()),
-            namespace: Some(NAMESPACE.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(OTHER.into()),
-            acquire_time: Some(now.clone()),
-            renew_time: Some(now),
-            lease_duration_seconds: Some(30),
-            lease_transitions: Some(1),
-            ..LeaseSpec::default()
-        }),
-    };
+    let lease = lease_held_by(OTHER, 30);
     let server = Server::new(HEALTHY);
     let (client, fake) = client(server.clone(), vec![lease]).await;
     let election = start(client, TIMING).await;
