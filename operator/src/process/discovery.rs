@@ -15,6 +15,7 @@ use kube::error::DiscoveryError;
 use crate::build::ServiceMonitor;
 use crate::error::is_not_found;
 use crate::names::SERVICE_MONITOR_CRD;
+use crate::reconcile::doubling;
 
 /// How often to ask discovery again while it does not yet agree with the CRD watch.
 const DISCOVERY_RECHECK: Duration = Duration::from_secs(1);
@@ -96,7 +97,7 @@ fn not_served(error: &kube::Error) -> bool {
 
 /// Wait before asking discovery again after failure number `attempt`: 1 s doubling to 30 s.
 fn discovery_retry(attempt: u32) -> Duration {
-    Duration::from_secs(1 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+    doubling(Duration::from_secs(1), Duration::from_secs(30), attempt)
 }
 
 #[cfg(test)]

@@ -219,8 +219,14 @@ pub fn error_policy(cr: Arc<SandboxService>, error: &Error, ctx: Arc<Context>) -
 
 /// Delay before retry number `attempt` (1-based): 5 s, 10 s, 20 s … up to 5 min.
 pub fn backoff(attempt: u32) -> Duration {
+    doubling(BASE_BACKOFF, MAX_BACKOFF, attempt)
+}
+
+/// Delay before retry number `attempt` (1-based) of a schedule that starts at `first` and
+/// doubles up to `max`.
+pub fn doubling(first: Duration, max: Duration, attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(1).min(16);
-    BASE_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+    first.saturating_mul(1 << doublings).min(max)
 }
 
 /// Delay before retry `attempt` of the CR with `uid`: the [`backoff`] plus up to half of it
