@@ -7,6 +7,14 @@
 #   scripts/testbed.sh down     stop exactly the processes `up` started (pid files), never by name
 #   scripts/testbed.sh status   each component: running or not, and the API server's /readyz
 #   scripts/testbed.sh env      the exports for a shell: eval "$(scripts/testbed.sh env)"
+#   scripts/testbed.sh stop C   stop one control-plane component C (etcd, kube-apiserver, kube-controller-manager,
+#                               kube-scheduler): the fault tests' outage
+#   scripts/testbed.sh start C  start C again exactly as `up` did (same flags, same data); for kube-apiserver,
+#                               return once /readyz answers
+#
+# The API server writes an audit log, $TESTBED_DIR/audit.log (JSON lines, one per request), of every request
+# the operator's ServiceAccount makes and of nothing else: what the fault tests count writes, retries and
+# concurrency from, as the API server saw them.
 #
 # Everything lives under target/testbed (TESTBED_DIR): pki/, etcd data, logs/, pids/, kubeconfig.
 #
@@ -90,7 +98,9 @@ fail_start() {
 
 start() {
 	local component=$1; shift
-	"$@" >"$logs/$component.log" 2>&1 &
+	# The exact command, for `start COMPONENT` after `stop COMPONENT`; a restart appends to the log.
+	printf '%s\0' "$@" >"$pids/$component.argv"
+	"$@" >>"$logs/$component.log" 2>&1 &
 	local pid=$! shell
 	echo "$pid" >"$pids/$component.pid"
 	# Until the forked shell has exec'd the component, its pid's executable is still bash, and
@@ -232,6 +242,7 @@ up() {
 		env -u TESTBED_NODES "$0" down
 	fi
 	stop_all
+	rm -rf "$logs" "$pids"
 	mkdir -p "$logs" "$pids"
 	echo "$nodes" >"$dir/nodes"
 	make_pki
@@ -252,7 +263,8 @@ up() {
 	etcd_client=$(free_port) etcd_peer=$(free_port) apiserver=$(free_port)
 	echo "$apiserver" >"$dir/apiserver.port"
 	echo "$address" >"$dir/apiserver.address"
-	rm -rf "$dir/etcd"
+	rm -rf "$dir/etcd" "$dir/audit.log"
+	audit_policy >"$dir/audit-policy.yaml"
 	start etcd "$bin/etcd" -data-dir "$dir/etcd" \
 		-client-url "http://127.0.0.1:$etcd_client" -peer-url "http://127.0.0.1:$etcd_peer"
 	wait_until etcd 30 curl -fsS "http://127.0.0.1:$etcd_client/health"
@@ -276,7 +288,9 @@ up() {
 		--requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
 		--requestheader-extra-headers-prefix=X-Remote-Extra- \
 		--proxy-client-cert-file="$pki/front-proxy-client.crt" \
-		--proxy-client-key-file="$pki/front-proxy-client.key"
+		--proxy-client-key-file="$pki/front-proxy-client.key" \
+		--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
+		--audit-log-maxsize=0
 	write_kubeconfig "$kubeconfig" admin
 	wait_until kube-apiserver 90 apiserver_ready
 
@@ -307,6 +321,44 @@ up() {
 	for component in "${components[@]}"; do running "$component" || fail_start "$component" "exited"; done
 	log "up in $((SECONDS - start_time)) s"
 	print_env
+}
+
+# Every request of the operator's ServiceAccount, at Metadata level (who, what, when, the answer's code),
+# each once it completes; nothing of anyone else's.
+audit_policy() {
+	cat <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:sandbox-system:sandbox-operator"]
+- level: None
+EOF
+}
+
+# restart COMPONENT: start a stopped control-plane component again with the flags `up` gave it.
+restart() {
+	local component=$1 argv
+	[[ " ${control_plane[*]} " == *" $component "* ]] || die "start one of: ${control_plane[*]}"
+	[ -f "$pids/$component.argv" ] || die "$component was never started: run scripts/testbed.sh up"
+	running "$component" && die "$component is running"
+	mapfile -d '' argv <"$pids/$component.argv"
+	echo "--- started again at $(date -u +%FT%TZ)" >>"$logs/$component.log"
+	start "$component" "${argv[@]}"
+	local deadline=$((SECONDS + 90)) ready=(true) i
+	case $component in
+	kube-apiserver) ready=(apiserver_ready) ;;
+	etcd) for i in "${!argv[@]}"; do
+		[ "${argv[i]}" = -client-url ] && ready=(curl -fsS "${argv[i + 1]}/health")
+	done ;;
+	esac
+	until "${ready[@]}" >/dev/null 2>&1; do
+		running "$component" || { tail -n 30 "$logs/$component.log" >&2; die "$component exited"; }
+		[ $SECONDS -lt $deadline ] || die "$component was not ready within 90 s"
+		sleep 0.2
+	done
+	running "$component" || { tail -n 30 "$logs/$component.log" >&2; die "$component exited"; }
 }
 
 start_kwok() {
@@ -457,5 +509,7 @@ up) up ;;
 down) stop_all ;;
 status) status ;;
 env) [ -f "$kubeconfig" ] || die "not up: run scripts/testbed.sh up"; print_env ;;
-*) echo "usage: scripts/testbed.sh up | down | status | env" >&2; exit 2 ;;
+stop) [[ " ${control_plane[*]} " == *" ${2:-} "* ]] || die "stop one of: ${control_plane[*]}"; stop "$2" ;;
+start) restart "${2:-}" ;;
+*) echo "usage: scripts/testbed.sh up | down | status | env | stop COMPONENT | start COMPONENT" >&2; exit 2 ;;
 esac

@@ -23,13 +23,19 @@ pub async fn connect_counted(requests: &ApiRequests) -> Result<Client> {
     client(Some(requests)).await
 }
 
-/// kube's default stack (`Client::try_default`), with the counting layer outermost if asked.
+/// kube's default stack (`Client::try_default`) without its retries, with the counting layer
+/// outermost if asked.
 async fn client(requests: Option<&ApiRequests>) -> Result<Client> {
     // An Err only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = Config::infer()
+    let mut config = Config::infer()
         .await
         .map_err(|e| Error::Config(Box::new(kube::Error::InferConfig(e))))?;
+    // kube retries a 429, 503 or 504 inside the client up to 15 times, from 5 ms doubling
+    // towards 1000 s: minutes in which a caller sees nothing. Every caller here retries on its
+    // own terms (the reconcile's jittered backoff and one Warning per distinct error, the
+    // watches' backoff, discovery's, the Lease's timing), each of which needs to see the error.
+    config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(|e| Error::Config(Box::new(e)))?;
     Ok(match requests {
         Some(requests) => builder.with_layer(&requests.layer()).build(),

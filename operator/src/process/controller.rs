@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::admin::AdminState;
 use super::discovery::{service_monitor_crd_changed, service_monitor_crd_installed};
+use super::watch_backoff::{NoWait, WatchBackoff};
 use crate::build::ServiceMonitor;
 use crate::names::MANAGED_BY_SELECTOR;
 use crate::reconcile::last_applied::{ChildCaches, Fingerprint};
@@ -88,33 +89,42 @@ async fn controller_until(
     let (deployments, deployment_events) = cached_watch(Api::<Deployment>::all(client.clone()));
     let (services, service_events) = cached_watch(Api::<Service>::all(client.clone()));
     let (hpas, hpa_events) = cached_watch(Api::<HorizontalPodAutoscaler>::all(client.clone()));
-    let mut controller = Controller::new(
+    // Each watch backs off on its own (see `watch_backoff`), the CRs' too: built here rather
+    // than by `Controller::new`, which would leave it to the backoff all watches share.
+    let (cache, cache_writer) = reflector::store();
+    let cr_events = watcher::watcher(
         Api::<SandboxService>::all(client.clone()),
         watcher::Config::default()
             .any_semantic()
             .page_size(WATCH_PAGE_SIZE),
     )
-    // A child's status changes come in bursts (a Deployment's replica counts move one after
-    // another as its pods start): one reconcile for the burst, not one per write.
-    // At most this many reconciles at once, so a new leader or the end of an outage does not
-    // start every CR's writes together.
-    .with_config(
-        controller::Config::default()
-            .debounce(DEBOUNCE)
-            .concurrency(RECONCILE_CONCURRENCY),
-    )
-    .owns_stream(triggers::significant_changes(
-        deployment_events,
-        triggers::deployment,
-    ))
-    .owns_stream(triggers::significant_changes(
-        service_events,
-        Fingerprint::fingerprint,
-    ))
-    .owns_stream(triggers::significant_changes(
-        hpa_events,
-        Fingerprint::fingerprint,
-    ));
+    .backoff(WatchBackoff::new())
+    .reflect(cache_writer)
+    .applied_objects();
+    let mut controller = Controller::for_stream(cr_events, cache.clone())
+        // A child's status changes come in bursts (a Deployment's replica counts move one after
+        // another as its pods start): one reconcile for the burst, not one per write.
+        // At most this many reconciles at once, so a new leader or the end of an outage does not
+        // start every CR's writes together.
+        .with_config(
+            controller::Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(RECONCILE_CONCURRENCY),
+        )
+        // The watches have each waited after their errors already.
+        .trigger_backoff(NoWait)
+        .owns_stream(triggers::significant_changes(
+            deployment_events,
+            triggers::deployment,
+        ))
+        .owns_stream(triggers::significant_changes(
+            service_events,
+            Fingerprint::fingerprint,
+        ))
+        .owns_stream(triggers::significant_changes(
+            hpa_events,
+            Fingerprint::fingerprint,
+        ));
     let mut service_monitors = None;
     if own_service_monitors {
         let (store, events) = cached_watch(Api::<PartialObjectMeta<ServiceMonitor>>::all(
@@ -137,7 +147,6 @@ async fn controller_until(
     // none to reconcile. Not `store.wait_until_ready()` beside the controller: kube-runtime's
     // store readiness wakes only the last of its waiters, so a second waiter can leave the
     // controller's own runner asleep forever (seen on a real API server).
-    let cache = controller.store();
     let controller = controller
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx.clone())
@@ -196,7 +205,7 @@ where
         .labels(MANAGED_BY_SELECTOR)
         .page_size(WATCH_PAGE_SIZE);
     let events = watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         // Only the API server reads managedFields; in the cache they would be most of its memory.
         .modify(|child| child.meta_mut().managed_fields = None)
         .reflect(writer);

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use kube::error::DiscoveryError;
 
+use super::watch_backoff::WatchBackoff;
 use crate::build::ServiceMonitor;
 use crate::error::is_not_found;
 use crate::names::SERVICE_MONITOR_CRD;
@@ -27,7 +28,7 @@ const DISCOVERY_RECHECK: Duration = Duration::from_secs(1);
 pub async fn service_monitor_crd_changed(client: &Client, installed: bool) {
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     let mut changes = watch_object(crds, SERVICE_MONITOR_CRD)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .boxed();
     while let Some(event) = changes.next().await {
         match event {

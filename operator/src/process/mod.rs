@@ -10,6 +10,7 @@ pub mod client;
 pub mod controller;
 pub mod discovery;
 pub mod leader;
+pub mod watch_backoff;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

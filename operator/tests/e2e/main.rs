@@ -13,10 +13,12 @@
 //! (`TESTBED_NODES=kwok`), where the installed operator's pod runs nothing; the `node::` tests run
 //! on the real node instead, against the installed operator (`--skip node::` and `node::`).
 
+mod audit;
 mod autoscale;
 mod faults;
 mod harness;
 mod node;
+mod outages;
 #[path = "../support/refused_crs.rs"]
 mod refused_crs;
 mod rollout;
