@@ -44,30 +44,42 @@ async fn ready_crs(crs: &Api<SandboxService>, count: usize) {
 
 /// Wait until all `count` CRs are Ready at generation `generation`.
 async fn all_current(crs: &Api<SandboxService>, count: usize, generation: i64) {
-    all_current_within(crs, count, generation, TIMEOUT).await;
+    all_within(crs, count, generation, "Ready", ready_and_current, TIMEOUT).await;
 }
 
-/// [`all_current`], waiting up to `limit`.
-async fn all_current_within(
+/// Wait until all `count` CRs are at generation `generation` and satisfy `check`, up to `limit`.
+async fn all_within(
     crs: &Api<SandboxService>,
     count: usize,
     generation: i64,
+    what: &str,
+    check: fn(&SandboxService) -> bool,
     limit: Duration,
 ) {
     wait_until_within(
         limit,
-        &format!("{count} SandboxServices Ready at generation {generation}"),
+        &format!("{count} SandboxServices {what} at generation {generation}"),
         || async {
             let list = crs.list(&ListParams::default()).await.ok()?;
             let current = list
                 .items
                 .iter()
-                .filter(|cr| cr.meta().generation == Some(generation) && ready_and_current(cr))
+                .filter(|cr| cr.meta().generation == Some(generation) && check(cr))
                 .count();
             (current == count).then_some(())
         },
     )
     .await;
+}
+
+/// A test namespace deleted when the test ends, passed or not: a failed test must not leave 100
+/// HPAs the controller-manager keeps evaluating while the next tests run.
+struct NamespaceGuard(String);
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
+    }
 }
 
 /// Change every CR's concurrency to 2, bumping each to generation 2.
@@ -115,6 +127,7 @@ fn lists(requests: &[Request]) -> BTreeMap<String, usize> {
 async fn an_api_server_restart_resumes_the_watches_and_writes_each_change_once() {
     let client = admin_client().await;
     let ns = namespace(&client, "e2e-restart").await;
+    let _cleanup = NamespaceGuard(ns.clone());
     let lease = "e2e-restart";
     let mut first = Operator::start_leading(&client, lease, "restart-a").await;
     let mut second = Operator::start(lease, "restart-b");
@@ -184,7 +197,7 @@ async fn an_api_server_restart_resumes_the_watches_and_writes_each_change_once()
     let writes = per_target(
         requests
             .iter()
-            .filter(|r| r.is_reconcile_write() && r.succeeded()),
+            .filter(|r| r.is_reconcile_write() && r.succeeded() && r.namespace == ns),
     );
     let children_of = |cr: &str| {
         writes
@@ -282,6 +295,7 @@ async fn an_etcd_outage_with_100_crs_ends_in_one_bounded_burst_of_writes() {
     const OUTAGE: Duration = Duration::from_secs(60);
     let client = admin_client().await;
     let ns = namespace(&client, "e2e-etcd").await;
+    let _cleanup = NamespaceGuard(ns.clone());
     let lease = "e2e-etcd";
     let mut leader = Operator::start_leading(&client, lease, "etcd-a").await;
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
@@ -323,9 +337,11 @@ async fn an_etcd_outage_with_100_crs_ends_in_one_bounded_burst_of_writes() {
     testbed(&["start", "etcd"]);
     let restarted = Instant::now();
     let restarted_at = Timestamp::now();
-    // The API server's own recovery comes first: its watch caches took 33-35 s to answer a
-    // LIST after etcd returned in one run.
-    all_current_within(&crs, CRS, 2, 2 * TIMEOUT).await;
+    // Observed, not Ready: etcd down longer than the node monitor's grace period makes the
+    // controller-manager mark kwok's nodes' pods not Ready, which kwok, unlike a kubelet, never
+    // undoes. And the API server's own recovery comes first: its watch caches took up to 35 s to
+    // answer a LIST after etcd returned.
+    all_within(&crs, CRS, 2, "reconciled", observed, 2 * TIMEOUT).await;
     let recovered = restarted.elapsed();
     replacement.wait_leading(&client).await;
     replacement.wait_idle(Duration::from_secs(5)).await;
@@ -384,7 +400,7 @@ async fn an_etcd_outage_with_100_crs_ends_in_one_bounded_burst_of_writes() {
         "etcd outage of {OUTAGE:?} with {CRS} CRs: {} changes applied before etcd stopped; the \
          leader exited {:.1} s in; {} writes failed during the outage; after etcd started: the \
          replacement led at {led_at:.1} s, its SandboxService LIST was answered at \
-         {listed_at:.1} s, all {CRS} CRs current at {:.1} s; {} writes, at most {in_flight} in \
+         {listed_at:.1} s, all {CRS} CRs reconciled at {:.1} s; {} writes, at most {in_flight} in \
          flight; its Deployment applies at (s after etcd started) {}; Warning Events per CR: at \
          most {most_warnings} ({} CRs with any)",
         deployments(&before).len(),
@@ -421,6 +437,17 @@ async fn an_etcd_outage_with_100_crs_ends_in_one_bounded_burst_of_writes() {
 
     delete_namespace(&client, &ns).await;
     replacement.stop();
+    // The installed operator's pod, on a kwok node through the outage, was marked not Ready
+    // too: a new one is Ready at once.
+    kubectl_ok(&[
+        "delete",
+        "pods",
+        "-n",
+        "sandbox-system",
+        "-l",
+        "app.kubernetes.io/name=sandbox-operator",
+        "--wait=false",
+    ]);
 }
 
 /// Each Deployment's `metadata.generation` in `ns`, by name: it moves once per spec change.
@@ -530,6 +557,7 @@ async fn the_service_monitor_api_answering_503_restarts_no_controller_and_relist
     install_service_monitor_crd();
     let client = admin_client().await;
     let ns = namespace(&client, "e2e-discovery").await;
+    let _cleanup = NamespaceGuard(ns.clone());
     let lease = "e2e-discovery";
     let first = Operator::start_leading(&client, lease, "discovery-a").await;
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
@@ -631,10 +659,10 @@ async fn the_service_monitor_api_answering_503_restarts_no_controller_and_relist
         CRS,
         "every CR's reconcile failed and was retried within 12 s: {attempts:?}"
     );
-    // The next attempts come from each CR's own Deployment moving (a trigger, not the backoff):
-    // however many, they must not become a hot loop.
+    // The next attempts come from each CR's own Deployment moving as its pod starts (a trigger,
+    // not the backoff, seen 2-4 times): however many, they must not become a hot loop.
     assert!(
-        most_attempts <= 4,
+        most_attempts <= 6,
         "a CR's reconcile was attempted {most_attempts} times in 12 s: {attempts:?}"
     );
     assert!(
