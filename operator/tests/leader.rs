@@ -52,6 +52,9 @@ const STOLEN_BEFORE_PATCH: u8 = 3;
 /// The first Lease PATCH (the acquisition's apply) is answered [`ACQUISITION_DELAY`] late,
 /// the second at once, and later ones never.
 const SLOW_ACQUISITION: u8 = 4;
+/// The release's write (the only JSON merge patch; the lease manager's renewals are strategic
+/// merge patches) lands just after another replica took the Lease over.
+const STOLEN_BEFORE_RELEASE: u8 = 5;
 
 /// What the in-memory API server does with Lease requests, and what it saw.
 #[derive(Default)]
@@ -109,6 +112,9 @@ impl Server {
                 give_lease_to(fake.clone(), OTHER).await;
                 self.set_mode(HANGING);
             }
+            STOLEN_BEFORE_RELEASE if is_patch && is_merge_patch(&request) => {
+                give_lease_to(fake.clone(), OTHER).await;
+            }
             SLOW_ACQUISITION if is_patch => match self.patches.load(Ordering::SeqCst) {
                 1 => sleep(ACQUISITION_DELAY).await,
                 2 => {}
@@ -122,6 +128,13 @@ impl Server {
         }
         Ok(response)
     }
+}
+
+fn is_merge_patch(request: &http::Request<Body>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value == "application/merge-patch+json")
 }
 
 fn unavailable() -> http::Response<Body> {
@@ -458,4 +471,31 @@ async fn work_is_dropped_at_once_when_the_election_ends() {
 async fn work_that_ends_while_leading_gives_its_output() {
     let (_sender, is_leader) = watch::channel(true);
     assert_eq!(while_leading(is_leader, async { 42 }).await, Some(42));
+}
+
+/// A leader that shuts down clears its Lease, so a standby need not wait for it to expire.
+#[tokio::test]
+async fn a_leader_releases_its_lease_on_shutdown() {
+    let (election, is_leader, fake) = sole_leader(Server::new(HEALTHY), TIMING).await;
+    drop(is_leader);
+    timeout(Duration::from_secs(2), election.release())
+        .await
+        .expect("release returns")
+        .unwrap();
+    assert_eq!(holder(fake).await, None);
+}
+
+/// The release writes with the `resourceVersion` it read as a precondition: a Lease another
+/// replica took between the read and the write is left to it.
+#[tokio::test]
+async fn a_release_leaves_a_lease_another_replica_took_meanwhile() {
+    let server = Server::new(HEALTHY);
+    let (election, is_leader, fake) = sole_leader(server.clone(), TIMING).await;
+    server.set_mode(STOLEN_BEFORE_RELEASE);
+    drop(is_leader);
+    timeout(Duration::from_secs(2), election.release())
+        .await
+        .expect("release returns")
+        .unwrap();
+    assert_eq!(holder(fake).await.as_deref(), Some(OTHER));
 }

@@ -12,6 +12,7 @@ mod renewals;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
@@ -118,6 +119,11 @@ impl Election {
             timing.request_timeout(),
             renewed_tx,
         );
+        let own = OwnLease {
+            leases: Api::namespaced(client.clone(), &config.namespace),
+            name: config.name.clone(),
+            identity: config.identity.clone(),
+        };
         let config = config.clone();
         let builder = move || {
             LeaseManagerBuilder::new(client.clone(), &config.name)
@@ -133,7 +139,7 @@ impl Election {
         let (sender, is_leader) = watch::channel(false);
         let task = tokio::spawn(async move {
             match build(builder, &sender).await {
-                Some(manager) => drive(manager, timing, renewed, sender).await,
+                Some(manager) => drive(manager, own, timing, renewed, sender).await,
                 None => Ok(()),
             }
         });
@@ -192,6 +198,7 @@ const MAX_START_RETRY_FACTOR: u32 = 5;
 // of this replica's hold (as seen by `recording_renewals`) within `renew_deadline`.
 async fn drive(
     manager: LeaseManager,
+    own: OwnLease,
     timing: LeaseTiming,
     mut renewed: watch::Receiver<Option<Renewal>>,
     sender: watch::Sender<bool>,
@@ -217,13 +224,12 @@ async fn drive(
             biased;
             () = sender.closed() => {
                 drop(next);
-                // Only a leader releases. The lease manager's release also clears an expired
-                // Lease, without a precondition: from a standby it could clear the Lease
-                // another replica has just taken.
+                // Only a leader releases, and not through the lease manager, whose release
+                // clears an expired Lease too and has no precondition (see `release`).
                 if !leading {
                     return Ok(());
                 }
-                return release(&manager, timing).await;
+                return release(&own, timing).await;
             }
             // Wake up to recompute when a renewal lands or the deadline passes.
             Ok(()) = renewed.changed() => {}
@@ -255,10 +261,57 @@ async fn next_state(manager: &LeaseManager, delay: Duration) -> kube_lease_manag
     manager.changed().await
 }
 
-/// Release the Lease if held. Best effort within the grace period: an unreachable API server
-/// must not hold up shutdown, and the Lease expires on its own.
-async fn release(manager: &LeaseManager, timing: LeaseTiming) -> kube_lease_manager::Result<()> {
-    match timeout(Duration::from_secs(timing.grace_seconds), manager.release()).await {
+/// This replica's Lease, as its release reads and writes it.
+struct OwnLease {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+/// Release the Lease if this replica holds it: its holder and times are cleared with the
+/// `resourceVersion` just read as a precondition, so a Lease that another replica took in
+/// between (this one's expired while the request was under way) is left to it. Best effort
+/// within the grace period: an unreachable API server must not hold up shutdown, and the
+/// Lease expires on its own.
+async fn release(own: &OwnLease, timing: LeaseTiming) -> kube_lease_manager::Result<()> {
+    let attempt = async {
+        let Some(lease) = own.leases.get_opt(&own.name).await? else {
+            return Ok(());
+        };
+        let holder = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref());
+        if holder != Some(own.identity.as_str()) {
+            debug!(
+                ?holder,
+                "the Lease is no longer this replica's; nothing to release"
+            );
+            return Ok(());
+        }
+        let cleared = serde_json::json!({
+            "metadata": {"resourceVersion": lease.metadata.resource_version},
+            "spec": {"holderIdentity": null, "acquireTime": null, "renewTime": null, "leaseDurationSeconds": null},
+        });
+        // The field manager the lease manager writes this replica's hold with.
+        let params = PatchParams {
+            field_manager: Some(format!("{FIELD_MANAGER}-{}", own.identity)),
+            ..PatchParams::default()
+        };
+        match own
+            .leases
+            .patch(&own.name, &params, &Patch::Merge(&cleared))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                debug!("the Lease changed since it was read; left to its new holder");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    };
+    match timeout(Duration::from_secs(timing.grace_seconds), attempt).await {
         Ok(result) => result,
         Err(_) => {
             warn!("releasing the Lease timed out; it expires on its own");
