@@ -80,6 +80,9 @@ async fn a_frozen_api_server_puts_the_in_cluster_operator_in_no_crash_loop() {
     assert_eq!(before.len(), 1, "one Ready operator pod");
     let restarts_before = restarts(&before[0]);
     let freeze = freeze_for();
+    // Made before the freeze: an earlier run's namespace, deleted just before, finishes terminating
+    // only once the API server is back, which is not the operator's recovery.
+    let ns = namespace(&client, "outage").await;
 
     {
         let _frozen = FrozenApiServer::freeze();
@@ -95,7 +98,6 @@ async fn a_frozen_api_server_puts_the_in_cluster_operator_in_no_crash_loop() {
             .ok()
     })
     .await;
-    let ns = namespace(&client, "outage").await;
     let crs = Api::namespaced(client.clone(), &ns);
     let cr = sandbox(
         "after-thaw",
