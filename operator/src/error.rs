@@ -154,6 +154,12 @@ pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_not_found() || status.code == 404)
 }
 
+/// Whether `error` is a 409: a write whose `resourceVersion` precondition (or field ownership)
+/// no longer holds, because someone wrote the object since it was read.
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

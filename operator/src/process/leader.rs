@@ -21,7 +21,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, warn};
 
 use self::renewals::{Renewal, recording_renewals};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_conflict};
 use crate::names::FIELD_MANAGER;
 
 /// Seconds a leader's lock stays valid without renewal; a crashed leader is replaced after this.
@@ -119,10 +119,14 @@ impl Election {
             timing.request_timeout(),
             renewed_tx,
         );
+        // The lease manager detects competing replicas through SSA conflicts, so each replica
+        // needs its own field manager here, unlike the children; the release writes with it too.
+        let field_manager = format!("{FIELD_MANAGER}-{}", config.identity);
         let own = OwnLease {
             leases: Api::namespaced(client.clone(), &config.namespace),
             name: config.name.clone(),
             identity: config.identity.clone(),
+            field_manager: field_manager.clone(),
         };
         let config = config.clone();
         let builder = move || {
@@ -132,9 +136,7 @@ impl Election {
                 .with_duration(timing.duration_seconds)
                 // The manager's "grace" is how long before expiry it renews.
                 .with_grace(2 * timing.grace_seconds)
-                // The lease manager detects competing replicas through SSA conflicts, so each
-                // replica needs its own field manager here, unlike the children.
-                .with_field_manager(format!("{FIELD_MANAGER}-{}", config.identity))
+                .with_field_manager(field_manager.clone())
         };
         let (sender, is_leader) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -266,6 +268,8 @@ struct OwnLease {
     leases: Api<Lease>,
     name: String,
     identity: String,
+    /// The field manager the lease manager writes this replica's hold with.
+    field_manager: String,
 }
 
 /// Release the Lease if this replica holds it: its holder and times are cleared with the
@@ -293,9 +297,8 @@ async fn release(own: &OwnLease, timing: LeaseTiming) -> kube_lease_manager::Res
             "metadata": {"resourceVersion": lease.metadata.resource_version},
             "spec": {"holderIdentity": null, "acquireTime": null, "renewTime": null, "leaseDurationSeconds": null},
         });
-        // The field manager the lease manager writes this replica's hold with.
         let params = PatchParams {
-            field_manager: Some(format!("{FIELD_MANAGER}-{}", own.identity)),
+            field_manager: Some(own.field_manager.clone()),
             ..PatchParams::default()
         };
         match own
@@ -304,7 +307,7 @@ async fn release(own: &OwnLease, timing: LeaseTiming) -> kube_lease_manager::Res
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => {
+            Err(error) if is_conflict(&error) => {
                 debug!("the Lease changed since it was read; left to its new holder");
                 Ok(())
             }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
 use crate::build::{Children, ServiceMonitor};
-use crate::error::{Error, Result, is_not_found};
+use crate::error::{Error, Result, is_conflict, is_not_found};
 use crate::names::FIELD_MANAGER;
 use crate::reconcile::last_applied::{CachedChild, Fingerprint, LastApplied};
 
@@ -239,7 +239,7 @@ where
             "managedFields": kept,
         } });
         match api.patch(name, &params, &Patch::Merge(patch)).await {
-            Err(kube::Error::Api(status)) if status.code == 409 => current = api.get(name).await?,
+            Err(error) if is_conflict(&error) => current = api.get(name).await?,
             result => return result,
         }
     }
