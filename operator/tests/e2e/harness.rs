@@ -99,12 +99,7 @@ pub fn cluster() -> &'static Cluster {
             "KUBECONFIG is not set: start the test bed (scripts/testbed.sh up) and eval \"$(scripts/testbed.sh env)\""
         );
         let install_output = install();
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/sandboxservices.sandbox.perf.dev",
-            "--timeout=60s",
-        ]);
+        wait_established("sandboxservices.sandbox.perf.dev");
         let token = kubectl_ok(&[
             "create",
             "token",
@@ -144,6 +139,21 @@ pub fn cluster() -> &'static Cluster {
             install_output,
         }
     })
+}
+
+/// Wait until the CRD `name` is Established. Polled rather than `kubectl wait`, which fails at once
+/// on a CRD so new that it has no conditions yet.
+pub fn wait_established(name: &str) {
+    let crd = format!("crd/{name}");
+    let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+    let start = Instant::now();
+    while kubectl_ok(&["get", &crd, "-o", established]).trim() != "True" {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{crd} was not Established within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The operator's kubeconfig with its server's address replaced by `proxy` (same scheme and
@@ -436,35 +446,6 @@ impl Operator {
         self.child.try_wait().expect("poll the operator process")
     }
 
-    /// `sandbox_operator_reconciliations_total` from its /metrics.
-    pub fn reconciliations(&self) -> Option<u64> {
-        let (_, body) = http_get(self.admin, "/metrics")?;
-        body.lines()
-            .find_map(|line| line.strip_prefix("sandbox_operator_reconciliations_total "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .map(|value| value as u64)
-    }
-
-    /// Wait until its reconciliations stop for `quiet`, and return the count.
-    pub async fn wait_idle(&self, quiet: Duration) -> u64 {
-        let mut last = (self.reconciliations(), Instant::now());
-        let start = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let now = self.reconciliations();
-            if now != last.0 {
-                last = (now, Instant::now());
-            } else if now.is_some() && last.1.elapsed() >= quiet {
-                return now.unwrap_or_default();
-            }
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "{} never went idle",
-                self.identity
-            );
-        }
-    }
-
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -506,6 +487,55 @@ impl Drop for Operator {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// An operator's admin server, where a test reads how much it reconciled: the process a test
+/// started ([`Operator`]) or the installed one's pod.
+pub trait AdminServer {
+    /// Address of its /metrics.
+    fn admin(&self) -> SocketAddr;
+
+    /// Who it is, for messages.
+    fn identity(&self) -> &str;
+
+    /// `sandbox_operator_reconciliations_total` from its /metrics.
+    fn reconciliations(&self) -> Option<u64> {
+        let (_, body) = http_get(self.admin(), "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix("sandbox_operator_reconciliations_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+    }
+
+    /// Wait until its reconciliations stop for `quiet`, and return the count.
+    async fn wait_idle(&self, quiet: Duration) -> u64 {
+        let mut last = (self.reconciliations(), Instant::now());
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.reconciliations();
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if now.is_some() && last.1.elapsed() >= quiet {
+                return now.unwrap_or_default();
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{} never went idle",
+                self.identity()
+            );
+        }
+    }
+}
+
+impl AdminServer for Operator {
+    fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    fn identity(&self) -> &str {
+        &self.identity
     }
 }
 

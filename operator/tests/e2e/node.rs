@@ -12,17 +12,20 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use operator::spec::SandboxService;
 
+mod autoscale;
+mod in_cluster;
+mod logs;
 mod outage;
+mod reconcile;
 mod relief;
+mod rollout;
 
-use crate::autoscale::{Load, fixed_replicas};
 use crate::harness::{
-    admin_client, apply, delete_namespace, http_get, install, kubectl, kubectl_ok, namespace,
-    wait_until,
+    admin_client, apply, http_get, install, kubectl, kubectl_ok, namespace, wait_until,
 };
 
 const NODE: &str = "testbed-node-0";
@@ -364,189 +367,4 @@ fn install_operator() {
         "sandbox-system",
         "--timeout=120s",
     ]);
-}
-
-/// kube-proxy's `kubeproxy_network_programming_duration_seconds`: from an endpoint's change (the pod's
-/// deletion, say) to the node's rules being rewritten. Its buckets (upper bound, cumulative count).
-fn kube_proxy_programming() -> Vec<(f64, u64)> {
-    let config = std::fs::read_to_string(format!("{}/kube-proxy.yaml", testbed_dir())).unwrap();
-    let metrics: SocketAddr = config
-        .lines()
-        .find_map(|l| l.strip_prefix("metricsBindAddress: "))
-        .expect("kube-proxy's metrics address")
-        .parse()
-        .unwrap();
-    let (_, body) = http_get(metrics, "/metrics").expect("kube-proxy's /metrics");
-    // kubeproxy_network_programming_duration_seconds_bucket{ip_family="IPv4",le="0.5"} 1
-    body.lines()
-        .filter_map(|line| {
-            let labels =
-                line.strip_prefix("kubeproxy_network_programming_duration_seconds_bucket{")?;
-            let (labels, count) = labels.split_once("} ")?;
-            let bound = labels.split_once("le=\"")?.1.trim_end_matches('"');
-            Some((bound.parse().ok()?, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The smallest bucket bound that holds every observation made between `before` and `after`.
-fn slowest_programming(before: &[(f64, u64)], after: &[(f64, u64)]) -> (u64, f64) {
-    assert!(
-        !after.is_empty(),
-        "kube-proxy exports no programming latency"
-    );
-    let new = |i: usize| after[i].1 - before.get(i).map_or(0, |b| b.1);
-    let total = new(after.len() - 1);
-    let bound = (0..after.len())
-        .find(|&i| new(i) == total)
-        .map_or(f64::INFINITY, |i| after[i].0);
-    (total, bound)
-}
-
-#[tokio::test]
-#[ignore = "needs the test bed's real node"]
-async fn pods_removed_on_scale_down_refuse_no_connection_through_kube_proxy() {
-    let run = OnTheNode::start("node-scale-down", |ns| fixed_replicas(ns, 3), 3).await;
-    let OnTheNode {
-        client,
-        ns,
-        crs,
-        selector,
-        address,
-        ..
-    } = &run;
-
-    // Two kept-alive connections of 20 ms operations over three pods: no pod is ever full, so a
-    // refused connection or a failed request can only come from a pod leaving — a connection that
-    // kube-proxy still sends to a pod that has stopped listening.
-    let programming_before = kube_proxy_programming();
-    let load = Load::start(address, 2, 25);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let removed_at = Instant::now();
-    apply(crs, fixed_replicas(ns, 1))
-        .await
-        .expect("lower the replica bounds");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_until("only one pod left, none terminating", || async {
-        let all = pods
-            .list(&ListParams::default().labels(selector))
-            .await
-            .ok()?;
-        (all.items.len() == 1).then_some(())
-    })
-    .await;
-    eprintln!(
-        "scale-down 3 -> 1: pods gone {:.1} s after the change (preStop 5 s, then the drain)",
-        removed_at.elapsed().as_secs_f64()
-    );
-    // autocannon: no connection error, no timeout (checked by `finish`), and nothing but 200.
-    let result = load.finish_all_200().await;
-    let (changes, slowest) = slowest_programming(&programming_before, &kube_proxy_programming());
-    assert!(changes > 0, "kube-proxy programmed no endpoint change");
-    eprintln!(
-        "kube-proxy: {changes} endpoint changes programmed, each within {slowest} s (the preStop sleep is 5 s); {} requests, all 200",
-        result["requests"]["total"]
-    );
-    assert!(
-        slowest < 5.0,
-        "kube-proxy took up to {slowest} s, as long as the preStop sleep"
-    );
-    delete_namespace(client, ns).await;
-}
-
-/// Follows a pod's log (`kubectl logs -f`) until its container exits, keeping what it said: a real
-/// pod's log is gone with the pod, so a drain is only seen by reading it while it happens.
-struct LogFollower(std::process::Child);
-
-impl LogFollower {
-    fn start(ns: &str, pod: &str) -> Self {
-        // The test bed's kubectl, first on PATH after `scripts/testbed.sh env`, as the harness uses.
-        let child = Command::new("kubectl")
-            .args(["logs", "-f", "-n", ns, pod])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run kubectl logs -f");
-        Self(child)
-    }
-
-    /// The whole log, once the container has exited (the follow ends there).
-    async fn finish(self) -> String {
-        let output = tokio::task::spawn_blocking(move || self.0.wait_with_output())
-            .await
-            .unwrap()
-            .expect("kubectl logs -f ran");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-#[tokio::test]
-#[ignore = "needs the test bed's real node"]
-async fn a_rollout_under_load_through_kube_proxy_loses_no_operation() {
-    let two_pods = |ns: &str, concurrency: u32| {
-        let mut cr = fixed_replicas(ns, 2);
-        cr["spec"]["concurrency"] = json!(concurrency);
-        cr["spec"]["operationDurationMs"] = json!(2000);
-        cr
-    };
-    let run = OnTheNode::start("node-rollout", |ns| two_pods(ns, 1), 2).await;
-    let OnTheNode {
-        client,
-        ns,
-        crs,
-        selector,
-        address,
-        pods: old,
-    } = &run;
-    let followers: Vec<(String, LogFollower)> = old
-        .iter()
-        .map(|pod| {
-            let name = pod.metadata.name.clone().unwrap();
-            let follower = LogFollower::start(ns, &name);
-            (name, follower)
-        })
-        .collect();
-
-    // Four kept-alive connections on two pods: each runs one 2 s operation with one waiting, below
-    // the readiness limit. The rollout (concurrency 1 -> 2) replaces both pods, one at a time
-    // (maxSurge 1, maxUnavailable 0), while the load runs.
-    let load = Load::start(address, 4, 60);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    apply(crs, two_pods(ns, 2))
-        .await
-        .expect("change concurrency");
-    let old_names: Vec<String> = followers.iter().map(|(name, _)| name.clone()).collect();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    wait_until("the old pods are gone and 2 new ones Ready", || async {
-        let all = pods
-            .list(&ListParams::default().labels(selector))
-            .await
-            .ok()?
-            .items;
-        let old_left = all
-            .iter()
-            .any(|p| old_names.contains(p.metadata.name.as_ref().unwrap()));
-        let ready = ready_pods(client, ns, selector).await.len();
-        (!old_left && all.len() == 2 && ready == 2).then_some(())
-    })
-    .await;
-    // autocannon: no connection error or timeout, only 200 and 503 (checked by `finish`), so every
-    // operation a pod accepted was answered; each replaced pod drained to the end under the kubelet.
-    let result = load.finish().await;
-    for (pod, follower) in followers {
-        let log = follower.finish().await;
-        assert!(
-            log.contains("shutdown requested"),
-            "{pod} got no SIGTERM: {log}"
-        );
-        assert!(
-            log.contains("drained, exiting"),
-            "{pod} did not drain: {log}"
-        );
-    }
-    eprintln!(
-        "rollout under load through kube-proxy: {} requests, {} x 200, {} x non-2xx, 0 errors",
-        result["requests"]["total"], result["2xx"], result["non2xx"]
-    );
-    delete_namespace(client, ns).await;
 }

@@ -17,8 +17,8 @@ use operator::spec::SandboxService;
 
 use crate::audit::{AuditLog, Request, histogram, max_in_flight};
 use crate::harness::{
-    Operator, TEST_MANAGER, TIMEOUT, admin_client, apply, delete_namespace, eventually,
-    forbidden_lines, kubectl, kubectl_ok, lease_holder, namespace, testbed, wait_until,
+    AdminServer, Operator, TEST_MANAGER, TIMEOUT, admin_client, apply, delete_namespace,
+    eventually, forbidden_lines, kubectl, kubectl_ok, lease_holder, namespace, testbed, wait_until,
     wait_until_within,
 };
 use crate::{install_service_monitor_crd, ready_and_current, sandbox, wait_cr};

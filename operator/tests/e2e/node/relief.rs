@@ -11,8 +11,8 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use super::{OnTheNode, is_ready, ready_pods};
-use crate::autoscale::{Load, seed_sample};
 use crate::harness::{delete_namespace, http_get, wait_until};
+use crate::load::{Load, seed_sample};
 
 /// The seed's operation time and concurrency, as `seed_sample` leaves them.
 const OPERATION_SECONDS: f64 = 2.0;

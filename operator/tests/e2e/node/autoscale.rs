@@ -1,0 +1,258 @@
+//! The autoscaling loop on the real node: the workload's containers, Prometheus and prometheus-adapter
+//! as `custom.metrics.k8s.io`, the controller-manager's HPA controller (5 s sync on the test bed),
+//! the installed operator in-cluster, and `autocannon` as the seed runs it, through the Service's
+//! NodePort behind kube-proxy.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::Api;
+use operator::names::FIELD_MANAGER;
+use serde_json::{Value, json};
+
+use super::in_cluster::InClusterOperator;
+use super::logs::PodLogs;
+use super::{OnTheNode, ready_pods};
+use crate::harness::{delete_namespace, eventually, kubectl, wait_until};
+use crate::load::{
+    Load, Sampler, assert_proportional, hpa_reads_queue_ratio, load_run, process_metric, quantity,
+    seed_sample,
+};
+
+/// The workload's port (`http`) at a pod's address.
+const WORKLOAD_PORT: u16 = 3000;
+
+/// A seed-like SandboxService on the node, its HPA reading `queue_ratio`, under the installed
+/// operator: the run, the CR's name and the operator.
+async fn ready_to_scale(
+    ns: &str,
+    cr: impl Fn(&str) -> Value,
+    pods: usize,
+) -> (OnTheNode, String, InClusterOperator) {
+    let run = OnTheNode::start(ns, &cr, pods).await;
+    let name = cr(&run.ns)["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    hpa_reads_queue_ratio(&run.client, &run.ns, &name).await;
+    let operator = InClusterOperator::leading(&run.client).await;
+    (run, name, operator)
+}
+
+/// Ready pods of the run, not being deleted: name → workload address.
+async fn ready_addresses(run: &OnTheNode) -> BTreeMap<String, SocketAddr> {
+    ready_pods(&run.client, &run.ns, &run.selector)
+        .await
+        .into_iter()
+        .map(|pod| {
+            let ip = pod.status.as_ref().unwrap().pod_ip.as_ref().unwrap();
+            let address = SocketAddr::new(ip.parse().unwrap(), WORKLOAD_PORT);
+            (pod.name_any(), address)
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed's real node"]
+async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say() {
+    // Two pods the HPA cannot change; 60 s operations keep a queue steady while it is read.
+    let two_pods = |ns: &str| {
+        seed_sample(
+            ns,
+            json!({"operationDurationMs": 60000, "autoscaling": {"minReplicas": 2, "maxReplicas": 2}}),
+        )
+    };
+    let (run, _, operator) = ready_to_scale("node-metrics-api", two_pods, 2).await;
+    let ns = &run.ns;
+    let pods = ready_addresses(&run).await;
+    assert_eq!(pods.len(), 2);
+    // Three operations on the first pod, straight to its address: one runs, two wait, so its
+    // queue_ratio is 2.
+    let (loaded, address) = pods.iter().next().unwrap();
+    let _held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(address).unwrap();
+            write!(stream, "GET /expensive-op HTTP/1.1\r\nHost: pod\r\n\r\n").unwrap();
+            stream
+        })
+        .collect();
+
+    let path = format!("/apis/custom.metrics.k8s.io/v1beta1/namespaces/{ns}/pods/*/queue_ratio");
+    let served = wait_until(
+        "the adapter serves every pod's queue_ratio, the loaded pod's at 2",
+        || async {
+            let list: Value =
+                serde_json::from_str(&kubectl(&["get", "--raw", &path]).ok()?).ok()?;
+            let served: BTreeMap<String, f64> = list["items"]
+                .as_array()?
+                .iter()
+                .map(|item| {
+                    let pod = item["describedObject"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    (pod, quantity(item["value"].as_str().unwrap()))
+                })
+                .collect();
+            // The adapter lists each pod's series on its own relist: wait for all of them.
+            (served.get(loaded) == Some(&2.0) && served.len() == pods.len()).then_some(served)
+        },
+    )
+    .await;
+    let from_pods: BTreeMap<String, f64> = pods
+        .iter()
+        .map(|(pod, address)| {
+            (
+                pod.clone(),
+                process_metric(*address, "queue_ratio").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served, from_pods,
+        "one value per pod, as each pod reports it"
+    );
+    assert_eq!(from_pods.values().copied().sum::<f64>(), 2.0);
+
+    operator.check(&run.client).await;
+    delete_namespace(&run.client, ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed's real node"]
+async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
+    let seed = |ns: &str| seed_sample(ns, json!({}));
+    let (run, name, operator) = ready_to_scale("node-seed-autoscale", seed, 1).await;
+    let OnTheNode {
+        client,
+        ns,
+        address,
+        pods: first_pods,
+        selector,
+        ..
+    } = &run;
+    let first_pods: Vec<String> = first_pods.iter().map(|pod| pod.name_any()).collect();
+    let logs = PodLogs::follow(client, ns, selector);
+
+    let sampler = Sampler::start(client, ns, &name);
+    let load = Load::start(address, 6, 50);
+    // Scaled out: new pods Ready, each completing operations.
+    let added = wait_until("new pods are ready and complete operations", || async {
+        let added: Vec<String> = ready_addresses(&run)
+            .await
+            .into_iter()
+            .filter(|(pod, address)| {
+                !first_pods.contains(pod)
+                    && process_metric(*address, "expensive_operations_completed_total") >= Some(1.0)
+            })
+            .map(|(pod, _)| pod)
+            .collect();
+        (!added.is_empty()).then_some(added)
+    })
+    .await;
+    // `kubectl get sbx` shows the new count of ready pods.
+    eventually("kubectl get sbx shows more than one ready pod", || async {
+        let row = kubectl(&["get", "sbx", &name, "-n", ns, "--no-headers"]).unwrap_or_default();
+        row.split_whitespace()
+            .nth(1)
+            .and_then(|r| r.parse::<u32>().ok())
+            > Some(1)
+    })
+    .await;
+    // Nobody but the HPA writes spec.replicas: no entry owns it except one through the scale
+    // subresource. (v1.34 records no entry at all for a scale write to a field nobody owned
+    // before, which is the case here, as the operator's apply leaves replicas out.)
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment = deployments.get(&name).await.unwrap();
+    let owners: Vec<(String, Option<String>)> = deployment
+        .managed_fields()
+        .iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+        })
+        .map(|entry| {
+            (
+                entry.manager.clone().unwrap_or_default(),
+                entry.subresource.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        owners
+            .iter()
+            .all(|(manager, sub)| manager != FIELD_MANAGER && sub.as_deref() == Some("scale")),
+        "{owners:?}"
+    );
+    let replicas = deployment.spec.and_then(|s| s.replicas);
+    assert!(replicas > Some(1), "scaled out by the HPA: {replicas:?}");
+
+    // autocannon: no timeout, only 200 and 503 (the breaker); connections refused while the one pod
+    // was full and not ready.
+    let result = load.finish_with_refusals().await;
+    let samples = sampler.samples();
+    // The seed's load on one pod: the breaker holds its queue at 4 (queue_ratio 4), less once the
+    // pod has left the Service and drains; the HPA reads the last scrape.
+    let first = assert_proportional(&samples, 1.0);
+    assert!(first.ratio <= Some(4.0), "{first:?}");
+    eprintln!(
+        "seed scenario on the node: {} requests, {:?}, {} refused connections; first decision {} -> {} at queue_ratio {:?}; {} pods added",
+        result["requests"]["total"],
+        result["statusCodeStats"],
+        result["errors"],
+        first.current,
+        first.desired,
+        first.ratio,
+        added.len()
+    );
+
+    // Load ends: back to minReplicas once the scale-down window (20 s) has passed.
+    let took = eventually("the Deployment is back to 1 replica", || async {
+        deployments
+            .get(&name)
+            .await
+            .ok()
+            .and_then(|d| d.spec?.replicas)
+            == Some(1)
+    })
+    .await;
+    eprintln!("back to minReplicas {took:?} after the load ended");
+    // Pods are removed while they may still run accepted operations. They keep serving through the
+    // preStop sleep, then get SIGTERM from the kubelet; each drained and exited, and the answers
+    // above show that none of its operations was lost.
+    let stopped = logs.stopped_pods_drained().await;
+    assert!(stopped > 0, "no pod was stopped");
+    eprintln!("{stopped} pods stopped, each drained");
+    operator.check(client).await;
+    delete_namespace(client, ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed's real node"]
+async fn concurrency_2_under_more_load_scales_further_in_proportion_to_queue_ratio() {
+    let concurrency_2 = |ns: &str| seed_sample(ns, json!({"concurrency": 2}));
+    let (run, name, operator) = ready_to_scale("node-concurrency-2", concurrency_2, 1).await;
+    let connections = 20;
+    let load = load_run(&run.client, &run.ns, &name, &run.address, connections, 45).await;
+    assert_proportional(&load.samples, 1.0);
+    // It scales at least to where each pod's queue holds what the target allows: 20 connections
+    // over pods of 2 running + 2 waiting is 5 pods; the seed's 6 connections needed 4 at most.
+    let scaled_to = load
+        .samples
+        .iter()
+        .map(|s| s.deployment_replicas)
+        .max()
+        .unwrap();
+    assert!(scaled_to >= 5, "{:?}", load.samples);
+    eprintln!(
+        "concurrency 2, -c {connections}: up to {scaled_to} replicas; {:?}, {} refused connections",
+        load.load["statusCodeStats"], load.load["errors"]
+    );
+    operator.check(&run.client).await;
+    delete_namespace(&run.client, &run.ns).await;
+}
