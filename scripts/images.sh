@@ -20,20 +20,8 @@ out=${IMAGES_DIR:-$root/target/images}
 layout=$out/oci
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n1)
 pause_version=3.10.1
-rust_target=x86_64-unknown-linux-gnu
 
 . "$root/scripts/lib.sh"
-
-# static_binary PACKAGE: target/$rust_target/release/PACKAGE, linked statically. One package per build so
-# feature unification gives each binary exactly the features its own build would have.
-static_binary() {
-	(cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' \
-		cargo build --release --locked --quiet -p "$1" --bin "$1" --target "$rust_target")
-	local binary=$root/target/$rust_target/release/$1
-	# A dynamically linked binary names its loader (PT_INTERP); a static one runs in an empty image.
-	if readelf -lW "$binary" | grep -q INTERP; then die "$binary is dynamically linked"; fi
-	echo "$binary"
-}
 
 # The pause binary from the same Kubernetes release as the test bed's kubelet, with upstream's flags.
 pause_binary() {
@@ -97,9 +85,9 @@ build() {
 	command -v umoci >/dev/null && command -v skopeo >/dev/null ||
 		die "umoci and skopeo are missing: run scripts/install-test-deps.sh"
 	local start=$SECONDS workload operator pause
-	log "building static binaries ($rust_target, crt-static) and pause"
-	workload=$(static_binary workload)
-	operator=$(static_binary operator)
+	log "building static binaries (crt-static) and pause"
+	workload=$(release_binary workload)
+	operator=$(release_binary operator)
 	pause=$(pause_binary)
 	rm -rf "$layout" && mkdir -p "$out"
 	umoci init --layout "$layout"

@@ -55,13 +55,31 @@ api_get() {
 		--key "$TESTBED_DIR/pki/admin.key" "$server$1"
 }
 
+# release_binary PACKAGE: build PACKAGE's binary of the same name as the images ship it (release, linked
+# statically: glibc with crt-static, as the musl target cannot be installed offline) and print its path.
+# Every script that runs a release binary takes it from here, so the release dependencies are compiled once
+# (one target, one set of flags) rather than once for the host and once for the images. One package per
+# build, so feature unification gives each binary exactly the features its own build would have. The
+# binaries are in $release_dir.
+release_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+release_dir=$release_root/target/x86_64-unknown-linux-gnu/release
+release_binary() {
+	(cd "$release_root" && RUSTFLAGS='-C target-feature=+crt-static' \
+		cargo build --release --locked --quiet -p "$1" --bin "$1" --target x86_64-unknown-linux-gnu)
+	local binary=$release_dir/$1
+	# A dynamically linked binary names its loader (PT_INTERP); a static one runs in an empty image.
+	if readelf -lW "$binary" | grep -q INTERP; then die "$binary is dynamically linked"; fi
+	echo "$binary"
+}
+
 # start_operator LOG LEASE_NAMESPACE NAME: the release operator as a process on this machine, its
 # Lease and identity named NAME, logging to LOG; returns once it leads and is ready. Sets
 # operator_pid and operator_admin (host:port of its admin server).
 start_operator() {
-	cargo build --release --locked --quiet -p operator
+	local operator
+	operator=$(release_binary operator)
 	operator_admin=127.0.0.1:$(free_port)
-	target/release/operator run --admin-addr "$operator_admin" --lease-name "$3" \
+	"$operator" run --admin-addr "$operator_admin" --lease-name "$3" \
 		--lease-namespace "$2" --identity "$3" >"$1" 2>&1 &
 	operator_pid=$!
 	local deadline=$((SECONDS + 60))

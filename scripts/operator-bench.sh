@@ -69,8 +69,7 @@ fi
 # Without workload processes: the stand-in runs none for a selector no pod matches.
 testbed_up TESTBED_NODES=kwok TESTBED_STANDIN_SELECTOR="${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=none}"
 log "building the operator (release)"
-cargo build --release --locked --quiet -p operator
-operator=$root/target/release/operator
+operator=$(release_binary operator)
 
 # Namespaces: floor-K and op-K for K < $namespaces, and the Lease's. A previous run's go first.
 kubectl delete namespace -l "$label=true" --wait=true --timeout=600s >/dev/null

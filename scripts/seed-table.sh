@@ -14,11 +14,9 @@ cd "$(dirname "$0")/.."
 OPERATION_DURATION_MS=${OPERATION_DURATION_MS:-2000}
 DURATION=${DURATION:-10}
 PORT=${PORT:-3000}
-BIN=target/release/workload
 
 command -v autocannon >/dev/null || { echo "autocannon not found: npm install -g autocannon" >&2; exit 1; }
-cargo build --release -p workload --quiet
-[ -x "$BIN" ] || { echo "$BIN missing after build" >&2; exit 1; }
+BIN=$(release_binary workload)
 
 work=$(mktemp -d)
 server_pid=""

@@ -70,7 +70,7 @@ binary() {
 	prometheus) command -v prometheus ;;
 	containerd) command -v containerd ;;
 	prometheus-adapter) echo "$bin/adapter" ;;
-	standin) echo "$root/target/release/testbed-standin" ;;
+	standin) echo "$release_dir/testbed-standin" ;;
 	*) echo "$bin/$1" ;;
 	esac
 }
@@ -247,10 +247,8 @@ up() {
 	echo "$nodes" >"$dir/nodes"
 	make_pki
 	log "building the workload and the stand-in (release)"
-	# Two builds: together, feature unification would give the workload other tokio features than
-	# scripts/seed-table.sh's build of it, and each would re-link the other's binary.
-	(cd "$root" && cargo build --release --locked --quiet -p workload &&
-		cargo build --release --locked --quiet -p testbed-standin)
+	release_binary workload >/dev/null
+	release_binary testbed-standin >/dev/null
 	local start_time=$SECONDS
 
 	# A real node's pods reach the API server through the `kubernetes` Service: it listens on the node
@@ -440,7 +438,7 @@ start_monitoring() {
 
 	local pods_from=processes
 	[ "$nodes" = real ] && pods_from=node
-	KUBECONFIG="$kubeconfig" start standin "$(binary standin)" --workload "$root/target/release/workload" \
+	KUBECONFIG="$kubeconfig" start standin "$(binary standin)" --workload "$release_dir/workload" \
 		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
 		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector" \
 		--pods "$pods_from"
