@@ -74,9 +74,10 @@ pub enum Readiness {
     ShuttingDown,
 }
 
-/// The readiness rule: overloaded when more than the readiness limit are waiting.
-pub fn readiness(admitted: usize, draining: bool, limits: &QueueLimits) -> Readiness {
-    if draining {
+/// The readiness rule: overloaded when more than the readiness limit are waiting; shutting down once
+/// the pod is `leaving` (shutdown has begun).
+pub fn readiness(admitted: usize, leaving: bool, limits: &QueueLimits) -> Readiness {
+    if leaving {
         Readiness::ShuttingDown
     } else if limits.waiting(admitted) > limits.readiness_limit() {
         Readiness::Overloaded
@@ -90,15 +91,13 @@ pub fn readiness(admitted: usize, draining: bool, limits: &QueueLimits) -> Readi
 /// closes in every mode but `Never` (see [`ConnectionClose`]), so it is not asked here.
 pub fn close_after_answer(
     admitted: usize,
-    draining: bool,
+    leaving: bool,
     limits: &QueueLimits,
     mode: ConnectionClose,
 ) -> bool {
     match mode {
-        ConnectionClose::WhenQueued => draining || limits.waiting(admitted) > 0,
-        ConnectionClose::WhenOverloaded => {
-            readiness(admitted, draining, limits) != Readiness::Ready
-        }
+        ConnectionClose::WhenQueued => leaving || limits.waiting(admitted) > 0,
+        ConnectionClose::WhenOverloaded => readiness(admitted, leaving, limits) != Readiness::Ready,
         ConnectionClose::Never => false,
     }
 }
@@ -141,22 +140,32 @@ impl QueueSnapshot {
 #[derive(Debug)]
 pub struct Admission {
     limits: QueueLimits,
-    /// The admitted count, and [`DRAINING`] once shutdown began: one word, so that admitting
-    /// (check the flag, then count) is one atomic step that a drain cannot fall between.
+    /// The admitted count, [`LEAVING`] once shutdown began and [`DRAINING`] once new work is refused:
+    /// one word, so that admitting (check the flag, then count) is one atomic step that a drain cannot
+    /// fall between.
     state: AtomicUsize,
     slots: Arc<Semaphore>,
     drained: Notify,
 }
 
-/// The bit of [`Admission::state`] set when draining begins; the bits below count.
+/// The bit of [`Admission::state`] set when draining begins; the bits below [`LEAVING`] count.
 const DRAINING: usize = 1 << (usize::BITS - 1);
 
+/// The bit of [`Admission::state`] set when the pod starts leaving: it still admits, but reports
+/// `ShuttingDown` and closes every connection it answers on.
+const LEAVING: usize = 1 << (usize::BITS - 2);
+
 fn admitted(state: usize) -> usize {
-    state & !DRAINING
+    state & !(DRAINING | LEAVING)
 }
 
 fn draining(state: usize) -> bool {
     state & DRAINING != 0
+}
+
+/// Shutdown has begun: leaving, or draining.
+fn leaving(state: usize) -> bool {
+    state & (DRAINING | LEAVING) != 0
 }
 
 impl Admission {
@@ -201,14 +210,14 @@ impl Admission {
     /// The current readiness verdict.
     pub fn readiness(&self) -> Readiness {
         let state = self.state.load(Ordering::Acquire);
-        readiness(admitted(state), draining(state), &self.limits)
+        readiness(admitted(state), leaving(state), &self.limits)
     }
 
     /// Whether to close the connection after answering `200` on it under `mode`; asked while the answered
     /// request still holds its place.
     pub fn close_after_answer(&self, mode: ConnectionClose) -> bool {
         let state = self.state.load(Ordering::Acquire);
-        close_after_answer(admitted(state), draining(state), &self.limits, mode)
+        close_after_answer(admitted(state), leaving(state), &self.limits, mode)
     }
 
     /// Counts for metrics.
@@ -219,6 +228,12 @@ impl Admission {
             in_flight: self.limits.in_flight(admitted),
             concurrency: self.limits.concurrency,
         }
+    }
+
+    /// Starts leaving: readiness turns to `ShuttingDown` and every answer closes its connection, so
+    /// that kept-alive clients take their next request to another pod; requests are still admitted.
+    pub fn start_leaving(&self) {
+        self.state.fetch_or(LEAVING, Ordering::AcqRel);
     }
 
     /// Stops admitting: readiness turns to `ShuttingDown` and new requests are rejected.
@@ -384,6 +399,21 @@ mod tests {
         drop(tickets);
         assert_eq!(admission.snapshot().waiting, 0);
         assert!(admission.try_admit().is_ok());
+    }
+
+    #[test]
+    fn a_leaving_pod_still_admits_but_sends_every_client_away() {
+        let admission = Arc::new(Admission::new(SEED));
+        admission.start_leaving();
+        let ticket = admission.try_admit().expect("still admitted while leaving");
+        assert_eq!(admission.readiness(), Readiness::ShuttingDown);
+        assert!(admission.close_after_answer(ConnectionClose::WhenQueued));
+        assert!(admission.close_after_answer(ConnectionClose::WhenOverloaded));
+        assert!(!admission.close_after_answer(ConnectionClose::Never));
+        assert_eq!(admission.snapshot().in_flight, 1, "the flag is not counted");
+        drop(ticket);
+        admission.start_draining();
+        assert_eq!(admission.try_admit().unwrap_err(), Rejection::ShuttingDown);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use crate::admission::QueueLimits;
 use crate::connections::ConnectionLimits;
 use crate::contract::{self, ConnectionClose};
+use crate::server::ShutdownTiming;
 
 /// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = contract::MAX_CONNECTIONS.default as usize;
@@ -56,7 +57,13 @@ pub struct Config {
     #[arg(long, env = contract::MAX_CONNECTIONS.env, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_at_least_one::<usize>)]
     pub max_connections: usize,
 
-    /// After SIGTERM, how long accepted operations may take to finish before the process exits anyway.
+    /// After SIGTERM, how long to keep admitting while every answer closes its connection, so that
+    /// kept-alive clients move to other pods before new work is refused; 0 refuses at once.
+    #[arg(long, env = contract::SHUTDOWN_LEAVE_MS.env, default_value_t = contract::SHUTDOWN_LEAVE_MS.default, value_parser = parse_whole_number)]
+    pub shutdown_leave_ms: u64,
+
+    /// After SIGTERM and the leave, how long accepted operations may take to finish before the process
+    /// exits anyway.
     #[arg(long, env = contract::SHUTDOWN_GRACE_MS.env, default_value_t = contract::SHUTDOWN_GRACE_MS.default, value_parser = parse_whole_number)]
     pub shutdown_grace_ms: u64,
 
@@ -199,9 +206,12 @@ impl Config {
         }
     }
 
-    /// Longest drain after SIGTERM.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+    /// How the service leaves after SIGTERM.
+    pub fn shutdown_timing(&self) -> ShutdownTiming {
+        ShutdownTiming {
+            leave: Duration::from_millis(self.shutdown_leave_ms),
+            grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
     }
 }
 

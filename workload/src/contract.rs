@@ -70,7 +70,16 @@ pub const MAX_CONNECTIONS: Setting = Setting {
     default: max_connections_for_memory(128 * 1024 * 1024),
 };
 
-/// After SIGTERM, how long accepted operations may take to finish before the process exits.
+/// After SIGTERM, how long the workload keeps admitting while every answer closes its connection, in
+/// ms: kept-alive clients take their next request to another pod before new work is refused. A
+/// Service stops sending new connections to a pod being deleted, but open ones stay.
+pub const SHUTDOWN_LEAVE_MS: Setting = Setting {
+    env: "SHUTDOWN_LEAVE_MS",
+    default: 0,
+};
+
+/// After SIGTERM (and the leave), how long accepted operations may take to finish before the process
+/// exits.
 pub const SHUTDOWN_GRACE_MS: Setting = Setting {
     env: "SHUTDOWN_GRACE_MS",
     default: 30_000,

@@ -61,7 +61,7 @@ async fn run(config: Config) -> Result<Shutdown, String> {
         listener,
         state,
         server::termination_signal(),
-        config.shutdown_grace(),
+        config.shutdown_timing(),
         config.connection_limits(),
     )
     .await

@@ -1,6 +1,8 @@
 //! Serving and draining.
 //!
-//! On shutdown the service keeps listening while it drains, so Kubernetes sees `/readiness` answer 503 and
+//! On shutdown the service first leaves (for `SHUTDOWN_LEAVE_MS`): it still admits, but closes every
+//! connection after its next answer, so kept-alive clients reconnect to other pods. Then it keeps
+//! listening while it drains, so Kubernetes sees `/readiness` answer 503 and
 //! new `/expensive-op` requests are refused with 503 instead of a connection error. Once every accepted
 //! operation has answered, the listener closes and open connections finish; if that takes longer than the
 //! grace period, the service stops anyway.
@@ -29,6 +31,15 @@ pub enum Shutdown {
     },
 }
 
+/// How the service leaves after the shutdown signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownTiming {
+    /// Still admitting, every answer closing its connection, so that kept-alive clients move on.
+    pub leave: Duration,
+    /// Then the longest drain of what was accepted.
+    pub grace: Duration,
+}
+
 /// The state for a configuration: an empty queue and fresh metrics.
 pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
     Ok(AppState::new(
@@ -39,15 +50,16 @@ pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
     ))
 }
 
-/// Serves `state` on `listener` within `limits` until `shutdown_signal` resolves, then drains for at
-/// most `grace`.
+/// Serves `state` on `listener` within `limits` until `shutdown_signal` resolves, then leaves and
+/// drains as `shutdown` says.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown_signal: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    shutdown: ShutdownTiming,
     limits: ConnectionLimits,
 ) -> std::io::Result<Shutdown> {
+    let ShutdownTiming { leave, grace } = shutdown;
     let admission = Arc::clone(&state.admission);
     let metrics = state.metrics.clone();
     let (close_listener, listener_closed) = oneshot::channel::<()>();
@@ -63,6 +75,17 @@ pub async fn serve(
     ));
 
     shutdown_signal.await;
+    if !leave.is_zero() {
+        // The Service sends no new connection here any more, but kept-alive ones stay: a client whose
+        // idle connection the drain closed as it sent a request would see that request fail. While
+        // leaving, each client's next answer closes its connection, and it reconnects elsewhere.
+        admission.start_leaving();
+        tracing::info!(
+            leave_ms = leave.as_millis() as u64,
+            "shutdown requested: closing every connection after its next answer"
+        );
+        tokio::time::sleep(leave).await;
+    }
     admission.start_draining();
     let waiting = admission.snapshot();
     tracing::info!(

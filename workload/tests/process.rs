@@ -195,18 +195,33 @@ async fn wait_queued(base: &str, in_flight: f64, waiting: f64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_every_accepted_operation() {
+/// The binary serving on 127.0.0.1 and a free port with `env` added: the process and its port, once it
+/// listens.
+async fn start_listening(env: &[(&str, &str)]) -> (std::process::Child, u16) {
     let port = free_port();
     let port_text = port.to_string();
-    let mut child = workload_command(&[
-        ("HOST", "127.0.0.1"),
-        ("PORT", &port_text),
-        ("OPERATION_DURATION_MS", "400"),
-    ])
-    .spawn()
-    .unwrap();
+    let mut all = vec![("HOST", "127.0.0.1"), ("PORT", port_text.as_str())];
+    all.extend_from_slice(env);
+    let mut child = workload_command(&all).spawn().unwrap();
     wait_until_listening(port, &mut child).await;
+    (child, port)
+}
+
+/// Its exit status, which must come within 5 s.
+async fn exit_status(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not exit {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_accepted_operation() {
+    let (mut child, port) = start_listening(&[("OPERATION_DURATION_MS", "400")]).await;
     let base = format!("http://127.0.0.1:{port}");
 
     // One running and two waiting: 1.2 s of accepted work.
@@ -231,33 +246,17 @@ async fn sigterm_drains_every_accepted_operation() {
         assert_eq!(request.await.unwrap(), 200, "accepted work must complete");
     }
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the process did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_status(&mut child, "after draining").await;
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_period_bounds_the_drain() {
-    let port = free_port();
-    let port_text = port.to_string();
-    let mut child = workload_command(&[
-        ("HOST", "127.0.0.1"),
-        ("PORT", &port_text),
+    let (child, port) = start_listening(&[
         ("OPERATION_DURATION_MS", "60000"),
         ("SHUTDOWN_GRACE_MS", "300"),
     ])
-    .spawn()
-    .unwrap();
-    wait_until_listening(port, &mut child).await;
+    .await;
     let url = format!("http://127.0.0.1:{port}/expensive-op");
     let _stuck = tokio::spawn(async move { get_status(&client(), &url).await });
     wait_queued(&format!("http://127.0.0.1:{port}"), 1.0, 0.0).await;
@@ -274,4 +273,76 @@ async fn the_grace_period_bounds_the_drain() {
     assert_eq!(status.status.code(), Some(1), "operations were cut off");
     let logs = String::from_utf8_lossy(&status.stdout);
     assert!(logs.contains("abandoned=1"), "{logs}");
+}
+
+/// One request on a kept-alive connection (HTTP/1.1, written by hand so the connection is the test's):
+/// the status and whether the answer closes the connection.
+fn request_on(stream: &mut std::net::TcpStream, path: &str) -> (u16, bool) {
+    use std::io::{Read, Write};
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: workload\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut close, mut length) = (false, 0);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        close |= line == "connection: close";
+        if let Some(value) = line.strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, close)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_first_sends_kept_alive_clients_away_while_still_serving() {
+    let (child, port) = start_listening(&[
+        ("OPERATION_DURATION_MS", "20"),
+        ("SHUTDOWN_LEAVE_MS", "1500"),
+    ])
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let checks = tokio::task::spawn_blocking(move || {
+        let mut kept_alive = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let before = request_on(&mut kept_alive, "/expensive-op");
+        send_signal(&child, "TERM");
+        std::thread::sleep(Duration::from_millis(300));
+        // Leaving: the kept-alive client is still served, and told to go.
+        let leaving = request_on(&mut kept_alive, "/expensive-op");
+        let mut rest = Vec::new();
+        use std::io::Read;
+        let closed = kept_alive.read_to_end(&mut rest).map(|n| n == 0);
+        (before, leaving, closed.unwrap_or(true), child)
+    });
+    let (before, leaving, closed, mut child) = checks.await.unwrap();
+    assert_eq!(before, (200, false), "before SIGTERM: served, kept alive");
+    assert_eq!(
+        leaving,
+        (200, true),
+        "leaving: served, and the connection closes"
+    );
+    assert!(
+        closed,
+        "the workload closed the connection after that answer"
+    );
+    let http = client();
+    assert_eq!(get_status(&http, &format!("{base}/readiness")).await, 503);
+
+    // After the leave the process drains (nothing is left) and exits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = exit_status(&mut child, "after leaving and draining").await;
+    assert_eq!(status.code(), Some(0));
 }

@@ -28,6 +28,12 @@ pub const CONTAINER_NAME: &str = "workload";
 /// `sleep` action, because the image has no shell.
 pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 
+/// The workload's `SHUTDOWN_LEAVE_MS`: after SIGTERM it still admits for this long, closing every
+/// connection after its next answer, so that clients kept alive on it since before the preStop
+/// sleep move to other pods before it refuses new work. A client on a kept-alive connection sends its
+/// next request within an operation's time, so one second moves every active one.
+pub const SHUTDOWN_LEAVE_MS: i64 = 1_000;
+
 /// Added to the worst-case drain for the last answers to reach their clients.
 pub const DRAIN_MARGIN_MS: i64 = 5_000;
 
@@ -48,11 +54,11 @@ pub fn shutdown_grace_ms(spec: &SandboxServiceSpec) -> i64 {
     (spec.breaker_queue_factor + 1) * spec.operation_duration_ms + DRAIN_MARGIN_MS
 }
 
-/// `terminationGracePeriodSeconds`: the preStop sleep, the drain and a margin, so the kubelet
-/// never kills a pod that is still finishing accepted operations.
+/// `terminationGracePeriodSeconds`: the preStop sleep, the leave, the drain and a margin, so the
+/// kubelet never kills a pod that is still finishing accepted operations.
 pub fn termination_grace_period_seconds(spec: &SandboxServiceSpec) -> i64 {
-    let drain_seconds = (shutdown_grace_ms(spec) + 999) / 1000;
-    PRE_STOP_SLEEP_SECONDS + drain_seconds + KILL_MARGIN_SECONDS
+    let shutdown_seconds = (SHUTDOWN_LEAVE_MS + shutdown_grace_ms(spec) + 999) / 1000;
+    PRE_STOP_SLEEP_SECONDS + shutdown_seconds + KILL_MARGIN_SECONDS
 }
 
 /// UID/GID of the `nonroot` user of distroless images, which the workload image runs as.
@@ -73,6 +79,7 @@ pub fn build(valid: &Validated) -> Deployment {
         ),
         (contract::BREAKER_QUEUE_FACTOR, spec.breaker_queue_factor),
         (contract::PORT, CONTAINER_PORT.into()),
+        (contract::SHUTDOWN_LEAVE_MS, SHUTDOWN_LEAVE_MS),
         (contract::SHUTDOWN_GRACE_MS, shutdown_grace_ms(spec)),
         (
             contract::HEADER_READ_TIMEOUT_MS,
@@ -244,8 +251,8 @@ mod tests {
         assert!(json["spec"].get("replicas").is_none());
 
         let pod = spec.template.spec.as_ref().unwrap();
-        // 5 s preStop + (4 + 1) × 2 s + 5 s drain margin + 5 s before SIGKILL.
-        assert_eq!(pod.termination_grace_period_seconds, Some(25));
+        // 5 s preStop + 1 s leave + (4 + 1) × 2 s + 5 s drain margin + 5 s before SIGKILL.
+        assert_eq!(pod.termination_grace_period_seconds, Some(26));
         assert_eq!(
             env(&deployment),
             [
@@ -254,6 +261,7 @@ mod tests {
                 ("READINESS_QUEUE_FACTOR".into(), "2".into()),
                 ("BREAKER_QUEUE_FACTOR".into(), "4".into()),
                 ("PORT".into(), "3000".into()),
+                ("SHUTDOWN_LEAVE_MS".into(), "1000".into()),
                 ("SHUTDOWN_GRACE_MS".into(), "15000".into()),
                 ("HEADER_READ_TIMEOUT_MS".into(), "5000".into()),
                 ("MAX_CONNECTIONS".into(), "2048".into()),
@@ -335,7 +343,8 @@ mod tests {
         // 18 waiting + 3 running at 3 at a time: 7 operations of 10 s, plus the 5 s margin.
         assert!(env.contains(&("SHUTDOWN_GRACE_MS".into(), "75000".into())));
         let pod = deployment.spec.unwrap().template.spec.unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(5 + 75 + 5));
+        // preStop, leave, drain, margin before SIGKILL.
+        assert_eq!(pod.termination_grace_period_seconds, Some(5 + 1 + 75 + 5));
     }
 
     #[test]

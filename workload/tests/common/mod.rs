@@ -17,7 +17,7 @@ use workload::connections::ConnectionLimits;
 use workload::contract::{CONNECTION_CLOSE_DEFAULT, ConnectionClose};
 use workload::metrics::Metrics;
 use workload::routes::AppState;
-use workload::server::{self, Shutdown};
+use workload::server::{self, Shutdown, ShutdownTiming};
 
 /// The seed's limits: concurrency 1, readiness above 2 waiting, breaker at 4 waiting.
 pub const SEED_LIMITS: QueueLimits = QueueLimits {
@@ -78,7 +78,10 @@ impl Service {
             async move {
                 let _ = stopped.await;
             },
-            Duration::from_secs(30),
+            ShutdownTiming {
+                leave: Duration::ZERO,
+                grace: Duration::from_secs(30),
+            },
             connections,
         ));
         Self {
