@@ -9,10 +9,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use super::ready_pods;
+use super::{install_operator, ready_pods};
 use crate::harness::{
-    AdminServer, OPERATOR_NAMESPACE, assert_no_forbidden, install, kubectl_ok, lease_holder,
-    wait_until,
+    AdminServer, OPERATOR_NAMESPACE, assert_no_forbidden, kubectl_ok, lease_holder, wait_until,
 };
 
 /// The installed operator's Lease (`LEASE_NAME` in deploy/operator/deployment.yaml).
@@ -37,15 +36,7 @@ impl InClusterOperator {
     /// no-op once installed) and wait until one of its pods is Ready and holds the Lease.
     pub async fn leading(client: &Client) -> Self {
         let since = Timestamp::now();
-        install();
-        kubectl_ok(&[
-            "rollout",
-            "status",
-            DEPLOYMENT,
-            "-n",
-            OPERATOR_NAMESPACE,
-            "--timeout=120s",
-        ]);
+        install_operator();
         let pod = wait_until("a Ready operator pod holds the Lease", || async {
             let holder = lease_holder(client, LEASE).await?;
             ready_pods(client, OPERATOR_NAMESPACE, SELECTOR)
