@@ -5,9 +5,13 @@
 #   ghcr.io/performance-sandbox/operator:0.1.0   what Dockerfile.operator's final stage says
 #   registry.k8s.io/pause:3.10.1                 the sandbox image, built from the pause.c of the test
 #                                                bed's k8s.io/kubernetes module, as build/pause does
+# and, for `import`, the monitoring chain the real node runs (monitoring_images): the Prometheus Operator,
+# its config reloader, Prometheus and prometheus-adapter.
 #
 #   scripts/images.sh build            binaries, OCI layout and one docker-archive per image in target/images
-#   scripts/images.sh import SOCKET    build, then import them into the containerd at SOCKET (namespace k8s.io)
+#   scripts/images.sh import SOCKET    build, add the monitoring images (they need testbed/build.sh's
+#                                      binaries), then import them all into the containerd at SOCKET
+#                                      (namespace k8s.io)
 #
 # The binaries are static (glibc with crt-static: the musl target cannot be installed offline) and need
 # nothing from the image. The Dockerfiles' base, distroless/static-debian12:nonroot, cannot be pulled here:
@@ -20,6 +24,8 @@ out=${IMAGES_DIR:-$root/target/images}
 layout=$out/oci
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n1)
 pause_version=3.10.1
+# What testbed/build.sh builds.
+testbed_bin=${TESTBED_BIN:-$root/target/testbed/bin}
 
 . "$root/scripts/lib.sh"
 
@@ -54,8 +60,21 @@ EOF
 	cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
 }
 
+# busybox_rootfs DIR: what the Prometheus projects' base (quay.io/prometheus/busybox) gives their static
+# binaries: passwd and group with nobody 65534, /tmp, CA certificates. Not busybox's shell and tools,
+# which nothing the test bed runs calls.
+busybox_rootfs() {
+	local rootfs=$1
+	mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp"
+	chmod 1777 "$rootfs/tmp"
+	printf '%s\n' root:x:0:0:root:/root:/bin/sh nobody:x:65534:65534:nobody:/home:/bin/false >"$rootfs/etc/passwd"
+	printf '%s\n' root:x:0: nobody:x:65534: >"$rootfs/etc/group"
+	cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+}
+
 # image NAME:TAG BASE FILE... -- UMOCI_CONFIG_ARGS...: a one-layer image in $layout whose rootfs is the base
-# (distroless or scratch) plus each FILE at /, with the config that the arguments after -- set.
+# (distroless, busybox or scratch) plus each FILE at /, or at DEST for FILE=DEST, with the config that the
+# arguments after -- set.
 image() {
 	local ref=$1 base=$2; shift 2
 	local files=()
@@ -65,9 +84,18 @@ image() {
 	bundle=$(mktemp -d "$out/bundle.XXXXXX")
 	umoci new --image "$layout:$tag"
 	umoci unpack --image "$layout:$tag" "$bundle/b" >/dev/null
-	[ "$base" = distroless ] && base_rootfs "$bundle/b/rootfs"
+	case $base in
+	distroless) base_rootfs "$bundle/b/rootfs" ;;
+	busybox) busybox_rootfs "$bundle/b/rootfs" ;;
+	esac
 	local file
-	for file in "${files[@]}"; do install -m 0755 "$file" "$bundle/b/rootfs/"; done
+	for file in "${files[@]}"; do
+		if [[ $file == *=* ]]; then
+			install -D -m 0755 "${file%%=*}" "$bundle/b/rootfs/${file#*=}"
+		else
+			install -m 0755 "$file" "$bundle/b/rootfs/"
+		fi
+	done
 	umoci repack --image "$layout:$tag" "$bundle/b"
 	umoci config --image "$layout:$tag" "$@" \
 		--author=performance-sandbox --architecture=amd64 --os=linux
@@ -103,6 +131,31 @@ build() {
 	log "built in $((SECONDS - start)) s"
 }
 
+# The monitoring chain of kube-prometheus-stack and prometheus-adapter, for the real node: the Prometheus
+# Operator and its config reloader (testbed/prometheus-operator), prometheus-adapter (testbed/adapter),
+# Prometheus (testbed/prometheus-operator: the release the operator's module requires), each at the
+# reference and with the config of the upstream image of that version. All are static Go binaries.
+monitoring_images() {
+	local operator_version adapter_version binary
+	operator_version=$(testbed_module_version prometheus-operator github.com/prometheus-operator/prometheus-operator)
+	adapter_version=$(testbed_module_version adapter sigs.k8s.io/prometheus-adapter)
+	for binary in operator prometheus-config-reloader prometheus adapter; do
+		[ -x "$testbed_bin/$binary" ] || die "$testbed_bin/$binary is missing: run testbed/build.sh first"
+	done
+	image "quay.io/prometheus-operator/prometheus-operator:$operator_version" busybox \
+		"$testbed_bin/operator=/bin/operator" -- \
+		--config.user=65534 --config.exposedports=8080/tcp --config.entrypoint=/bin/operator
+	image "quay.io/prometheus-operator/prometheus-config-reloader:$operator_version" busybox \
+		"$testbed_bin/prometheus-config-reloader=/bin/prometheus-config-reloader" -- \
+		--config.user=65534 --config.entrypoint=/bin/prometheus-config-reloader
+	image "quay.io/prometheus/prometheus:$(prometheus_version)" busybox \
+		"$testbed_bin/prometheus=/bin/prometheus" -- \
+		--config.user=65534 --config.exposedports=9090/tcp --config.workingdir=/prometheus \
+		--config.volume=/prometheus --config.entrypoint=/bin/prometheus
+	image "registry.k8s.io/prometheus-adapter/prometheus-adapter:$adapter_version" distroless \
+		"$testbed_bin/adapter" -- "${base_config[@]}" --config.user=65534 --config.entrypoint=/adapter
+}
+
 import() {
 	local socket=$1 archive
 	for archive in "$out"/*.tar; do
@@ -113,6 +166,6 @@ import() {
 
 case "${1:-}" in
 build) build ;;
-import) [ -S "${2:-}" ] || die "usage: scripts/images.sh import CONTAINERD_SOCKET"; build; import "$2" ;;
+import) [ -S "${2:-}" ] || die "usage: scripts/images.sh import CONTAINERD_SOCKET"; build; monitoring_images; import "$2" ;;
 *) echo "usage: scripts/images.sh build | import CONTAINERD_SOCKET" >&2; exit 2 ;;
 esac

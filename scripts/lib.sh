@@ -97,3 +97,15 @@ require_tools() {
 		command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-test-deps.sh"
 	done
 }
+
+# testbed_module_version DIR MODULE: the version of MODULE that the test bed's Go module testbed/DIR requires.
+testbed_module_version() {
+	sed -n "s|^\s*$2 \(v[^ ]*\).*|\1|p" "$release_root/testbed/$1/go.mod" | head -n1
+}
+
+# The version of the test bed's Prometheus (testbed/build.sh), as its image tag: v3.13.1.
+prometheus_version() {
+	local binary=${TESTBED_BIN:-$release_root/target/testbed/bin}/prometheus
+	[ -x "$binary" ] || die "$binary is missing: run testbed/build.sh first"
+	echo "v$("$binary" --version 2>&1 | sed -n 's/^prometheus, version \([0-9.]*\).*/\1/p')"
+}

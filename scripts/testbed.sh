@@ -21,12 +21,15 @@
 # The nodes (TESTBED_NODES):
 #   real  one real Node, testbed-node-0 (scripts/testbed-node.sh): containerd + runc run the images that
 #         scripts/images.sh builds, the kubelet runs probes, preStop and termination, kube-proxy (nftables)
-#         routes Services. The stand-in only turns ServiceMonitors into Prometheus scrape jobs of the pods.
-#         Needs root (bridge, routes, nftables, cgroups).
+#         routes Services. The monitoring chain runs as pods on it (scripts/testbed-monitoring.sh): the
+#         Prometheus Operator turns ServiceMonitors into Prometheus' scrape config and PrometheusRules
+#         into its rules; prometheus-adapter serves custom.metrics.k8s.io through its Service. No
+#         stand-in. Needs root (bridge, routes, nftables, cgroups).
 #   kwok  three fake Nodes of kwok: pods turn Running and Ready but no container runs. For the workload's
 #         pods the stand-in does what the kubelet, kube-proxy and the Prometheus Operator would: one real
 #         `workload` process per running pod, a round-robin address per Service (TESTBED_STANDIN/state lists
-#         them), and the scrape jobs. For many pods at once (scripts/operator-bench.sh).
+#         them), and the scrape jobs, for a Prometheus and a prometheus-adapter that run here as processes.
+#         For many pods at once (scripts/operator-bench.sh).
 #
 # Settings of `up`: TESTBED_NODES (real); TESTBED_HPA_SYNC (the HPA sync period, 5s); TESTBED_STANDIN_SELECTOR, the label
 # selector of the pods and Services the stand-in runs and proxies (app.kubernetes.io/name=workload; one
@@ -47,7 +50,7 @@ case $nodes in real | kwok) ;; *) echo "testbed: error: TESTBED_NODES is real or
 control_plane=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 monitoring=(prometheus prometheus-adapter standin)
 if [ "$nodes" = real ]; then
-	components=("${control_plane[@]}" containerd kubelet kube-proxy "${monitoring[@]}")
+	components=("${control_plane[@]}" containerd kubelet kube-proxy)
 else
 	components=("${control_plane[@]}" kwok "${monitoring[@]}")
 fi
@@ -63,6 +66,9 @@ standin_selector=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=workload}
 
 # shellcheck source=scripts/testbed-node.sh
 . "$root/scripts/testbed-node.sh"
+
+# shellcheck source=scripts/testbed-monitoring.sh
+. "$root/scripts/testbed-monitoring.sh"
 
 # The executable of each component.
 binary() {
@@ -253,10 +259,12 @@ up() {
 
 	# A real node's pods reach the API server through the `kubernetes` Service: it listens on the node
 	# address, which the API server then publishes as that Service's endpoint.
-	local etcd_client etcd_peer apiserver address=127.0.0.1 reconciler=none
+	# Aggregated APIs (prometheus-adapter) are reached at their endpoints, pod IPs, on the real node:
+	# this machine cannot open a connection to a ClusterIP (testbed-node.sh).
+	local etcd_client etcd_peer apiserver address=127.0.0.1 reconciler=none aggregator_routing=false
 	if [ "$nodes" = real ]; then
 		node_network
-		address=$node_ip reconciler=lease
+		address=$node_ip reconciler=lease aggregator_routing=true
 	fi
 	etcd_client=$(free_port) etcd_peer=$(free_port) apiserver=$(free_port)
 	echo "$apiserver" >"$dir/apiserver.port"
@@ -287,6 +295,7 @@ up() {
 		--requestheader-extra-headers-prefix=X-Remote-Extra- \
 		--proxy-client-cert-file="$pki/front-proxy-client.crt" \
 		--proxy-client-key-file="$pki/front-proxy-client.key" \
+		--enable-aggregator-routing="$aggregator_routing" \
 		--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
 		--audit-log-maxsize=0
 	write_kubeconfig "$kubeconfig" admin
@@ -315,7 +324,12 @@ up() {
 	fi
 	# Pods need a ServiceAccount: the controller-manager creates `default` in each namespace.
 	wait_until kube-controller-manager 60 kubectl_ get serviceaccount default -n default
-	start_monitoring
+	echo "$hpa_sync" >"$dir/hpa-sync"
+	if [ "$nodes" = real ]; then
+		start_cluster_monitoring
+	else
+		start_monitoring
+	fi
 	for component in "${components[@]}"; do running "$component" || fail_start "$component" "exited"; done
 	log "up in $((SECONDS - start_time)) s"
 	print_env
@@ -369,10 +383,11 @@ start_kwok() {
 	wait_until kwok 60 kubectl_ wait --for=condition=Ready node --all --timeout=1s
 }
 
-# The APIService objects registering prometheus-adapter (on 127.0.0.1:PORT) as custom.metrics.k8s.io. An
-# ExternalName Service to localhost is how the aggregator reaches a process outside the cluster network.
+# The APIService registering prometheus-adapter (on 127.0.0.1:PORT) as custom.metrics.k8s.io, the one
+# version the chart registers. An ExternalName Service to localhost is how the aggregator reaches a
+# process outside the cluster network.
 adapter_registration() {
-	local port=$1 version
+	local port=$1
 	cat <<EOF
 apiVersion: v1
 kind: Service
@@ -381,39 +396,32 @@ spec:
   type: ExternalName
   externalName: localhost
   ports: [{name: https, port: $port}]
-EOF
-	for version in v1beta1 v1beta2; do
-		cat <<EOF
 ---
 apiVersion: apiregistration.k8s.io/v1
 kind: APIService
-metadata: {name: $version.custom.metrics.k8s.io}
+metadata: {name: v1beta1.custom.metrics.k8s.io}
 spec:
   group: custom.metrics.k8s.io
-  version: $version
+  version: v1beta1
   service: {name: prometheus-adapter, namespace: monitoring, port: $port}
   caBundle: $(base64 -w0 "$pki/ca.crt")
   groupPriorityMinimum: 100
   versionPriority: 100
 EOF
-	done
 }
 
 adapter_available() {
-	local version
-	for version in v1beta1 v1beta2; do
-		[ "$(kubectl_ get apiservice "$version.custom.metrics.k8s.io" \
-			-o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ] || return 1
-	done
+	[ "$(kubectl_ get apiservice v1beta1.custom.metrics.k8s.io \
+		-o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ]
 }
 
-# Prometheus, prometheus-adapter with the config users install (deploy/monitoring/adapter-config.yaml),
-# and the stand-in, which writes Prometheus' scrape jobs.
+# On kwok's nodes: Prometheus and prometheus-adapter as processes here, with the config users install
+# (deploy/monitoring/adapter-config.yaml), and the stand-in, which runs the pods as processes and writes
+# Prometheus' scrape jobs for them.
 start_monitoring() {
 	local prometheus_port adapter_port
 	prometheus_port=$(free_port) adapter_port=$(free_port)
 	echo "$prometheus_port" >"$dir/prometheus.port"
-	echo "$hpa_sync" >"$dir/hpa-sync"
 	rm -rf "$dir/prometheus" "$dir/standin" && mkdir -p "$dir/prometheus" "$dir/standin"
 	echo 'scrape_configs: []' >"$dir/prometheus/prometheus.yml"
 	start prometheus "$(binary prometheus)" --config.file="$dir/prometheus/prometheus.yml" \
@@ -436,12 +444,9 @@ start_monitoring() {
 	adapter_registration "$adapter_port" | kubectl_ apply --server-side -f - >/dev/null
 	wait_until prometheus-adapter 60 adapter_available
 
-	local pods_from=processes
-	[ "$nodes" = real ] && pods_from=node
 	KUBECONFIG="$kubeconfig" start standin "$(binary standin)" --workload "$release_dir/workload" \
 		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
-		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector" \
-		--pods "$pods_from"
+		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector"
 	wait_until standin 30 test -s "$dir/standin/standin.addr"
 }
 
@@ -493,8 +498,12 @@ status() {
 print_env() {
 	echo "export KUBECONFIG=$kubeconfig"
 	echo "export TESTBED_HPA_SYNC=$(cat "$dir/hpa-sync")"
-	echo "export TESTBED_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus.port")"
-	echo "export TESTBED_STANDIN=http://$(cat "$dir/standin/standin.addr")"
+	if [ "$nodes" = real ]; then
+		echo "export TESTBED_PROMETHEUS=$(cluster_prometheus_url)"
+	else
+		echo "export TESTBED_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus.port")"
+		echo "export TESTBED_STANDIN=http://$(cat "$dir/standin/standin.addr")"
+	fi
 	echo "export TESTBED_DIR=$dir"
 	echo "export TESTBED_NODES=$nodes"
 	[ "$nodes" = real ] && echo "export TESTBED_NODE_IP=$node_ip"

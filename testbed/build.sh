@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test bed's binaries from Go modules into target/testbed/bin:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy (testbed/kubernetes)
-#   etcd (testbed/etcd), kwok (testbed/kwok), prometheus-adapter (testbed/adapter)
+#   etcd (testbed/etcd), kwok (testbed/kwok), prometheus-adapter (testbed/adapter),
+#   the Prometheus Operator and its prometheus-config-reloader (testbed/prometheus-operator)
 # Each module is rebuilt only when its go.mod, go.sum, sources or this script change. Everything comes
 # from the Go module proxy, checked against the committed go.sum files.
 set -euo pipefail
@@ -25,11 +26,11 @@ version_ldflags() {
 	echo "-s -w$flags"
 }
 
-# build MODULE_DIR LDFLAGS PACKAGE... ; skipped when the stamp of its inputs is unchanged.
+# build NAME MODULE_DIR LDFLAGS PACKAGE... ; skipped when the stamp of its inputs is unchanged. With
+# build_tags set, builds with those tags.
 build() {
-	local module=$1 ldflags=$2; shift 2
-	local name stamp_file stamp
-	name=$(basename "$module")
+	local name=$1 module=$2 ldflags=$3; shift 3
+	local stamp_file stamp
 	stamp_file="$bin/.stamp-$name"
 	stamp=$( (cat "$0"; cd "$module" && cat go.mod go.sum $(find . -name '*.go' | sort)) | sha256sum | cut -d' ' -f1)
 	if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
@@ -38,14 +39,14 @@ build() {
 	fi
 	local start=$SECONDS
 	echo "testbed/$name: building $*"
-	(cd "$module" && go build -ldflags "$ldflags" -o "$bin/" "$@")
+	(cd "$module" && go build -tags "${build_tags:-}" -ldflags "$ldflags" -o "$bin/" "$@")
 	echo "$stamp" >"$stamp_file"
 	echo "testbed/$name: built in $((SECONDS - start)) s"
 }
 
 total=$SECONDS
-build "$testbed/etcd" "-s -w" .
-build "$testbed/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
+build etcd "$testbed/etcd" "-s -w" .
+build kwok "$testbed/kwok" "-s -w" sigs.k8s.io/kwok/cmd/kwok
 # kwok does nothing without Stages. Its own defaults (what kwokctl installs), from the pinned module:
 # Nodes initialize and heartbeat; Pods turn Running and Ready, and go away when deleted.
 kwok_dir=$(cd "$testbed/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
@@ -54,8 +55,25 @@ for stage in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/po
 	cat "$kwok_dir/kustomize/stage/$stage.yaml"
 	echo "---"
 done >"$bin/kwok-stages.yaml"
-build "$testbed/adapter" "-s -w" sigs.k8s.io/prometheus-adapter/cmd/adapter
-build "$testbed/kubernetes" "$(version_ldflags)" \
+build adapter "$testbed/adapter" "-s -w" sigs.k8s.io/prometheus-adapter/cmd/adapter
+# The Prometheus Operator, and the Prometheus release its module requires (3.x is module v0.3XX.Y).
+# Each gets the version its own Makefile stamps in (`--version`, the build_info metric).
+prometheus_stamp() {
+	local version=$1
+	echo "-s -w -X github.com/prometheus/common/version.Version=$version -X github.com/prometheus/common/version.Revision=v$version -X github.com/prometheus/common/version.Branch=v$version"
+}
+required() { sed -n "s|^\s*$1 v\([^ ]*\).*|\1|p" "$testbed/prometheus-operator/go.mod"; }
+po_version=$(required github.com/prometheus-operator/prometheus-operator)
+prometheus_module=$(required github.com/prometheus/prometheus)
+build prometheus-operator "$testbed/prometheus-operator" "$(prometheus_stamp "$po_version")" \
+	github.com/prometheus-operator/prometheus-operator/cmd/operator \
+	github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader
+# Module v0.313.1 is Prometheus 3.13.1. Only the Kubernetes service discovery, the one a Prometheus
+# Operator's scrape config uses (Prometheus' own build tags; its default build has every SD's SDK).
+prometheus_version=$(echo "$prometheus_module" | sed 's/^0\.3\([0-9][0-9]\)\./3.\1./; s/^3\.0/3./')
+build_tags=remove_all_sd,enable_kubernetes_sd build prometheus "$testbed/prometheus-operator" \
+	"$(prometheus_stamp "$prometheus_version")" github.com/prometheus/prometheus/cmd/prometheus
+build kubernetes "$testbed/kubernetes" "$(version_ldflags)" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
 	k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy

@@ -19,6 +19,7 @@ use operator::spec::SandboxService;
 mod autoscale;
 mod in_cluster;
 mod logs;
+mod monitoring;
 mod outage;
 mod reconcile;
 mod relief;

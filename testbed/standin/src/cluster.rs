@@ -2,7 +2,6 @@
 //! spreaders and scrape targets match them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +19,8 @@ use crate::kubelet::{self, PodHandle, Runtime};
 use crate::probe::http_client;
 use crate::proxy::ServiceProxy;
 use crate::scrape::{self, Writer};
-use crate::state::{Labels, PodProcess, Registry};
-use crate::{Args, Error, PodSource};
+use crate::state::{Labels, Registry};
+use crate::{Args, Error};
 
 /// Retries a failed watch every second: the test bed is local, and the ServiceMonitor CRD comes and
 /// goes in the tests (kube's default backoff would wait up to 30 s).
@@ -65,7 +64,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
         registry: registry.clone(),
     });
     let mut node = Node {
-        source: args.pods,
         runtime,
         pods: BTreeMap::new(),
         scrape: Writer::new(
@@ -125,7 +123,6 @@ where
 
 /// The stand-in's node: pods it runs, and where their targets go.
 struct Node {
-    source: PodSource,
     runtime: Arc<Runtime>,
     pods: BTreeMap<String, PodHandle>,
     scrape: Writer,
@@ -138,16 +135,6 @@ impl Node {
         services: &Store<Service>,
         monitors: &Store<DynamicObject>,
     ) {
-        if self.source == PodSource::Node {
-            let scraped: Vec<_> = pods
-                .state()
-                .iter()
-                .filter_map(|pod| node_pod(pod))
-                .collect();
-            let jobs = scrape::jobs(&monitors.state(), &services.state(), &scraped);
-            self.scrape.write(&jobs).await;
-            return;
-        }
         let mut live = BTreeSet::new();
         for pod in pods.state() {
             if !kubelet::runs(&pod) {
@@ -206,24 +193,6 @@ impl Node {
         let jobs = scrape::jobs(&monitors.state(), &services, &registry.pods());
         self.scrape.write(&jobs).await;
     }
-}
-
-/// A pod that a real kubelet runs, as a scrape target: its IP and its first container's first port.
-fn node_pod(pod: &Pod) -> Option<Arc<PodProcess>> {
-    if !kubelet::runs(pod) {
-        return None;
-    }
-    let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
-    let container = pod.spec.as_ref()?.containers.first()?;
-    let port = u16::try_from(container.ports.as_ref()?.first()?.container_port).ok()?;
-    Some(Arc::new(PodProcess::new(
-        pod.namespace().unwrap_or_default(),
-        pod.name_any(),
-        pod.uid().unwrap_or_default(),
-        pod.labels().clone(),
-        container.name.clone(),
-        SocketAddr::new(ip, port),
-    )))
 }
 
 async fn serve_state(args: &Args, registry: Arc<Registry>, pod_logs: &Path) -> Result<(), Error> {

@@ -1,7 +1,6 @@
 //! `testbed-standin`: the parts of a cluster that the test bed has no real binary for, so that the
-//! workload's autoscaling loop runs end to end. With `--pods processes` (kwok's fake Nodes) it does all
-//! three below; with `--pods node` a real kubelet and kube-proxy run the pods and Services, and only
-//! the scrape jobs are left to it, with the pods' own addresses as targets.
+//! workload's autoscaling loop runs end to end on kwok's fake Nodes, where no container runs. The test
+//! bed's real node needs none of it: its kubelet, kube-proxy and Prometheus Operator are the real ones.
 //!
 //! - kubelet ([`kubelet`]): kwok marks pods Running and Ready but runs no container. For each running
 //!   pod selected by `--pod-selector`, this runs one `workload` process on 127.0.0.1 with the pod's
@@ -53,21 +52,9 @@ pub struct Args {
     /// the endpoint change reaches it (a preStop sleep exists to cover this).
     #[arg(long, default_value_t = 2000)]
     pub endpoint_lag_ms: u64,
-    /// Who runs the selected pods.
-    #[arg(long, value_enum, default_value_t = PodSource::Processes)]
-    pub pods: PodSource,
     /// Address of the `/state` endpoint; the bound address is written to `STATE_DIR/standin.addr`.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-}
-
-/// Who runs the pods that the stand-in scrapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PodSource {
-    /// The stand-in: one `workload` process per pod, and a proxy per Service (kwok's fake Nodes).
-    Processes,
-    /// A real node: targets are the pods' IPs and container ports; nothing is run or proxied.
-    Node,
 }
 
 /// What can stop the stand-in.
