@@ -99,12 +99,13 @@ else
 fi
 
 # One line per half second: time, Deployment replicas, ready endpoints, HPA desired replicas, the HPA's
-# queue_ratio, and the Service's answers so far (200, 503, no ready endpoint). Per pod: its own gauge.
+# queue_ratio, the Service's answers so far (200, 503, no ready endpoint), and the highest queue_ratio
+# the custom metrics API serves for the namespace's pods (what the HPA reads next). Per pod: its own gauge.
 # Every 5 s a line on the terminal says the same.
 sample() {
 	# A pod can go between listing and scraping it: a failed read skips it, it does not stop the sampler.
 	set +e +o pipefail
-	local t hpa deployment line ratios shown=0
+	local t hpa deployment line ratios served shown=0
 	while true; do
 		t=$(now)
 		ratios=""
@@ -124,10 +125,13 @@ sample() {
 		done < <(pods)
 		hpa=$(api_get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
 		deployment=$(api_get "/apis/apps/v1/namespaces/$ns/deployments/$name")
-		line=$(printf '%s\t%s\t%s\t%s\t%s\t%s' "$t" \
+		served=$(api_get "/apis/custom.metrics.k8s.io/v1beta1/namespaces/$ns/pods/*/queue_ratio" 2>/dev/null |
+			jq -r '[.items[].value | if endswith("m") then (.[:-1] | tonumber) / 1000 else tonumber end] | max // "-"')
+		line=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s' "$t" \
 			"$(jq '.spec.replicas' <<<"$deployment")" "$(ready_endpoints)" \
 			"$(jq '.status.desiredReplicas // 0' <<<"$hpa")" \
-			"$(jq -r '.status.currentMetrics[0].pods.current.averageValue // "-"' <<<"$hpa")" "$(answers)")
+			"$(jq -r '.status.currentMetrics[0].pods.current.averageValue // "-"' <<<"$hpa")" "$(answers)" \
+			"${served:--}")
 		echo "$line" >>"$out/samples.tsv"
 		if [ $((SECONDS - shown)) -ge 5 ]; then
 			shown=$SECONDS

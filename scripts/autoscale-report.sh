@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The table and the chart of one scripts/autoscale-bench.sh run, from the files it wrote in OUT:
 #   samples.tsv  time, Deployment replicas, ready endpoints, HPA desired, HPA queue_ratio, 200s, 503s,
-#                no-endpoint 503s (cumulative)
+#                no-endpoint 503s (cumulative), highest queue_ratio the custom metrics API serves
 #   pods.tsv     time, pod, its queue_ratio, its completed operations, its running operations
 # usage: autoscale-report.sh OUT LOAD_START LOAD_END SCALED_IN PROMETHEUS_SEEN INTERVAL WINDOW C CONCURRENCY SYNC
 #        OPERATION_MS READINESS_FACTOR CONNECTION_CLOSE
@@ -15,6 +15,7 @@ first() { awk -F'\t' "$1 { print \$1; exit }" "$2"; }
 
 queue_full=$(first "\$3 + 0 >= 4 && \$1 >= $load_start" "$out/pods.tsv")
 decision=$(first "\$4 > 1 && \$1 >= $load_start" "$out/samples.tsv")
+adapter_served=$(first "\$9 != \"-\" && \$9 + 0 >= 1 && \$1 >= $load_start" "$out/samples.tsv")
 replicas_up=$(first "\$2 > 1 && \$1 >= $load_start" "$out/samples.tsv")
 endpoints_up=$(first "\$3 > 1 && \$1 >= $load_start" "$out/samples.tsv")
 first_pod=$(awk -F'\t' '{ print $2; exit }' "$out/pods.tsv")
@@ -42,7 +43,8 @@ row() { printf '| %-58s | %8s | %8s |\n' "$1" "$(rel "$2")" "$3"; }
 row "load starts" "$load_start" ""
 row "(a) queue full on the first pod (queue_ratio 4)" "$queue_full" "$(span "$load_start" "$queue_full")"
 row "    first Prometheus sample with it (scrape interval)" "$prometheus_seen" "$(span "$queue_full" "$prometheus_seen")"
-row "(b) HPA decides to scale out (adapter + HPA sync)" "$decision" "$(span "$prometheus_seen" "$decision")"
+row "    the adapter serves it (adapter relist, query)" "$adapter_served" "$(span "$prometheus_seen" "$adapter_served")"
+row "(b) HPA decides to scale out (HPA sync)" "$decision" "$(span "$adapter_served" "$decision")"
 row "    Deployment replicas raised" "$replicas_up" "$(span "$decision" "$replicas_up")"
 row "(c) new pods Ready at the Service (readiness probe)" "$endpoints_up" "$(span "$replicas_up" "$endpoints_up")"
 row "    a new pod completes operations" "$new_pod_load" "$(span "$endpoints_up" "$new_pod_load")"

@@ -269,7 +269,8 @@ start_cluster_monitoring() {
 	} | kubectl_ apply --server-side -f - >/dev/null
 	log "monitoring: Prometheus Operator $operator_version, Prometheus $prometheus_version, prometheus-adapter $adapter_version"
 	wait_until kubelet 180 kubectl_ rollout status -n "$monitoring_ns" deployment/prometheus-operator --timeout=1s
-	wait_until kubelet 180 kubectl_ rollout status -n "$monitoring_ns" "statefulset/prometheus-$prometheus_name" --timeout=1s
+	# What docs/running-in-kubernetes.md waits for after `helm install kube-prometheus-stack`.
+	wait_until kubelet 180 kubectl_ wait -n "$monitoring_ns" --for=condition=Available "prometheus/$prometheus_name" --timeout=1s
 	wait_until kubelet 180 adapter_available
 }
 

@@ -230,6 +230,10 @@ up() {
 	for component in "${control_plane[@]}" kwok kubelet kube-proxy prometheus-adapter kubectl; do
 		[ -x "$(binary "$component")" ] || die "$(binary "$component") is missing: run testbed/build.sh first"
 	done
+	# The real node's monitoring images (scripts/images.sh).
+	for component in operator prometheus-config-reloader prometheus; do
+		[ -x "$bin/$component" ] || die "$bin/$component is missing: run testbed/build.sh first"
+	done
 	local tool
 	for tool in prometheus containerd runc umoci skopeo nft; do
 		command -v "$tool" >/dev/null || die "$tool is missing: run scripts/install-test-deps.sh"

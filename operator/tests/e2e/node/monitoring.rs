@@ -312,6 +312,7 @@ async fn the_shipped_alerts_load_and_the_breaker_alert_fires_when_503s_last_its_
 #[ignore = "needs the test bed's real node"]
 async fn the_operators_own_service_monitor_makes_prometheus_scrape_its_metrics() {
     let operator = InClusterOperator::leading(&crate::harness::admin_client().await).await;
+    let applied = std::time::Instant::now();
     kubectl_ok(&[
         "apply",
         "--server-side",
@@ -332,6 +333,10 @@ async fn the_operators_own_service_monitor_makes_prometheus_scrape_its_metrics()
         },
     )
     .await;
+    eprintln!(
+        "the operator's target up {:.0} s after its ServiceMonitor was applied",
+        applied.elapsed().as_secs_f64()
+    );
     assert_eq!(target["labels"]["endpoint"], "metrics", "{target}");
     // Its own reconcile counter, as Prometheus stored it.
     let series = "/api/v1/series?match%5B%5D=%7Bnamespace%3D%22sandbox-system%22%2Cjob%3D%22sandbox-operator-metrics%22%7D";
