@@ -24,8 +24,9 @@
 
 monitoring_ns=monitoring
 prometheus_name=kube-prometheus-stack-prometheus
-# Inside the Service range, outside what the API server allocates first (10.96.0.1 is `kubernetes`).
-prometheus_cluster_ip=10.96.200.90
+# In the band of the Service range that the API server keeps for fixed ClusterIPs (the first 256 addresses
+# of a /16 are handed out automatically only once the rest is used); 10.96.0.1 is `kubernetes`.
+prometheus_cluster_ip=10.96.0.90
 
 # The Prometheus Operator module's directory in the Go module cache.
 prometheus_operator_module() {
@@ -257,6 +258,12 @@ start_cluster_monitoring() {
 	operator_version=$(testbed_module_version prometheus-operator github.com/prometheus-operator/prometheus-operator)
 	adapter_version=$(testbed_module_version adapter sigs.k8s.io/prometheus-adapter)
 	prometheus_version=$(prometheus_version)
+	# The copies in third_party/ that the tests and the kwok bed apply must be this version's, byte for byte.
+	local vendored
+	for vendored in "$root"/third_party/prometheus-operator/*.yaml; do
+		tail -n +3 "$vendored" | cmp -s - "$module/example/prometheus-operator-crd/$(basename "$vendored")" ||
+			die "$vendored differs from the CRD of prometheus-operator $operator_version: replace it"
+	done
 	kubectl_ create namespace "$monitoring_ns" >/dev/null
 	kubectl_ apply --server-side -f "$module/example/prometheus-operator-crd/" >/dev/null
 	wait_until kube-apiserver 60 crds_established prometheuses servicemonitors prometheusrules
@@ -284,9 +291,17 @@ crds_established() {
 	done
 }
 
-# Prometheus' address from the host: its pod's IP (the host reaches pods, not ClusterIPs).
+# Prometheus' address from the host: its pod's IP (the host reaches pods, not ClusterIPs); fails while the
+# pod has none.
 cluster_prometheus_url() {
 	local ip
-	ip=$(kubectl_ get pod -n "$monitoring_ns" "prometheus-$prometheus_name-0" -o jsonpath='{.status.podIP}')
+	ip=$(kubectl_ get pod -n "$monitoring_ns" "prometheus-$prometheus_name-0" -o jsonpath='{.status.podIP}') &&
+		[ -n "$ip" ] || return 1
 	echo "http://$ip:9090"
+}
+
+# Prometheus and the adapter's APIService both Available.
+cluster_monitoring_ready() {
+	kubectl_ wait -n "$monitoring_ns" --for=condition=Available "prometheus/$prometheus_name" --timeout=1s \
+		>/dev/null 2>&1 && adapter_available
 }

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The test bed: a real Kubernetes control plane on 127.0.0.1, from the binaries testbed/build.sh makes.
 #
-#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler, the nodes,
-#                               Prometheus, prometheus-adapter (the aggregated API custom.metrics.k8s.io) and
-#                               the stand-in; print the exports; a no-op when running
+#   scripts/testbed.sh up       start etcd, kube-apiserver, controller-manager, scheduler, the nodes and the
+#                               monitoring chain: Prometheus and prometheus-adapter (the aggregated API
+#                               custom.metrics.k8s.io), as pods under the Prometheus Operator on the real node,
+#                               as processes beside the stand-in on kwok's; print the exports; a no-op when
+#                               running
 #   scripts/testbed.sh down     stop exactly the processes `up` started (pid files), never by name
-#   scripts/testbed.sh status   each component: running or not, and the API server's /readyz
+#   scripts/testbed.sh status   each component: running or not, the API server's /readyz and, on the real
+#                               node, Prometheus and the adapter's APIService
 #   scripts/testbed.sh env      the exports for a shell: eval "$(scripts/testbed.sh env)"
 #   scripts/testbed.sh stop C   stop one control-plane component C (etcd, kube-apiserver, kube-controller-manager,
 #                               kube-scheduler): the fault tests' outage
@@ -31,8 +34,8 @@
 #         them), and the scrape jobs, for a Prometheus and a prometheus-adapter that run here as processes.
 #         For many pods at once (scripts/operator-bench.sh).
 #
-# Settings of `up`: TESTBED_NODES (real); TESTBED_HPA_SYNC (the HPA sync period, 5s); TESTBED_STANDIN_SELECTOR, the label
-# selector of the pods and Services the stand-in runs and proxies (app.kubernetes.io/name=workload; one
+# Settings of `up`: TESTBED_NODES (real); TESTBED_HPA_SYNC (the HPA sync period, 5s); on kwok's nodes,
+# TESTBED_STANDIN_SELECTOR, the label selector of the pods and Services the stand-in runs and proxies (app.kubernetes.io/name=workload; one
 # that matches nothing, e.g. app.kubernetes.io/name=none as scripts/operator-bench.sh uses, runs no
 # workload process: kwok alone makes the pods Running and Ready).
 set -euo pipefail
@@ -230,19 +233,21 @@ up() {
 	for component in "${control_plane[@]}" kwok kubelet kube-proxy prometheus-adapter kubectl; do
 		[ -x "$(binary "$component")" ] || die "$(binary "$component") is missing: run testbed/build.sh first"
 	done
-	# The real node's monitoring images (scripts/images.sh).
-	for component in operator prometheus-config-reloader prometheus; do
-		[ -x "$bin/$component" ] || die "$bin/$component is missing: run testbed/build.sh first"
-	done
 	local tool
 	for tool in prometheus containerd runc umoci skopeo nft; do
 		command -v "$tool" >/dev/null || die "$tool is missing: run scripts/install-test-deps.sh"
 	done
+	# The real node's monitoring images (scripts/images.sh).
+	if [ "$nodes" = real ]; then
+		for component in operator prometheus-config-reloader prometheus; do
+			[ -x "$bin/$component" ] || die "$bin/$component is missing: run testbed/build.sh first"
+		done
+	fi
 	[ -x "$cni_bin/bridge" ] && [ -x "$cni_bin/host-local" ] || die "CNI plugins are missing in $cni_bin: run scripts/install-test-deps.sh"
 	[ "$nodes" = kwok ] || [ "$(id -u)" = 0 ] || die "a real node needs root (bridge, routes, nftables, cgroups); TESTBED_NODES=kwok does not"
 	local all_running=true
 	for component in "${components[@]}"; do running "$component" || all_running=false; done
-	if $all_running && apiserver_ready; then
+	if $all_running && apiserver_ready && { [ "$nodes" = kwok ] || cluster_monitoring_ready; }; then
 		log "already up"
 		print_env
 		return
@@ -496,6 +501,13 @@ status() {
 	done
 	if running kube-apiserver && apiserver_ready; then echo "kube-apiserver /readyz: ok"; else
 		echo "kube-apiserver /readyz: not ready"; all=1; fi
+	if [ "$nodes" = real ]; then
+		if running kube-apiserver && cluster_monitoring_ready; then
+			echo "monitoring: Prometheus Available, custom.metrics.k8s.io Available"
+		else
+			echo "monitoring: not ready (kubectl get pods -n $monitoring_ns)"; all=1
+		fi
+	fi
 	return $all
 }
 
@@ -503,7 +515,11 @@ print_env() {
 	echo "export KUBECONFIG=$kubeconfig"
 	echo "export TESTBED_HPA_SYNC=$(cat "$dir/hpa-sync")"
 	if [ "$nodes" = real ]; then
-		echo "export TESTBED_PROMETHEUS=$(cluster_prometheus_url)"
+		local prometheus
+		prometheus=$(cluster_prometheus_url) || die "Prometheus has no pod address: scripts/testbed.sh status"
+		echo "export TESTBED_PROMETHEUS=$prometheus"
+		# The stand-in's address of a kwok test bed before this one would mislead.
+		echo "unset TESTBED_STANDIN"
 	else
 		echo "export TESTBED_PROMETHEUS=http://127.0.0.1:$(cat "$dir/prometheus.port")"
 		echo "export TESTBED_STANDIN=http://$(cat "$dir/standin/standin.addr")"

@@ -2,7 +2,7 @@
 # Builds the test bed's binaries from Go modules into target/testbed/bin:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy (testbed/kubernetes)
 #   etcd (testbed/etcd), kwok (testbed/kwok), prometheus-adapter (testbed/adapter),
-#   the Prometheus Operator and its prometheus-config-reloader (testbed/prometheus-operator)
+#   the Prometheus Operator, its prometheus-config-reloader and Prometheus (testbed/prometheus-operator)
 # Each module is rebuilt only when its go.mod, go.sum, sources or this script change. Everything comes
 # from the Go module proxy, checked against the committed go.sum files.
 set -euo pipefail

@@ -1,4 +1,5 @@
-// The test bed's Prometheus Operator and its config reloader, from the release's Go module (testbed/build.sh).
+// The test bed's Prometheus Operator and its config reloader, and the Prometheus release its module requires
+// (testbed/build.sh).
 module performance-sandbox/testbed/prometheus-operator
 
 go 1.26.0

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::in_cluster::InClusterOperator;
 use crate::harness::{
     self, AdminServer, admin_client, apply, delete_and_see_recreated, delete_namespace, eventually,
-    kubectl, kubectl_ok, namespace, wait_for,
+    kubectl, kubectl_ok, namespace, wait_for, wait_until_within,
 };
 use crate::{
     condition, install_service_monitor_crd, is_true, owned_children, ready_and_current, sandbox,
@@ -512,6 +512,18 @@ async fn a_service_monitor_crd_installed_while_running_is_used_without_restart()
         condition(cr, "Degraded").is_some_and(|c| c.status == "False")
     })
     .await;
+    // The Prometheus Operator lost its ServiceMonitor watch with the CRD: it must pick the new one up
+    // too, or every later ServiceMonitor in the cluster goes unscraped.
+    wait_until_within(
+        Duration::from_secs(180),
+        "Prometheus scrapes the ServiceMonitor created after the CRD came back",
+        || async { (!super::monitoring::targets_in(&ns).is_empty()).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "scraped {:?} after the CRD was installed",
+        installed.elapsed()
+    );
     delete_and_see_recreated(&monitors, "late").await;
     operator.check(&client).await;
     delete_namespace(&client, &ns).await;
