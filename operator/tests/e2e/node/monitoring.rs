@@ -253,6 +253,12 @@ async fn the_shipped_alerts_load_and_the_breaker_alert_fires_when_503s_last_its_
     let ns = run.ns.clone();
     let address = pod_address(&run.pods[0]);
     let _held = hold_operations(address, 5);
+    // All five admitted before anything else is sent: a request that overtook one of them would take
+    // its place, and the held one would be the only refusal.
+    wait_until("five operations held, four of them waiting", || async {
+        (process_metric(address, "queue_waiting_tasks")? == 4.0).then_some(())
+    })
+    .await;
     let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let refuser = {
         let refusing = refusing.clone();
