@@ -449,7 +449,7 @@ start_monitoring() {
 		--lister-kubeconfig="$kubeconfig" --authentication-kubeconfig="$kubeconfig" \
 		--authorization-kubeconfig="$kubeconfig" \
 		--prometheus-url="http://127.0.0.1:$prometheus_port" \
-		--metrics-relist-interval="$(adapter_relist_interval)" --config="$dir/adapter-config.yaml"
+		--metrics-relist-interval="$(adapter_value metricsRelistInterval)" --config="$dir/adapter-config.yaml"
 	adapter_registration "$adapter_port" | kubectl_ apply --server-side -f - >/dev/null
 	wait_until prometheus-adapter 60 adapter_available
 
@@ -457,10 +457,6 @@ start_monitoring() {
 		--state-dir "$dir/standin" --prometheus-config "$dir/prometheus/prometheus.yml" \
 		--prometheus-url "http://127.0.0.1:$prometheus_port" --pod-selector "$standin_selector"
 	wait_until standin 30 test -s "$dir/standin/standin.addr"
-}
-
-adapter_relist_interval() {
-	sed -n 's/^metricsRelistInterval: *//p' "$root/deploy/monitoring/prometheus-adapter-values.yaml"
 }
 
 stop() {

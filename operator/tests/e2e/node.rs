@@ -186,6 +186,28 @@ async fn service_and_pod_addresses_never_leave_the_machine() {
     );
 }
 
+/// The workload's port (`http`) at a pod's address.
+const WORKLOAD_PORT: u16 = 3000;
+
+/// The workload's address at `pod`'s IP (the node reaches pods directly).
+fn pod_address(pod: &Pod) -> SocketAddr {
+    let ip = pod.status.as_ref().unwrap().pod_ip.as_ref().unwrap();
+    SocketAddr::new(ip.parse().unwrap(), WORKLOAD_PORT)
+}
+
+/// Holds `count` operations open on the workload at `address`, each sent straight to it; each waits its
+/// full duration, or until the stream is dropped.
+fn hold_operations(address: SocketAddr, count: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..count)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            write!(stream, "GET /expensive-op HTTP/1.1\r\nHost: pod\r\n\r\n").unwrap();
+            stream
+        })
+        .collect()
+}
+
 /// The Ready pods of the Deployment named `app` in `namespace`, on the real node.
 async fn ready_pods(client: &kube::Client, namespace: &str, selector: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), namespace)

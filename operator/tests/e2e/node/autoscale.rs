@@ -4,8 +4,7 @@
 //! NodePort behind kube-proxy.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
@@ -15,15 +14,12 @@ use serde_json::{Value, json};
 
 use super::in_cluster::InClusterOperator;
 use super::logs::PodLogs;
-use super::{OnTheNode, ready_pods};
+use super::{OnTheNode, hold_operations, pod_address, ready_pods};
 use crate::harness::{delete_namespace, eventually, kubectl, wait_until};
 use crate::load::{
     Load, Sampler, assert_proportional, hpa_reads_queue_ratio, load_run, process_metric, quantity,
     seed_sample,
 };
-
-/// The workload's port (`http`) at a pod's address.
-const WORKLOAD_PORT: u16 = 3000;
 
 /// A seed-like SandboxService on the node, its HPA reading `queue_ratio`, under the installed
 /// operator: the run, the CR's name and the operator.
@@ -47,11 +43,7 @@ async fn ready_addresses(run: &OnTheNode) -> BTreeMap<String, SocketAddr> {
     ready_pods(&run.client, &run.ns, &run.selector)
         .await
         .into_iter()
-        .map(|pod| {
-            let ip = pod.status.as_ref().unwrap().pod_ip.as_ref().unwrap();
-            let address = SocketAddr::new(ip.parse().unwrap(), WORKLOAD_PORT);
-            (pod.name_any(), address)
-        })
+        .map(|pod| (pod.name_any(), pod_address(&pod)))
         .collect()
 }
 
@@ -72,13 +64,7 @@ async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say(
     // Three operations on the first pod, straight to its address: one runs, two wait, so its
     // queue_ratio is 2.
     let (loaded, address) = pods.iter().next().unwrap();
-    let _held: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let mut stream = TcpStream::connect(address).unwrap();
-            write!(stream, "GET /expensive-op HTTP/1.1\r\nHost: pod\r\n\r\n").unwrap();
-            stream
-        })
-        .collect();
+    let _held = hold_operations(*address, 3);
 
     let path = format!("/apis/custom.metrics.k8s.io/v1beta1/namespaces/{ns}/pods/*/queue_ratio");
     let served = wait_until(

@@ -3,8 +3,7 @@
 //! rules; Prometheus scrapes the pods at their IPs (scripts/testbed-monitoring.sh installs them).
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -12,15 +11,12 @@ use kube::api::Api;
 use serde_json::{Value, json};
 
 use super::in_cluster::InClusterOperator;
-use super::{OnTheNode, is_ready};
+use super::{OnTheNode, hold_operations, is_ready, pod_address};
 use crate::harness::{
     delete_namespace, http_get, kubectl_ok, kubectl_with_input, repo_file, wait_until,
     wait_until_within,
 };
 use crate::load::{process_metric, seed_sample};
-
-/// The workload's port (`http`) at a pod's address.
-const WORKLOAD_PORT: u16 = 3000;
 
 /// The labels the Prometheus Operator gives a ServiceMonitor endpoint's target; the adapter rule in
 /// deploy/monitoring selects on `namespace` and `pod`, the alerts group by `service`.
@@ -59,22 +55,6 @@ pub(super) fn targets_in(ns: &str) -> Vec<Value> {
         .into_iter()
         .filter(|target| target["labels"]["namespace"] == ns)
         .collect()
-}
-
-/// Holds `count` operations open on the workload at `address` (each waits its full duration).
-fn hold_operations(address: SocketAddr, count: usize) -> Vec<TcpStream> {
-    (0..count)
-        .map(|_| {
-            let mut stream = TcpStream::connect(address).unwrap();
-            write!(stream, "GET /expensive-op HTTP/1.1\r\nHost: pod\r\n\r\n").unwrap();
-            stream
-        })
-        .collect()
-}
-
-fn pod_address(pod: &Pod) -> SocketAddr {
-    let ip = pod.status.as_ref().unwrap().pod_ip.as_ref().unwrap();
-    SocketAddr::new(ip.parse().unwrap(), WORKLOAD_PORT)
 }
 
 #[tokio::test]
