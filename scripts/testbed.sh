@@ -76,7 +76,9 @@ standin_selector=${TESTBED_STANDIN_SELECTOR:-app.kubernetes.io/name=workload}
 # The executable of each component.
 binary() {
 	case $1 in
-	prometheus) command -v prometheus ;;
+	# Debian's, for the kwok bed: not the test bed's own build (the real node's image), which `env` puts
+	# on PATH under the same name.
+	prometheus) type -ap prometheus | grep -v "^$bin/" | head -n1 ;;
 	containerd) command -v containerd ;;
 	prometheus-adapter) echo "$bin/adapter" ;;
 	standin) echo "$release_dir/testbed-standin" ;;
