@@ -179,6 +179,16 @@ pub(crate) fn seed_sample(ns: &str, changes: Value) -> Value {
 
 /// [`seed_sample`] with exactly `replicas` pods of 20 ms operations and no scale-down window: none
 /// is ever full, so a failure under load comes from pods leaving.
+/// The seed's sample with `replicas` pods the HPA cannot change and operations of `operation_ms`: long
+/// ones keep the queues that a test holds open steady while it reads them.
+pub(crate) fn held_replicas(ns: &str, replicas: u32, operation_ms: u64) -> Value {
+    seed_sample(
+        ns,
+        json!({"operationDurationMs": operation_ms,
+            "autoscaling": {"minReplicas": replicas, "maxReplicas": replicas}}),
+    )
+}
+
 pub(crate) fn fixed_replicas(ns: &str, replicas: u32) -> Value {
     seed_sample(
         ns,

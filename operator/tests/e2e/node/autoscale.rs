@@ -17,8 +17,8 @@ use super::logs::PodLogs;
 use super::{OnTheNode, hold_operations, pod_address, ready_pods};
 use crate::harness::{delete_namespace, eventually, kubectl, wait_until};
 use crate::load::{
-    Load, Sampler, assert_proportional, hpa_reads_queue_ratio, load_run, process_metric, quantity,
-    seed_sample,
+    Load, Sampler, assert_proportional, held_replicas, hpa_reads_queue_ratio, load_run,
+    process_metric, quantity, seed_sample,
 };
 
 /// A seed-like SandboxService on the node, its HPA reading `queue_ratio`, under the installed
@@ -51,12 +51,7 @@ async fn ready_addresses(run: &OnTheNode) -> BTreeMap<String, SocketAddr> {
 #[ignore = "needs the test bed's real node"]
 async fn the_custom_metrics_api_serves_each_pods_queue_ratio_as_its_metrics_say() {
     // Two pods the HPA cannot change; 60 s operations keep a queue steady while it is read.
-    let two_pods = |ns: &str| {
-        seed_sample(
-            ns,
-            json!({"operationDurationMs": 60000, "autoscaling": {"minReplicas": 2, "maxReplicas": 2}}),
-        )
-    };
+    let two_pods = |ns: &str| held_replicas(ns, 2, 60_000);
     let (run, _, operator) = ready_to_scale("node-metrics-api", two_pods, 2).await;
     let ns = &run.ns;
     let pods = ready_addresses(&run).await;

@@ -16,7 +16,7 @@ use crate::harness::{
     delete_namespace, http_get, kubectl_ok, kubectl_with_input, repo_file, wait_until,
     wait_until_within,
 };
-use crate::load::{process_metric, seed_sample};
+use crate::load::{held_replicas, process_metric};
 
 /// The labels the Prometheus Operator gives a ServiceMonitor endpoint's target; the adapter rule in
 /// deploy/monitoring selects on `namespace` and `pod`, the alerts group by `service`.
@@ -61,12 +61,7 @@ pub(super) fn targets_in(ns: &str) -> Vec<Value> {
 #[ignore = "needs the test bed's real node"]
 async fn prometheus_scrapes_every_pod_of_a_service_monitor_with_the_adapters_labels_ready_or_not() {
     // Two pods the HPA cannot change; 10 minute operations keep a queue steady while it is read.
-    let two_pods = |ns: &str| {
-        seed_sample(
-            ns,
-            json!({"operationDurationMs": 600000, "autoscaling": {"minReplicas": 2, "maxReplicas": 2}}),
-        )
-    };
+    let two_pods = |ns: &str| held_replicas(ns, 2, 600_000);
     let run = OnTheNode::start("node-targets", two_pods, 2).await;
     let operator = InClusterOperator::leading(&run.client).await;
     let ns = &run.ns;
@@ -223,12 +218,7 @@ async fn the_shipped_alerts_load_and_the_breaker_alert_fires_when_503s_last_its_
 
     // One pod whose queue is full: one operation running, four waiting (4×CONCURRENCY), so each
     // further request, which would make five wait, is refused at once with 503.
-    let one_pod = |ns: &str| {
-        seed_sample(
-            ns,
-            json!({"operationDurationMs": 600000, "autoscaling": {"minReplicas": 1, "maxReplicas": 1}}),
-        )
-    };
+    let one_pod = |ns: &str| held_replicas(ns, 1, 600_000);
     let run = OnTheNode::start("node-alerts", one_pod, 1).await;
     let ns = run.ns.clone();
     let address = pod_address(&run.pods[0]);
