@@ -177,8 +177,6 @@ pub(crate) fn seed_sample(ns: &str, changes: Value) -> Value {
     cr
 }
 
-/// [`seed_sample`] with exactly `replicas` pods of 20 ms operations and no scale-down window: none
-/// is ever full, so a failure under load comes from pods leaving.
 /// The seed's sample with `replicas` pods the HPA cannot change and operations of `operation_ms`: long
 /// ones keep the queues that a test holds open steady while it reads them.
 pub(crate) fn held_replicas(ns: &str, replicas: u32, operation_ms: u64) -> Value {
@@ -189,6 +187,8 @@ pub(crate) fn held_replicas(ns: &str, replicas: u32, operation_ms: u64) -> Value
     )
 }
 
+/// [`seed_sample`] with exactly `replicas` pods of 20 ms operations and no scale-down window: none
+/// is ever full, so a failure under load comes from pods leaving.
 pub(crate) fn fixed_replicas(ns: &str, replicas: u32) -> Value {
     seed_sample(
         ns,
