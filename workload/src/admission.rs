@@ -5,12 +5,15 @@
 //! freed slot passes straight to the next waiter, waiting and in-flight counts follow from one counter of
 //! admitted requests, so the breaker decision, the readiness verdict and the metrics can never disagree.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::contract::ConnectionClose;
+use crate::occupancy::OccupancyWindow;
 
 /// The queue's shape: how many operations run at once and where backpressure and the breaker start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +149,9 @@ pub struct Admission {
     state: AtomicUsize,
     slots: Arc<Semaphore>,
     drained: Notify,
+    /// The admitted count over time, for `queue_occupancy`. Updated when a request is admitted or
+    /// leaves, never when one is rejected: the 503 path stays lock-free.
+    occupancy: Mutex<OccupancyWindow>,
 }
 
 /// The bit of [`Admission::state`] set when draining begins; the bits below [`LEAVING`] count.
@@ -169,14 +175,15 @@ fn leaving(state: usize) -> bool {
 }
 
 impl Admission {
-    /// A new, empty queue.
-    pub fn new(limits: QueueLimits) -> Self {
+    /// A new, empty queue whose occupancy is averaged over `occupancy_window`.
+    pub fn new(limits: QueueLimits, occupancy_window: Duration) -> Self {
         assert!(limits.concurrency >= 1, "concurrency must be at least 1");
         Self {
             limits,
             state: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(limits.concurrency)),
             drained: Notify::new(),
+            occupancy: Mutex::new(OccupancyWindow::new(occupancy_window, Instant::now())),
         }
     }
 
@@ -202,6 +209,7 @@ impl Admission {
                     Rejection::CircuitOpen
                 }
             })?;
+        self.record_occupancy();
         Ok(Ticket {
             admission: Arc::clone(self),
         })
@@ -228,6 +236,29 @@ impl Admission {
             in_flight: self.limits.in_flight(admitted),
             concurrency: self.limits.concurrency,
         }
+    }
+
+    /// Running plus waiting tasks per unit of concurrency, averaged over the occupancy window: the
+    /// `queue_occupancy` gauge.
+    pub fn occupancy(&self) -> f64 {
+        let admitted = self.lock_occupancy().average(Instant::now());
+        admitted / self.limits.concurrency as f64
+    }
+
+    /// Tells the occupancy window the admitted count, after it changed.
+    fn record_occupancy(&self) {
+        let mut occupancy = self.lock_occupancy();
+        // Clock and count are read under the lock: changes racing to it are recorded in the order they
+        // get it, and the last one records the latest count, so no stale count outlives a race.
+        let admitted = admitted(self.state.load(Ordering::Acquire));
+        occupancy.changed(Instant::now(), admitted);
+    }
+
+    fn lock_occupancy(&self) -> MutexGuard<'_, OccupancyWindow> {
+        // Nothing panics while holding it; if something did, the window is still consistent.
+        self.occupancy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts leaving: readiness turns to `ShuttingDown` and every answer closes its connection, so
@@ -280,7 +311,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         // The count is below the flag bit, so this never touches the flag.
-        if admitted(self.admission.state.fetch_sub(1, Ordering::AcqRel)) == 1 {
+        let before = admitted(self.admission.state.fetch_sub(1, Ordering::AcqRel));
+        self.admission.record_occupancy();
+        if before == 1 {
             self.admission.drained.notify_waiters();
         }
     }
@@ -295,6 +328,8 @@ mod tests {
         readiness_factor: 2,
         breaker_factor: 4,
     };
+
+    const WINDOW: Duration = Duration::from_secs(5);
 
     #[test]
     fn seed_limits_admit_until_four_wait() {
@@ -390,7 +425,7 @@ mod tests {
 
     #[test]
     fn tickets_count_and_release_places() {
-        let admission = Arc::new(Admission::new(SEED));
+        let admission = Arc::new(Admission::new(SEED, WINDOW));
         let tickets: Vec<_> = (0..5).map(|_| admission.try_admit().unwrap()).collect();
         assert_eq!(admission.try_admit().unwrap_err(), Rejection::CircuitOpen);
         let snapshot = admission.snapshot();
@@ -401,9 +436,29 @@ mod tests {
         assert!(admission.try_admit().is_ok());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn occupancy_averages_the_admitted_tasks_and_ignores_rejections() {
+        let admission = Arc::new(Admission::new(SEED, WINDOW));
+        let mut tickets: Vec<_> = (0..5).map(|_| admission.try_admit().unwrap()).collect();
+        tokio::time::advance(WINDOW / 2).await;
+        for _ in 0..100 {
+            assert_eq!(admission.try_admit().unwrap_err(), Rejection::CircuitOpen);
+        }
+        tokio::time::advance(WINDOW / 2).await;
+        assert_eq!(admission.occupancy(), 5.0, "5 admitted the whole window");
+        tickets.truncate(1);
+        tokio::time::advance(WINDOW / 2).await;
+        assert_eq!(
+            admission.occupancy(),
+            3.0,
+            "5, then 1 for half the window each"
+        );
+        assert_eq!(admission.snapshot().queue_ratio(), 0.0);
+    }
+
     #[test]
     fn a_leaving_pod_still_admits_but_sends_every_client_away() {
-        let admission = Arc::new(Admission::new(SEED));
+        let admission = Arc::new(Admission::new(SEED, WINDOW));
         admission.start_leaving();
         let ticket = admission.try_admit().expect("still admitted while leaving");
         assert_eq!(admission.readiness(), Readiness::ShuttingDown);
@@ -418,7 +473,7 @@ mod tests {
 
     #[test]
     fn draining_rejects_new_work() {
-        let admission = Arc::new(Admission::new(SEED));
+        let admission = Arc::new(Admission::new(SEED, WINDOW));
         admission.start_draining();
         assert_eq!(admission.try_admit().unwrap_err(), Rejection::ShuttingDown);
         assert_eq!(admission.readiness(), Readiness::ShuttingDown);
@@ -426,7 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn drained_resolves_when_the_last_ticket_goes() {
-        let admission = Arc::new(Admission::new(SEED));
+        let admission = Arc::new(Admission::new(SEED, WINDOW));
         let ticket = admission.try_admit().unwrap();
         let waiter = tokio::spawn({
             let admission = Arc::clone(&admission);
@@ -448,11 +503,14 @@ mod tests {
         // just before the drain began could still be counted after it. Probabilistic: it cannot pass wrongly,
         // but the old two-step code failed it only sometimes.
         for _ in 0..50 {
-            let admission = Arc::new(Admission::new(QueueLimits {
-                concurrency: 1,
-                readiness_factor: 1_000,
-                breaker_factor: 1_000,
-            }));
+            let admission = Arc::new(Admission::new(
+                QueueLimits {
+                    concurrency: 1,
+                    readiness_factor: 1_000,
+                    breaker_factor: 1_000,
+                },
+                WINDOW,
+            ));
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let admitters: Vec<_> = (0..3)
                 .map(|_| {

@@ -67,6 +67,11 @@ pub struct Config {
     #[arg(long, env = contract::SHUTDOWN_GRACE_MS.env, default_value_t = contract::SHUTDOWN_GRACE_MS.default, value_parser = parse_whole_number)]
     pub shutdown_grace_ms: u64,
 
+    /// The span `queue_occupancy` averages over, in milliseconds; set it to the scrape interval, so that
+    /// each scrape covers the time since the previous one.
+    #[arg(long, env = contract::OCCUPANCY_WINDOW_MS.env, default_value_t = contract::OCCUPANCY_WINDOW_MS.default, value_parser = parse_at_least_one::<u64>)]
+    pub occupancy_window_ms: u64,
+
     /// When to close a kept-alive connection after answering on it, so that the client reconnects and
     /// its Service picks a pod anew: `when-queued` (other operations wait here), `when-overloaded`
     /// (/readiness fails) or `never`. Every mode but `never` also closes after a 503.
@@ -198,6 +203,11 @@ impl Config {
         Duration::from_millis(self.operation_duration_ms)
     }
 
+    /// The span `queue_occupancy` averages over.
+    pub fn occupancy_window(&self) -> Duration {
+        Duration::from_millis(self.occupancy_window_ms)
+    }
+
     /// The bounds on open connections.
     pub fn connection_limits(&self) -> ConnectionLimits {
         ConnectionLimits {
@@ -280,6 +290,7 @@ mod tests {
         assert_eq!(config.header_read_timeout_ms, 5000);
         assert_eq!(config.max_connections, 2048);
         assert_eq!(config.shutdown_grace_ms, 30_000);
+        assert_eq!(config.occupancy_window(), Duration::from_secs(5));
         assert_eq!(config.connection_close, ConnectionClose::WhenQueued);
     }
 
@@ -299,6 +310,8 @@ mod tests {
         assert_eq!(config.listen_addr().to_string(), "[::1]:8080");
         let config = load(&["--connection-close", "never"]).unwrap();
         assert_eq!(config.connection_close, ConnectionClose::Never);
+        let config = load(&["--occupancy-window-ms", "15000"]).unwrap();
+        assert_eq!(config.occupancy_window(), Duration::from_secs(15));
     }
 
     /// The formatter reads the variable from clap's `--concurrency <CONCURRENCY>`.
@@ -344,6 +357,10 @@ mod tests {
             (
                 "--max-connections=two\nlines",
                 r#"MAX_CONNECTIONS (--max-connections) must be a whole number >= 1, got "two\nlines""#,
+            ),
+            (
+                "--occupancy-window-ms=0",
+                r#"OCCUPANCY_WINDOW_MS (--occupancy-window-ms) must be a whole number >= 1, got "0""#,
             ),
             (
                 "--connection-close=always",

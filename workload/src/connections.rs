@@ -183,7 +183,7 @@ mod tests {
             in_flight: 0,
             concurrency: 1,
         };
-        let text = metrics.render(queue).unwrap();
+        let text = metrics.render(queue, 0.0).unwrap();
         assert!(text.contains("\nhttp_connections_open 3\n"), "{text}");
         assert_eq!(open.load(Ordering::Relaxed), kept.len());
     }

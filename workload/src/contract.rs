@@ -53,6 +53,14 @@ pub const HEADER_READ_TIMEOUT_MS: Setting = Setting {
     default: 5000,
 };
 
+/// The span `queue_occupancy` averages over, in ms. The operator sets it to the pod's scrape interval,
+/// so that each scrape's sample covers the time since the previous one: no moment of demand is counted
+/// twice or missed. The default is the operator's default scrape interval.
+pub const OCCUPANCY_WINDOW_MS: Setting = Setting {
+    env: "OCCUPANCY_WINDOW_MS",
+    default: 5000,
+};
+
 /// Memory one open connection may cost, rounded up from the 19.1 KiB measured by
 /// `scripts/hostile.sh`; the connection limit is derived from a memory budget with it.
 pub const BYTES_PER_CONNECTION: u64 = 32 * 1024;
@@ -135,6 +143,10 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// Per-pod gauge the HPA scales on: operations waiting per unit of concurrency.
 pub const QUEUE_RATIO_METRIC: &str = "queue_ratio";
+
+/// Per-pod gauge of load: running plus waiting operations per unit of concurrency, averaged over
+/// [`OCCUPANCY_WINDOW_MS`]. Unlike an instant sample it does not depend on when the pod is scraped.
+pub const QUEUE_OCCUPANCY_METRIC: &str = "queue_occupancy";
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! - [`contract`]: names and defaults the operator relies on; the only module without the
 //!   `server` feature.
 //! - [`admission`]: the queue and its rules (circuit breaker, backpressure), as pure functions.
+//! - [`occupancy`]: the admitted count averaged over time, behind `queue_occupancy`.
 //! - [`config`]: environment and flags.
 //! - [`connections`]: accepting connections within bounds (header timeout, connection limit).
 //! - [`routes`]: `fn app(state) -> Router`.
@@ -20,6 +21,8 @@ pub mod config;
 pub mod connections;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod occupancy;
 #[cfg(feature = "server")]
 pub mod request_metrics;
 #[cfg(feature = "server")]

@@ -55,6 +55,7 @@ async fn run(config: Config) -> Result<Shutdown, String> {
         operation_duration_ms = config.operation_duration_ms,
         readiness_limit = config.queue_limits().readiness_limit(),
         breaker_limit = config.queue_limits().breaker_limit(),
+        occupancy_window_ms = config.occupancy_window_ms,
         "listening"
     );
     server::serve(

@@ -12,7 +12,7 @@ use prometheus::{
 };
 
 use crate::admission::{QueueSnapshot, Rejection};
-use crate::contract::QUEUE_RATIO_METRIC;
+use crate::contract::{QUEUE_OCCUPANCY_METRIC, QUEUE_RATIO_METRIC};
 
 /// How often process metrics are re-read from `/proc`. Reading them costs more than the rest of a scrape
 /// together, and a second's resolution is far finer than any scrape interval.
@@ -23,6 +23,7 @@ const PROCESS_REFRESH: Duration = Duration::from_secs(1);
 pub struct Metrics {
     registry: Registry,
     queue_ratio: Gauge,
+    queue_occupancy: Gauge,
     waiting: IntGauge,
     in_flight: IntGauge,
     concurrency: IntGauge,
@@ -51,6 +52,10 @@ impl Metrics {
             queue_ratio: Gauge::new(
                 QUEUE_RATIO_METRIC,
                 "Tasks waiting for a slot divided by CONCURRENCY; the HPA scales on this",
+            )?,
+            queue_occupancy: Gauge::new(
+                QUEUE_OCCUPANCY_METRIC,
+                "Tasks running or waiting divided by CONCURRENCY, time-averaged over OCCUPANCY_WINDOW_MS",
             )?,
             waiting: IntGauge::new("queue_waiting_tasks", "Accepted tasks waiting for a slot")?,
             in_flight: IntGauge::new("queue_in_flight_tasks", "Tasks running now")?,
@@ -85,6 +90,7 @@ impl Metrics {
         };
         for collector in [
             Box::new(metrics.queue_ratio.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.queue_occupancy.clone()),
             Box::new(metrics.waiting.clone()),
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.concurrency.clone()),
@@ -144,9 +150,15 @@ impl Metrics {
         self.request_duration.clone()
     }
 
-    /// Renders the text exposition format, with the queue gauges taken from `queue` at this moment.
-    pub fn render(&self, queue: QueueSnapshot) -> Result<String, prometheus::Error> {
+    /// Renders the text exposition format, with the queue gauges taken from `queue` at this moment and
+    /// `queue_occupancy` from `occupancy` (see [`crate::admission::Admission::occupancy`]).
+    pub fn render(
+        &self,
+        queue: QueueSnapshot,
+        occupancy: f64,
+    ) -> Result<String, prometheus::Error> {
         self.queue_ratio.set(queue.queue_ratio());
+        self.queue_occupancy.set(occupancy);
         self.waiting.set(queue.waiting as i64);
         self.in_flight.set(queue.in_flight as i64);
         self.concurrency.set(queue.concurrency as i64);
@@ -246,17 +258,11 @@ mod tests {
             in_flight: 2,
             concurrency: 2,
         };
-        assert!(
-            metrics
-                .render(queue(3))
-                .unwrap()
-                .contains("\nqueue_ratio 1.5\n")
-        );
-        assert!(
-            metrics
-                .render(queue(0))
-                .unwrap()
-                .contains("\nqueue_ratio 0\n")
-        );
+        let busy = metrics.render(queue(3), 2.25).unwrap();
+        assert!(busy.contains("\nqueue_ratio 1.5\n"), "{busy}");
+        assert!(busy.contains("\nqueue_occupancy 2.25\n"), "{busy}");
+        let idle = metrics.render(queue(0), 0.0).unwrap();
+        assert!(idle.contains("\nqueue_ratio 0\n"), "{idle}");
+        assert!(idle.contains("\nqueue_occupancy 0\n"), "{idle}");
     }
 }

@@ -38,16 +38,17 @@ pub struct SharedState {
 }
 
 impl AppState {
-    /// State for a fresh queue with the given limits.
+    /// State for a fresh queue with the given limits, its occupancy averaged over `occupancy_window`.
     pub fn new(
         limits: QueueLimits,
         metrics: Metrics,
         operation_duration: Duration,
         connection_close: ConnectionClose,
+        occupancy_window: Duration,
     ) -> Self {
         let close_after_rejection = connection_close != ConnectionClose::Never;
         Self(Arc::new(SharedState {
-            admission: Arc::new(Admission::new(limits)),
+            admission: Arc::new(Admission::new(limits, occupancy_window)),
             metrics,
             operation_duration,
             connection_close,
@@ -195,7 +196,11 @@ async fn liveness() -> &'static str {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.render(state.admission.snapshot()) {
+    let admission = &state.admission;
+    match state
+        .metrics
+        .render(admission.snapshot(), admission.occupancy())
+    {
         Ok(body) => (
             [(
                 header::CONTENT_TYPE,

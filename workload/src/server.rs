@@ -47,6 +47,7 @@ pub fn state_for(config: &Config) -> prometheus::Result<AppState> {
         Metrics::new()?,
         config.operation_duration(),
         config.connection_close,
+        config.occupancy_window(),
     ))
 }
 

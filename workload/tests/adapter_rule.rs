@@ -1,8 +1,9 @@
-//! The prometheus-adapter rule in `deploy/monitoring/` against a real Prometheus: the workload runs
+//! The prometheus-adapter rules in `deploy/monitoring/` against a real Prometheus: the workload runs
 //! under load and is scraped with the `namespace` and `pod` target labels the Prometheus Operator
-//! adds, and the rule's `seriesQuery` and `metricsQuery` (its placeholders filled as the adapter
-//! fills them) return that pod's `queue_ratio`. Also: the chart values and the plain adapter config
-//! carry the same rule, and the adapter relists no faster than Prometheus scrapes.
+//! adds, and each rule's `seriesQuery` and `metricsQuery` (its placeholders filled as the adapter
+//! fills them) return that pod's `queue_ratio` or `queue_occupancy`. Also: the chart values and the
+//! plain adapter config carry the same rules, and the adapter relists no faster than Prometheus
+//! scrapes.
 //! `prometheus` (Debian) is required: a missing binary fails the test.
 
 mod common;
@@ -12,9 +13,13 @@ mod prometheus_server;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Load, SEED_LIMITS, Service};
+use common::{Load, OCCUPANCY_WINDOW, SEED_LIMITS, Service};
 use prometheus_server::{PrometheusServer, labels};
 use serde_yaml::Value;
+use workload::contract::{QUEUE_OCCUPANCY_METRIC, QUEUE_RATIO_METRIC};
+
+/// The per-pod gauges an HPA may scale on, each served by one rule.
+const SERVED: [&str; 2] = [QUEUE_RATIO_METRIC, QUEUE_OCCUPANCY_METRIC];
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,16 +42,16 @@ fn chart_rules() -> Value {
     read_yaml(CHART_VALUES)["rules"]["custom"].clone()
 }
 
-/// The one rule serving `queue_ratio`.
-fn queue_ratio_rule() -> Value {
+/// The one rule serving `metric`.
+fn rule_serving(metric: &str) -> Value {
     let rules = chart_rules();
     let serving: Vec<&Value> = rules
         .as_sequence()
         .expect("rules.custom is a list")
         .iter()
-        .filter(|rule| rule["name"]["as"] == "queue_ratio")
+        .filter(|rule| rule["name"]["as"] == metric)
         .collect();
-    assert_eq!(serving.len(), 1, "exactly one rule must serve queue_ratio");
+    assert_eq!(serving.len(), 1, "exactly one rule must serve {metric}");
     serving[0].clone()
 }
 
@@ -68,7 +73,7 @@ fn label_for(rule: &Value, resource: &str) -> String {
         .unwrap_or_else(|| panic!("no label maps to the resource {resource}"))
 }
 
-/// The PromQL the adapter runs for `pods/queue_ratio` of `pods` in `namespace`, as
+/// The PromQL the adapter runs for the rule's metric of `pods` in `namespace`, as
 /// prometheus-adapter's `metricsQuery.Build` makes it (pkg/naming/metrics_query.go): the namespace
 /// matcher, then the pod matcher (`=` for one name, `=~` with `|` for several), grouped by the pod
 /// label. Fails on template syntax beyond these three placeholders, which this filler cannot run.
@@ -138,6 +143,10 @@ fn chart_values_and_plain_config_carry_the_same_rules() {
 
     // The chart's default rules would serve a second, generic queue_ratio.
     assert_eq!(values["rules"]["default"], false);
+    for metric in SERVED {
+        rule_serving(metric);
+    }
+    assert_eq!(rules.as_sequence().map(Vec::len), Some(SERVED.len()));
     // The chart passes rules.custom through Helm's `tpl`, which would evaluate `{{ }}`.
     let rules = serde_yaml::to_string(rules).unwrap();
     assert!(!rules.contains("{{"), "{rules}");
@@ -193,8 +202,7 @@ fn adapter_relists_no_faster_than_prometheus_scrapes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_query_returns_the_loaded_pods_queue_ratio_from_a_real_prometheus() {
-    let rule = queue_ratio_rule();
+async fn metrics_queries_return_the_loaded_pods_gauges_from_a_real_prometheus() {
     // The loaded pod, an idle pod beside it, and a pod of the same name in another namespace: the
     // namespace and pod matchers must keep the last two out of the loaded pod's value.
     let loaded = Service::start(SEED_LIMITS, Duration::from_secs(30)).await;
@@ -218,54 +226,63 @@ async fn metrics_query_returns_the_loaded_pods_queue_ratio_from_a_real_prometheu
     )
     .await;
 
-    // 1 running + 3 waiting at concurrency 1: queue_ratio 3. The pod in the other namespace gets
-    // queue_ratio 1, so a query that ignored the namespace would read 2 (avg) or 4 (sum).
+    // 1 running + 3 waiting at concurrency 1: queue_ratio 3, and queue_occupancy 4 once they have
+    // been there a whole window. The pod in the other namespace gets 1 and 2, so a query that ignored
+    // the namespace would read their avg or sum.
     let _load = Load::start(loaded.url("/expensive-op"), 4);
     let _elsewhere_load = Load::start(elsewhere.url("/expensive-op"), 2);
-    loaded
-        .wait_for_metric("queue_ratio", 3.0, Duration::from_secs(5))
-        .await;
-    elsewhere
-        .wait_for_metric("queue_ratio", 1.0, Duration::from_secs(5))
-        .await;
-
-    // Discovery: the adapter lists the series of seriesQuery and maps their labels to resources.
-    let series_query = text(&rule["seriesQuery"], "seriesQuery");
-    let found = prometheus.wait_for_series(&client, series_query, 3).await;
-    for series in &found {
-        assert_eq!(series["__name__"], "queue_ratio", "{series:?}");
-        for resource in ["namespace", "pod"] {
-            assert!(
-                series.contains_key(&label_for(&rule, resource)),
-                "{series:?}"
-            );
-        }
+    let settled = OCCUPANCY_WINDOW + Duration::from_secs(5);
+    let gauges = [
+        (QUEUE_RATIO_METRIC, 3.0, 1.0),
+        (QUEUE_OCCUPANCY_METRIC, 4.0, 2.0),
+    ];
+    for (metric, at_loaded, at_elsewhere) in gauges {
+        loaded.wait_for_metric(metric, at_loaded, settled).await;
+        elsewhere
+            .wait_for_metric(metric, at_elsewhere, settled)
+            .await;
     }
 
-    // `kubectl get --raw .../namespaces/default/pods/thepod/queue_ratio`: one pod.
-    prometheus
-        .wait_for_query(
-            &client,
-            &adapter_query(&rule, "default", &["thepod"]),
-            &[(labels(&[("pod", "thepod")]), 3.0)],
-        )
-        .await;
-    // `.../namespaces/default/pods/*/queue_ratio`, as the HPA asks: every pod of the Deployment.
-    prometheus
-        .wait_for_query(
-            &client,
-            &adapter_query(&rule, "default", &["thepod", "idlepod"]),
-            &[
-                (labels(&[("pod", "idlepod")]), 0.0),
-                (labels(&[("pod", "thepod")]), 3.0),
-            ],
-        )
-        .await;
+    for (metric, at_loaded, _) in gauges {
+        let rule = rule_serving(metric);
+        // Discovery: the adapter lists the series of seriesQuery and maps their labels to resources.
+        let series_query = text(&rule["seriesQuery"], "seriesQuery");
+        let found = prometheus.wait_for_series(&client, series_query, 3).await;
+        for series in &found {
+            assert_eq!(series["__name__"], metric, "{series:?}");
+            for resource in ["namespace", "pod"] {
+                assert!(
+                    series.contains_key(&label_for(&rule, resource)),
+                    "{series:?}"
+                );
+            }
+        }
+
+        // `kubectl get --raw .../namespaces/default/pods/thepod/METRIC`: one pod.
+        prometheus
+            .wait_for_query(
+                &client,
+                &adapter_query(&rule, "default", &["thepod"]),
+                &[(labels(&[("pod", "thepod")]), at_loaded)],
+            )
+            .await;
+        // `.../namespaces/default/pods/*/METRIC`, as the HPA asks: every pod of the Deployment.
+        prometheus
+            .wait_for_query(
+                &client,
+                &adapter_query(&rule, "default", &["thepod", "idlepod"]),
+                &[
+                    (labels(&[("pod", "idlepod")]), 0.0),
+                    (labels(&[("pod", "thepod")]), at_loaded),
+                ],
+            )
+            .await;
+    }
 }
 
 #[test]
 fn adapter_query_fills_the_placeholders_as_the_adapter_does() {
-    let rule = queue_ratio_rule();
+    let rule = rule_serving(QUEUE_RATIO_METRIC);
     let one = adapter_query(&rule, "default", &["thepod"]);
     assert!(
         one.contains(r#"queue_ratio{namespace="default",pod="thepod"}"#),

@@ -61,6 +61,11 @@ fn bad_variables_exit_2_with_one_line_naming_variable_and_value() {
             r#"HEADER_READ_TIMEOUT_MS (--header-read-timeout-ms) must be a whole number >= 1, got "5s""#,
         ),
         (
+            "OCCUPANCY_WINDOW_MS",
+            "0",
+            r#"OCCUPANCY_WINDOW_MS (--occupancy-window-ms) must be a whole number >= 1, got "0""#,
+        ),
+        (
             "BREAKER_QUEUE_FACTOR",
             "1",
             r#"BREAKER_QUEUE_FACTOR must be >= READINESS_QUEUE_FACTOR (2), got "1""#,

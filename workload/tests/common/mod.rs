@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use workload::admission::QueueLimits;
 use workload::config::DEFAULT_MAX_CONNECTIONS;
 use workload::connections::ConnectionLimits;
-use workload::contract::{CONNECTION_CLOSE_DEFAULT, ConnectionClose};
+use workload::contract::{CONNECTION_CLOSE_DEFAULT, ConnectionClose, OCCUPANCY_WINDOW_MS};
 use workload::metrics::Metrics;
 use workload::routes::AppState;
 use workload::server::{self, Shutdown, ShutdownTiming};
@@ -25,6 +25,9 @@ pub const SEED_LIMITS: QueueLimits = QueueLimits {
     readiness_factor: 2,
     breaker_factor: 4,
 };
+
+/// The span `queue_occupancy` averages over in every [`Service`]: the workload's default.
+pub const OCCUPANCY_WINDOW: Duration = Duration::from_millis(OCCUPANCY_WINDOW_MS.default);
 
 /// The service running in this process on 127.0.0.1 with a random port.
 pub struct Service {
@@ -70,7 +73,7 @@ impl Service {
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::new(limits, Metrics::new().unwrap(), operation, connection_close);
+        let state = app_state(limits, operation, connection_close);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             listener,
@@ -174,6 +177,22 @@ impl Service {
         drop(self.stop.take());
         self.task.await.unwrap().unwrap()
     }
+}
+
+/// The state of a fresh service, for [`Service`] or for driving `workload::routes::app` without a
+/// socket: fresh metrics and [`OCCUPANCY_WINDOW`].
+pub fn app_state(
+    limits: QueueLimits,
+    operation: Duration,
+    connection_close: ConnectionClose,
+) -> AppState {
+    AppState::new(
+        limits,
+        Metrics::new().unwrap(),
+        operation,
+        connection_close,
+        OCCUPANCY_WINDOW,
+    )
 }
 
 /// Runs `check` (which starts its own service) until a run is not disturbed by an admitted probe (see
