@@ -57,15 +57,21 @@ pub fn parse(source: &str, text: &str) -> Result<SandboxService> {
         }
     }
     let mut unknown = Vec::new();
-    let cr = serde_ignored::deserialize(value, |path| {
+    let mut note_unknown = |path: serde_ignored::Path<'_>| {
         // serde_ignored writes `?` for each Option it went through: `spec.resources.?.x`.
         let field = path.to_string().replace(".?", "");
         // Checked above; SandboxService's Deserialize takes them as given and skips them.
         if field != "apiVersion" && field != "kind" {
             unknown.push(field);
         }
-    })
-    .map_err(|e: serde_yaml::Error| fail(e.to_string()))?;
+    };
+    let ignored = serde_ignored::Deserializer::new(value, &mut note_unknown);
+    // A bad value is named by its path too (`spec.autoscaling.metric: unknown variant ...`).
+    let cr = serde_path_to_error::deserialize(ignored).map_err(
+        |e: serde_path_to_error::Error<serde_yaml::Error>| {
+            fail(format!("{}: {}", e.path(), e.inner()))
+        },
+    )?;
     match unknown.first() {
         Some(field) => Err(fail(format!("{field}: unknown field"))),
         None => Ok(cr),
