@@ -145,6 +145,8 @@ impl Harness {
             deployments: cached(self.api()).await,
             services: cached(self.api()).await,
             hpas: cached(self.api()).await,
+            // The fake API server runs no pods.
+            pods: Writer::default().as_reader(),
             service_monitors: Some(cached_metadata(self.api::<ServiceMonitor>()).await),
         };
         self.ctx.last_applied.set_caches(Some(caches));

@@ -18,6 +18,7 @@ use super::{CONTAINER_PORT, HTTP_PORT_NAME, connections, metadata};
 use crate::names::{labels, selector_labels};
 use crate::spec::Validated;
 use crate::spec::crd::SandboxServiceSpec;
+use crate::spec::validate::prometheus_duration_ms;
 use workload::contract;
 
 /// Name of the workload container.
@@ -49,6 +50,16 @@ pub const LIVENESS_PERIOD_SECONDS: i32 = 5;
 
 /// The workload's `SHUTDOWN_GRACE_MS`: the longest drain a pod can owe. At SIGTERM its queue
 /// holds at most the breaker limit (`breakerQueueFactor` × concurrency) waiting plus
+/// The workload's `OCCUPANCY_WINDOW_MS`: the scrape interval, so that each scrape's
+/// `queue_occupancy` averages the time since the one before and demand is neither missed between
+/// scrapes nor counted twice. `validate` has checked the interval; 1 ms is the workload's floor.
+fn occupancy_window_ms(spec: &SandboxServiceSpec) -> i64 {
+    prometheus_duration_ms(&spec.monitoring.interval)
+        .map_or(contract::OCCUPANCY_WINDOW_MS.default as i64, |ms| {
+            i64::try_from(ms).unwrap_or(i64::MAX).max(1)
+        })
+}
+
 /// `concurrency` running, which takes `(breakerQueueFactor + 1)` operation durations.
 pub fn shutdown_grace_ms(spec: &SandboxServiceSpec) -> i64 {
     (spec.breaker_queue_factor + 1) * spec.operation_duration_ms + DRAIN_MARGIN_MS
@@ -89,6 +100,7 @@ pub fn build(valid: &Validated) -> Deployment {
             contract::MAX_CONNECTIONS,
             connections::max_connections(&spec.resources()),
         ),
+        (contract::OCCUPANCY_WINDOW_MS, occupancy_window_ms(spec)),
     ]
     .into_iter()
     .map(|(setting, value)| (setting.env, value.to_string()))
@@ -265,6 +277,7 @@ mod tests {
                 ("SHUTDOWN_GRACE_MS".into(), "15000".into()),
                 ("HEADER_READ_TIMEOUT_MS".into(), "5000".into()),
                 ("MAX_CONNECTIONS".into(), "2048".into()),
+                ("OCCUPANCY_WINDOW_MS".into(), "5000".into()),
                 ("CONNECTION_CLOSE".into(), "when-queued".into()),
             ]
         );

@@ -1,17 +1,58 @@
-//! The HorizontalPodAutoscaler scaling the Deployment on the pods' `queue_ratio`.
+//! The HorizontalPodAutoscaler scaling the Deployment on the pods' `queue_ratio` or
+//! `queue_occupancy` (`spec.autoscaling.metric`), with the spec's scaling behavior.
 
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+    CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
     HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
     MetricTarget, PodsMetricSource,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::metadata;
 use crate::spec::Validated;
+use crate::spec::autoscaling::ScalingRules;
+use crate::spec::crd::Autoscaling;
 use crate::spec::quantity::ratio_quantity;
 
-/// Per-pod metric the workload exports on `/metrics` (via a metrics adapter to the HPA).
-pub use workload::contract::QUEUE_RATIO_METRIC;
+/// Per-pod metrics the workload exports on `/metrics` (via a metrics adapter to the HPA).
+pub use workload::contract::{QUEUE_OCCUPANCY_METRIC, QUEUE_RATIO_METRIC};
+
+/// The HPA's per-pod `AverageValue` target for the spec's metric, kept below the value at which
+/// pods fail `/readiness`.
+pub fn target(scaling: &Autoscaling, readiness_queue_factor: i64) -> Quantity {
+    ratio_quantity(
+        scaling.metric.target(scaling.target_queue_ratio),
+        scaling.metric.readiness_bound(readiness_queue_factor),
+    )
+}
+
+/// One direction's rules as the HPA takes them; `window` is the stabilization window in effect.
+fn rules(rules: Option<&ScalingRules>, window: Option<i32>) -> Option<HPAScalingRules> {
+    if rules.is_none() && window.is_none() {
+        return None;
+    }
+    let policies = rules
+        .map(|rules| {
+            rules
+                .policies
+                .iter()
+                .map(|policy| HPAScalingPolicy {
+                    type_: policy.type_.as_str().to_string(),
+                    value: i32::try_from(policy.value).unwrap_or(i32::MAX),
+                    period_seconds: policy.period_seconds,
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|policies| !policies.is_empty());
+    Some(HPAScalingRules {
+        stabilization_window_seconds: window,
+        select_policy: rules
+            .and_then(|rules| rules.select_policy)
+            .map(|policy| policy.as_str().to_string()),
+        policies,
+        ..Default::default()
+    })
+}
 
 /// A replica count that `validate` has bounded to `1..=MAX_INT32`, as the HPA's int32.
 fn int32(count: i64) -> i32 {
@@ -21,6 +62,7 @@ fn int32(count: i64) -> i32 {
 /// Build the HPA: one `Pods` metric with an `AverageValue` target.
 pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
     let scaling = &valid.spec.autoscaling;
+    let behavior = scaling.behavior.as_ref();
     HorizontalPodAutoscaler {
         metadata: metadata(&valid.owner),
         spec: Some(HorizontalPodAutoscalerSpec {
@@ -35,26 +77,28 @@ pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
                 type_: "Pods".to_string(),
                 pods: Some(PodsMetricSource {
                     metric: MetricIdentifier {
-                        name: QUEUE_RATIO_METRIC.to_string(),
+                        name: scaling.metric.metric_name().to_string(),
                         selector: None,
                     },
                     target: MetricTarget {
                         type_: "AverageValue".to_string(),
-                        average_value: Some(ratio_quantity(
-                            scaling.target_queue_ratio,
-                            valid.spec.readiness_queue_factor,
-                        )),
+                        average_value: Some(target(scaling, valid.spec.readiness_queue_factor)),
                         ..Default::default()
                     },
                 }),
                 ..Default::default()
             }]),
             behavior: Some(HorizontalPodAutoscalerBehavior {
-                scale_down: Some(HPAScalingRules {
-                    stabilization_window_seconds: Some(scaling.scale_down_stabilization_seconds),
-                    ..Default::default()
-                }),
-                ..Default::default()
+                scale_up: rules(
+                    behavior.and_then(|b| b.scale_up.as_ref()),
+                    behavior
+                        .and_then(|b| b.scale_up.as_ref())
+                        .and_then(|rules| rules.stabilization_window_seconds),
+                ),
+                scale_down: rules(
+                    behavior.and_then(|b| b.scale_down.as_ref()),
+                    Some(scaling.scale_down_window_seconds()),
+                ),
             }),
         }),
         status: None,
@@ -106,6 +150,52 @@ mod tests {
                 .stabilization_window_seconds,
             Some(60)
         );
+    }
+
+    #[test]
+    fn occupancy_aims_at_the_busy_slot_plus_the_waiting_target() {
+        let spec = build(&valid(
+            "autoscaling: {metric: Occupancy, targetQueueRatio: 0.5}",
+        ))
+        .spec
+        .unwrap();
+        let pods = spec.metrics.unwrap()[0].pods.clone().unwrap();
+        assert_eq!(pods.metric.name, "queue_occupancy");
+        assert_eq!(pods.target.average_value, Some(Quantity("1500m".into())));
+        // Below the readiness limit (2 waiting + the running one), as for queue_ratio.
+        let spec = build(&valid(
+            "autoscaling: {metric: Occupancy, targetQueueRatio: 1.9999}",
+        ))
+        .spec
+        .unwrap();
+        let target = spec.metrics.unwrap()[0].pods.clone().unwrap().target;
+        assert_eq!(target.average_value, Some(Quantity("2999m".into())));
+    }
+
+    #[test]
+    fn behavior_goes_to_the_hpa_and_its_window_wins_over_the_shorthand() {
+        let spec = build(&valid(
+            "autoscaling:\n  scaleDownStabilizationSeconds: 60\n  behavior:\n    scaleUp: {stabilizationWindowSeconds: 10, selectPolicy: Min, policies: [{type: Pods, value: 2, periodSeconds: 15}, {type: Percent, value: 50, periodSeconds: 30}]}\n    scaleDown: {stabilizationWindowSeconds: 120, selectPolicy: Disabled}",
+        ))
+        .spec
+        .unwrap();
+        let behavior = spec.behavior.unwrap();
+        let up = behavior.scale_up.unwrap();
+        assert_eq!(up.stabilization_window_seconds, Some(10));
+        assert_eq!(up.select_policy.as_deref(), Some("Min"));
+        let policies = up.policies.unwrap();
+        assert_eq!(
+            (
+                policies[1].type_.as_str(),
+                policies[1].value,
+                policies[1].period_seconds
+            ),
+            ("Percent", 50, 30)
+        );
+        let down = behavior.scale_down.unwrap();
+        assert_eq!(down.stabilization_window_seconds, Some(120));
+        assert_eq!(down.select_policy.as_deref(), Some("Disabled"));
+        assert_eq!(down.policies, None, "Kubernetes' default policies");
     }
 
     #[test]

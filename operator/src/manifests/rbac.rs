@@ -109,6 +109,14 @@ pub const MANAGED_RESOURCES: &[ManagedResource] = &[
         resource_names: &[SERVICE_MONITOR_CRD],
         scope: Scope::Cluster,
     },
+    // Read only: the status tells overloaded pods from broken ones (image pulls, crash loops).
+    ManagedResource {
+        api_group: "",
+        resource: "pods",
+        verbs: &["get", "list", "watch"],
+        resource_names: &[],
+        scope: Scope::Cluster,
+    },
     // Also deleted when a SandboxService switches `monitoring.serviceMonitor` off.
     ManagedResource {
         api_group: "monitoring.coreos.com",
@@ -261,7 +269,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::core::v1::{Pod, Service};
     use k8s_openapi::api::events::v1::Event;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::Resource;
@@ -283,6 +291,7 @@ mod tests {
             entry::<Service>(),
             entry::<HorizontalPodAutoscaler>(),
             entry::<CustomResourceDefinition>(),
+            entry::<Pod>(),
             entry::<ServiceMonitor>(),
             entry::<Event>(),
             entry::<Lease>(),

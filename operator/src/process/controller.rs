@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Controller};
@@ -86,9 +86,17 @@ async fn controller_until(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (deployments, deployment_events) = cached_watch(Api::<Deployment>::all(client.clone()));
-    let (services, service_events) = cached_watch(Api::<Service>::all(client.clone()));
-    let (hpas, hpa_events) = cached_watch(Api::<HorizontalPodAutoscaler>::all(client.clone()));
+    let (deployments, deployment_events) =
+        cached_watch(Api::<Deployment>::all(client.clone()), |_| {});
+    let (services, service_events) = cached_watch(Api::<Service>::all(client.clone()), |_| {});
+    let (hpas, hpa_events) =
+        cached_watch(Api::<HorizontalPodAutoscaler>::all(client.clone()), |_| {});
+    // Pods start no reconcile (their readiness reaches the CR through the Deployment's counts);
+    // the cache is read for what the status says of them, so their spec is not kept.
+    let (pods, pod_events) = cached_watch(Api::<Pod>::all(client.clone()), |pod| {
+        pod.spec = None;
+    });
+    let pod_events = pod_events.for_each(|_| futures::future::ready(()));
     // Each watch backs off on its own (see `watch_backoff`), the CRs' too: built here rather
     // than by `Controller::new`, which would leave it to the backoff all watches share.
     let (cache, cache_writer) = reflector::store();
@@ -121,15 +129,13 @@ async fn controller_until(
             service_events,
             Fingerprint::fingerprint,
         ))
-        .owns_stream(triggers::significant_changes(
-            hpa_events,
-            Fingerprint::fingerprint,
-        ));
+        .owns_stream(triggers::significant_changes(hpa_events, triggers::hpa));
     let mut service_monitors = None;
     if own_service_monitors {
-        let (store, events) = cached_watch(Api::<PartialObjectMeta<ServiceMonitor>>::all(
-            client.clone(),
-        ));
+        let (store, events) = cached_watch(
+            Api::<PartialObjectMeta<ServiceMonitor>>::all(client.clone()),
+            |_| {},
+        );
         service_monitors = Some(store);
         controller = controller.owns_stream(triggers::significant_changes(
             events,
@@ -140,6 +146,7 @@ async fn controller_until(
         deployments,
         services,
         hpas,
+        pods,
         service_monitors,
     }));
 
@@ -170,7 +177,11 @@ async fn controller_until(
                 }
             }
         });
-    futures::join!(controller, ready_if_no_crs(&client, &admin));
+    // The pods' watch only fills its cache: it ends with the controller.
+    tokio::select! {
+        _ = async { futures::join!(controller, ready_if_no_crs(&client, &admin)) } => {}
+        () = pod_events => {}
+    }
 }
 
 /// Most reconciles running at once.
@@ -184,9 +195,11 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 const WATCH_PAGE_SIZE: u32 = 100;
 
 /// A watch of the children of kind `K` (by the `managed-by` label) that fills a cache as it is
-/// polled: the cache and the stream of its events.
+/// polled: the cache and the stream of its events. `trim` takes out of each object what the
+/// operator never reads.
 fn cached_watch<K>(
     api: Api<K>,
+    trim: fn(&mut K),
 ) -> (
     Store<K>,
     impl futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
@@ -207,7 +220,10 @@ where
     let events = watcher::watcher(api, config)
         .backoff(WatchBackoff::new())
         // Only the API server reads managedFields; in the cache they would be most of its memory.
-        .modify(|child| child.meta_mut().managed_fields = None)
+        .modify(move |child| {
+            child.meta_mut().managed_fields = None;
+            trim(child);
+        })
         .reflect(writer);
     (store, events)
 }

@@ -8,6 +8,7 @@
 //! spec, the apply again, and the removal of the merge patch's managedFields entry.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
@@ -19,6 +20,7 @@ use crate::build::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_conflict, is_not_found};
 use crate::names::FIELD_MANAGER;
 use crate::reconcile::last_applied::{CachedChild, Fingerprint, LastApplied};
+use crate::reconcile::scaling::{PodHealth, pod_health};
 
 /// What happened to the ServiceMonitor in this reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,10 @@ pub struct ApplyOutcome {
     pub deployment: Deployment,
     /// The ServiceMonitor's fate.
     pub monitoring: MonitoringOutcome,
+    /// The HPA as its watch cache has it, status included; `None` before its first watch event.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// How the pods fare, from their watch cache.
+    pub pods: PodHealth,
 }
 
 /// Apply every child into `namespace` that is not as last applied: Deployment, Service, HPA,
@@ -78,9 +84,12 @@ pub async fn apply_children(
             delete_owned_service_monitor(client, namespace, &name, owner_uid).await?
         }
     };
+    let name = children.deployment.name_any();
     Ok(ApplyOutcome {
         deployment,
         monitoring,
+        hpa: last.cached_hpa(namespace, &name),
+        pods: pod_health(&last.pods_of(namespace, &name)),
     })
 }
 

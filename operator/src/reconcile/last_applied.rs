@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::PartialObjectMeta;
@@ -36,6 +36,8 @@ pub struct ChildCaches {
     pub services: Store<Service>,
     /// HPAs: without a generation, only their spec shows an edit.
     pub hpas: Store<HorizontalPodAutoscaler>,
+    /// The children's pods (metadata and status only), for what the status says of them.
+    pub pods: Store<Pod>,
     /// ServiceMonitors, metadata only; `None` while their CRD is not installed.
     pub service_monitors: Option<Store<PartialObjectMeta<ServiceMonitor>>>,
 }
@@ -155,6 +157,38 @@ impl LastApplied {
     }
 
     /// Whether `desired` is what was last applied to the child and the child has not changed
+    /// The HPA `name` in `namespace` as the watch cache has it, status included.
+    pub fn cached_hpa(&self, namespace: &str, name: &str) -> Option<HorizontalPodAutoscaler> {
+        let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
+        let hpa = caches
+            .as_ref()?
+            .hpas
+            .get(&ObjectRef::new(name).within(namespace))?;
+        Some((*hpa).clone())
+    }
+
+    /// The pods of the SandboxService `name` in `namespace`, from the watch cache.
+    pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<std::sync::Arc<Pod>> {
+        let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
+        let Some(caches) = caches.as_ref() else {
+            return Vec::new();
+        };
+        let selector = crate::names::selector_labels(name);
+        caches
+            .pods
+            .state()
+            .into_iter()
+            .filter(|pod| {
+                pod.metadata.namespace.as_deref() == Some(namespace)
+                    && pod.metadata.labels.as_ref().is_some_and(|labels| {
+                        selector
+                            .iter()
+                            .all(|(key, value)| labels.get(key) == Some(value))
+                    })
+            })
+            .collect()
+    }
+
     /// since, so applying it again would change nothing.
     pub fn unchanged<K: CachedChild + Serialize>(&self, namespace: &str, desired: &K) -> bool {
         let key = key::<K>(namespace, desired);
@@ -267,6 +301,7 @@ mod tests {
             deployments: Writer::default().as_reader(),
             services: Writer::default().as_reader(),
             hpas: hpas.as_reader(),
+            pods: Writer::default().as_reader(),
             service_monitors: None,
         }));
         applied

@@ -16,6 +16,7 @@ pub mod apply;
 pub mod cr_history;
 pub mod events;
 pub mod last_applied;
+pub mod scaling;
 pub mod status;
 pub mod triggers;
 
@@ -171,11 +172,19 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
                 .await
             {
                 Ok(applied) => {
-                    let action = if applied.monitoring == MonitoringOutcome::CrdMissing {
-                        Action::requeue(CRD_RECHECK_INTERVAL)
+                    let mut action = if applied.monitoring == MonitoringOutcome::CrdMissing {
+                        CRD_RECHECK_INTERVAL
                     } else {
-                        Action::requeue(RESYNC_INTERVAL)
+                        RESYNC_INTERVAL
                     };
+                    // An HPA that cannot read its metric yet: look again when its grace ends,
+                    // so that `Degraded` says so then without waiting for another change.
+                    if let (_, Some(recheck)) =
+                        scaling::metric_failure(applied.hpa.as_ref(), &status::now())
+                    {
+                        action = action.min(recheck + Duration::from_secs(1));
+                    }
+                    let action = Action::requeue(action);
                     (Observation::Applied(Box::new(applied)), action)
                 }
                 Err(error) => {

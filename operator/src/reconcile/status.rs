@@ -18,6 +18,8 @@ use tracing::debug;
 use super::Context;
 use super::apply::{ApplyOutcome, MonitoringOutcome};
 use super::events::{self, Notice};
+use super::scaling::{self, ScaleInputs};
+use crate::build::hpa;
 use crate::error::{Error, Result};
 use crate::names::{FIELD_MANAGER, selector_string};
 use crate::spec::{InvalidSpec, SandboxService, SandboxServiceStatus};
@@ -26,8 +28,12 @@ use crate::spec::{InvalidSpec, SandboxService, SandboxServiceStatus};
 pub const READY: &str = "Ready";
 /// `type` of the condition that is true while a rollout of the Deployment is under way.
 pub const PROGRESSING: &str = "Progressing";
-/// `type` of the condition that is true while the spec cannot be (fully) honoured.
+/// `type` of the condition that is true while the spec cannot be (fully) honoured, or the pods or
+/// the HPA are broken (an image that cannot be pulled, a crash loop, a metric the HPA cannot read).
 pub const DEGRADED: &str = "Degraded";
+/// `type` of the condition that is true while some pod is over its readiness limit: shedding load
+/// by design, not an outage.
+pub const BACKPRESSURE: &str = "Backpressure";
 
 /// What the reconcile found out: the spec is invalid, or the children were applied.
 #[derive(Debug, Clone)]
@@ -76,8 +82,8 @@ pub fn change(
     observation: &Observation,
     now: Time,
 ) -> StatusChange {
-    let desired = desired(cr, known, observation, now);
-    let notices = notices(known, &desired, observation);
+    let desired = desired(cr, known, observation, now.clone());
+    let notices = notices(known, &desired, observation, &now);
     let write = (known != Some(&desired)).then_some(desired);
     StatusChange { write, notices }
 }
@@ -116,7 +122,7 @@ pub fn desired(
         }
     };
 
-    let degraded = match degradation(observation) {
+    let degraded = match degradation(observation, &now) {
         Some((reason, message)) => condition(DEGRADED, true, reason, message),
         None => condition(DEGRADED, false, "AsExpected", ALL_APPLIED.into()),
     };
@@ -161,24 +167,82 @@ pub fn desired(
         }
         Observation::Applied(applied) => {
             let rollout = Rollout::of(applied);
+            let pods = &applied.pods;
+            let autoscaling_spec = &cr.spec.autoscaling;
+            let desired_replicas = applied
+                .hpa
+                .as_ref()
+                .and_then(|hpa| hpa.status.as_ref())
+                .map_or(rollout.replicas, |status| status.desired_replicas);
+            let backpressure = if pods.overloaded > 0 {
+                let hpa = if desired_replicas > rollout.replicas {
+                    format!("; the HPA scales to {desired_replicas}")
+                } else if i64::from(rollout.replicas) >= autoscaling_spec.max_replicas {
+                    format!("; at maxReplicas ({})", autoscaling_spec.max_replicas)
+                } else {
+                    String::new()
+                };
+                condition(
+                    BACKPRESSURE,
+                    true,
+                    "PodsOverloaded",
+                    format!(
+                        "{} of {} pods over their readiness limit (more than {} x concurrency waiting): shedding load by design{hpa}",
+                        pods.overloaded, pods.pods, cr.spec.readiness_queue_factor
+                    ),
+                )
+            } else {
+                condition(
+                    BACKPRESSURE,
+                    false,
+                    "WithinLimits",
+                    "no pod is over its readiness limit".into(),
+                )
+            };
+            let autoscaling = scaling::autoscaling_status(
+                previous.autoscaling.as_ref(),
+                ScaleInputs {
+                    metric: autoscaling_spec.metric.metric_name(),
+                    target: &hpa::target(autoscaling_spec, cr.spec.readiness_queue_factor).0,
+                    hpa: applied.hpa.as_ref(),
+                    replicas: rollout.replicas,
+                    ready: rollout.ready,
+                    backpressure_since: (backpressure.status == "True")
+                        .then_some(&backpressure.last_transition_time),
+                },
+                &now,
+            );
+            let ready = if rollout.ready > 0 {
+                condition(
+                    READY,
+                    true,
+                    "PodsReady",
+                    format!("{} of {} pods ready", rollout.ready, rollout.replicas),
+                )
+            } else if pods.overloaded > 0 && pods.broken.is_none() {
+                // Every running pod is full, by design: they serve what they queued. Not an
+                // outage, so not `Ready=False` as for pods that cannot start.
+                condition(
+                    READY,
+                    true,
+                    "Overloaded",
+                    format!(
+                        "0 of {} pods pass /readiness: every running pod's queue is over its readiness limit and it serves what it holds",
+                        rollout.replicas
+                    ),
+                )
+            } else {
+                condition(
+                    READY,
+                    false,
+                    "NoPodsReady",
+                    "no pod passes /readiness yet".into(),
+                )
+            };
             SandboxServiceStatus {
                 observed_generation: generation,
                 conditions: vec![
-                    if rollout.ready > 0 {
-                        condition(
-                            READY,
-                            true,
-                            "PodsReady",
-                            format!("{} of {} pods ready", rollout.ready, rollout.replicas),
-                        )
-                    } else {
-                        condition(
-                            READY,
-                            false,
-                            "NoPodsReady",
-                            "no pod passes /readiness yet".into(),
-                        )
-                    },
+                    ready,
                     if rollout.complete {
                         condition(
                             PROGRESSING,
@@ -198,10 +262,12 @@ pub fn desired(
                         )
                     },
                     degraded,
+                    backpressure,
                 ],
                 replicas: rollout.replicas,
                 ready_replicas: rollout.ready,
                 selector: Some(selector_string(&cr.name_any())),
+                autoscaling: Some(autoscaling),
             }
         }
     }
@@ -210,9 +276,10 @@ pub fn desired(
 /// The `Degraded` message while nothing is wrong.
 const ALL_APPLIED: &str = "all children are applied";
 
-/// Why the CR is degraded after `observation`: the `Degraded` condition's reason (also the
-/// Warning Event's) and message; `None` when it is not.
-fn degradation(observation: &Observation) -> Option<(&'static str, String)> {
+/// Why the CR is degraded after `observation` at `now`: the `Degraded` condition's reason (also
+/// the Warning Event's) and message; `None` when it is not. The spec and the children come first,
+/// then broken pods, then an HPA that cannot read its metric.
+fn degradation(observation: &Observation, now: &Time) -> Option<(&'static str, String)> {
     match observation {
         Observation::Invalid(invalid) => Some(("InvalidSpec", invalid.to_string())),
         Observation::ApplyFailed(error) => Some(("ApplyFailed", error.clone())),
@@ -222,7 +289,11 @@ fn degradation(observation: &Observation) -> Option<(&'static str, String)> {
                 "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed; the Deployment, Service and HPA are applied. Install the Prometheus Operator CRDs or set spec.monitoring.serviceMonitor: false".to_string(),
             ))
         }
-        Observation::Applied(_) => None,
+        Observation::Applied(applied) => applied
+            .pods
+            .broken
+            .clone()
+            .or_else(|| scaling::metric_failure(applied.hpa.as_ref(), now).0),
     }
 }
 
@@ -272,6 +343,7 @@ pub fn notices(
     old: Option<&SandboxServiceStatus>,
     new: &SandboxServiceStatus,
     observation: &Observation,
+    now: &Time,
 ) -> Vec<Notice> {
     let find = |status: Option<&SandboxServiceStatus>, type_: &str| {
         status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_).cloned())
@@ -316,7 +388,8 @@ pub fn notices(
             .is_some_and(|c| c.reason == degraded.reason && c.message == degraded.message);
         // `new` was built from `observation`: its Degraded condition is true exactly when
         // `degradation` names a reason.
-        match degradation(observation) {
+        notices.extend(scale_notices(old, new));
+        match degradation(observation, now) {
             Some((reason, _)) if !(was_degraded && same_problem) => notices.push(Notice {
                 type_: EventType::Warning,
                 reason,
@@ -328,6 +401,60 @@ pub fn notices(
                 note: ALL_APPLIED.into(),
             }),
             _ => {}
+        }
+    }
+    notices
+}
+
+/// One Event per scale decision the status gained, and one when a scale-out's pods are ready.
+fn scale_notices(old: Option<&SandboxServiceStatus>, new: &SandboxServiceStatus) -> Vec<Notice> {
+    let Some(autoscaling) = &new.autoscaling else {
+        return Vec::new();
+    };
+    let old_events = old
+        .and_then(|status| status.autoscaling.as_ref())
+        .map(|status| status.scale_events.as_slice())
+        .unwrap_or_default();
+    let seconds = |value: Option<i64>| value.map_or("-".to_string(), |s| format!("{s} s"));
+    let mut notices = Vec::new();
+    for event in &autoscaling.scale_events {
+        let before = old_events
+            .iter()
+            .find(|old| old.decided_at == event.decided_at);
+        let value = event.metric_value.as_deref().unwrap_or("-");
+        if before.is_none() {
+            let reaction = match (event.is_scale_out(), event.reaction_seconds) {
+                (true, Some(reaction)) => {
+                    format!("; {reaction} s after the first pod went over its readiness limit")
+                }
+                (true, None) => "; before any pod went over its readiness limit".to_string(),
+                (false, _) => String::new(),
+            };
+            notices.push(Notice {
+                type_: EventType::Normal,
+                reason: if event.is_scale_out() {
+                    "ScaledOut"
+                } else {
+                    "ScaledIn"
+                },
+                note: format!(
+                    "the HPA scaled {} -> {} pods on {} {value} (target {}){reaction}",
+                    event.from, event.to, autoscaling.metric, autoscaling.target
+                ),
+            });
+        }
+        if event.ready_at.is_some() && before.is_none_or(|old| old.ready_at.is_none()) {
+            notices.push(Notice {
+                type_: EventType::Normal,
+                reason: "ScaleOutReady",
+                note: format!(
+                    "{} pods ready: reaction {}, pods ready {} after the decision, time to capacity {}",
+                    event.to,
+                    seconds(event.reaction_seconds),
+                    seconds(event.ready_seconds),
+                    seconds(event.time_to_capacity_seconds)
+                ),
+            });
         }
     }
     notices
@@ -381,6 +508,8 @@ mod tests {
         Observation::Applied(Box::new(ApplyOutcome {
             deployment,
             monitoring,
+            hpa: None,
+            pods: Default::default(),
         }))
     }
 
@@ -509,7 +638,7 @@ mod tests {
             ("True", "InvalidSpec")
         );
         assert!(degraded.message.contains("spec.autoscaling.maxReplicas"));
-        let events = notices(cr.status.as_ref(), &status, &observation);
+        let events = notices(cr.status.as_ref(), &status, &observation, &now());
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].type_, EventType::Warning);
         assert_eq!(events[0].reason, "InvalidSpec");
@@ -521,7 +650,7 @@ mod tests {
         let cr = cr();
         let observation = applied(None, MonitoringOutcome::Deleted);
         let status = desired(&cr, cr.status.as_ref(), &observation, now());
-        let reasons: Vec<_> = notices(None, &status, &observation)
+        let reasons: Vec<_> = notices(None, &status, &observation, &now())
             .into_iter()
             .map(|n| (n.type_, n.reason))
             .collect();
@@ -545,6 +674,7 @@ mod tests {
             Some(&degraded),
             &healed,
             &applied(None, MonitoringOutcome::Applied),
+            &now(),
         );
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].reason, "Recovered");

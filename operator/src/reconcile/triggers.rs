@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::Resource;
 use kube::runtime::watcher;
 
@@ -61,6 +62,25 @@ where
         };
         future::ready(changed)
     })
+}
+
+/// The HPA's [`Fingerprint`] plus what `status.autoscaling` is made of: its desired count, its
+/// last scale time and its conditions' status and reason; not the metric's value, which moves at
+/// every sync under load.
+pub fn hpa(hpa: &HorizontalPodAutoscaler) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hpa.fingerprint().hash(&mut hasher);
+    if let Some(status) = &hpa.status {
+        (
+            status.desired_replicas,
+            status.last_scale_time.as_ref().map(|t| t.0.as_second()),
+        )
+            .hash(&mut hasher);
+        for condition in status.conditions.iter().flatten() {
+            (&condition.type_, &condition.status, &condition.reason).hash(&mut hasher);
+        }
+    }
+    hasher.finish()
 }
 
 /// The Deployment's [`Fingerprint`] plus the status the SandboxService's status is made of.
@@ -132,6 +152,26 @@ mod tests {
             passed(events, Fingerprint::fingerprint).await,
             ["a@1", "a@4", "a@5", "a@6"]
         );
+    }
+
+    #[tokio::test]
+    async fn hpa_decisions_and_conditions_pass_metric_moves_do_not() {
+        let hpa = |rv: u32, desired: u32, value: &str, reason: &str| -> HorizontalPodAutoscaler {
+            object(&format!(
+                "metadata: {{name: demo, uid: a, resourceVersion: '{rv}'}}\n\
+                 spec: {{maxReplicas: 10, scaleTargetRef: {{kind: Deployment, name: demo}}}}\n\
+                 status: {{desiredReplicas: {desired}, currentMetrics: [{{type: Pods, pods: {{metric: {{name: queue_ratio}}, current: {{averageValue: '{value}'}}}}}}], \
+                 conditions: [{{type: ScalingActive, status: 'True', reason: {reason}}}]}}"
+            ))
+        };
+        use watcher::Event::*;
+        let events = vec![
+            Apply(hpa(1, 1, "0", "ValidMetricFound")),
+            Apply(hpa(2, 1, "500m", "ValidMetricFound")), // the metric moved: no reconcile
+            Apply(hpa(3, 3, "4", "ValidMetricFound")),    // a decision
+            Apply(hpa(4, 3, "4", "FailedGetPodsMetric")), // a condition
+        ];
+        assert_eq!(passed(events, super::hpa).await, ["a@1", "a@3", "a@4"]);
     }
 
     #[tokio::test]

@@ -16,6 +16,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use workload::contract;
 
+pub use super::autoscaling::{AutoscalingMetric, ScalingBehavior};
+pub use super::autoscaling_status::AutoscalingStatus;
+pub use super::bounds::{
+    MAX_INT32, MAX_OPERATION_DURATION_MS, MAX_QUEUE_FACTOR, MAX_STABILIZATION_SECONDS,
+};
+
 /// Smallest `targetQueueRatio`; the HPA target is expressed in milli-units.
 pub const MIN_TARGET_QUEUE_RATIO: f64 = 0.001;
 
@@ -24,24 +30,6 @@ pub const DEFAULT_IMAGE: &str = concat!(
     "ghcr.io/performance-sandbox/workload:",
     env!("CARGO_PKG_VERSION")
 );
-
-/// Largest `readinessQueueFactor` and `breakerQueueFactor`: a queue of a thousand times the
-/// concurrency is already hours of drain at the default operation duration.
-pub const MAX_QUEUE_FACTOR: i64 = 1000;
-
-/// Longest `operationDurationMs`, one hour: the pod's grace period is derived from it (see
-/// [`crate::build::deployment`]), so it must stay a duration a node can wait for.
-pub const MAX_OPERATION_DURATION_MS: i64 = 3_600_000;
-
-/// Upper bound of `behavior.scaleDown.stabilizationWindowSeconds` accepted by the HPA API.
-pub const MAX_STABILIZATION_SECONDS: i32 = 3600;
-
-/// Largest value of the integer fields that end up in Kubernetes' int32 fields (replica counts)
-/// or that the workload reads as a count. The API server does not enforce `format: int32` on a
-/// CRD, so the schema states it as a maximum; the Rust fields are `i64` so that a CR stored under
-/// an older CRD without the maximum still decodes and is refused by `validate` alone, instead of
-/// failing the decoding of every SandboxService in the watch.
-pub const MAX_INT32: i64 = i32::MAX as i64;
 
 /// A Prometheus duration as the ServiceMonitor CRD accepts it (without the bare `0`).
 pub const INTERVAL_PATTERN: &str =
@@ -64,7 +52,13 @@ pub const DNS1035_LABEL_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
     status = "SandboxServiceStatus",
     derive = "PartialEq",
     derive = "Default",
-    doc = "A workload Deployment with its Service, ServiceMonitor and queue_ratio HorizontalPodAutoscaler",
+    doc = "A workload Deployment with its Service, ServiceMonitor and queue-based HorizontalPodAutoscaler",
+    printcolumn(
+        name = "Replicas",
+        type_ = "string",
+        json_path = ".status.autoscaling.replicas",
+        description = "Pods now / pods the HPA wants"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "integer",
@@ -72,16 +66,35 @@ pub const DNS1035_LABEL_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
         description = "Pods passing /readiness"
     ),
     printcolumn(
-        name = "Concurrency",
-        type_ = "integer",
-        json_path = ".spec.concurrency",
-        description = "Operations each pod runs at once"
+        name = "Backpressure",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Backpressure\")].status",
+        description = "Whether pods are over their readiness limit, shedding load by design"
+    ),
+    printcolumn(
+        name = "Metric",
+        type_ = "string",
+        json_path = ".status.autoscaling.metric",
+        description = "The per-pod metric the HPA scales on"
+    ),
+    printcolumn(
+        name = "Decided",
+        type_ = "string",
+        json_path = ".status.autoscaling.decidedValue",
+        description = "The metric's average at the HPA's last scale decision"
     ),
     printcolumn(
         name = "Target",
-        type_ = "number",
-        json_path = ".spec.autoscaling.targetQueueRatio",
-        description = "HPA target for queue_ratio"
+        type_ = "string",
+        json_path = ".status.autoscaling.target",
+        description = "The HPA's per-pod target for the metric"
+    ),
+    printcolumn(
+        name = "Concurrency",
+        type_ = "integer",
+        json_path = ".spec.concurrency",
+        priority = 1,
+        description = "Operations each pod runs at once"
     ),
     printcolumn(
         name = "Age",
@@ -204,16 +217,41 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = MAX_INT32))]
     pub max_replicas: i64,
 
-    /// Average `queue_ratio` per pod the HPA aims for (rounded to 0.001); below
-    /// `readinessQueueFactor`.
+    /// The per-pod metric the HPA scales on: `QueueRatio` (waiting per slot, the seed's) or
+    /// `Occupancy` (running and waiting per slot, averaged over the scrape interval, which
+    /// settles where `QueueRatio` hunts).
+    #[serde(default)]
+    pub metric: AutoscalingMetric,
+
+    /// Waiting operations per slot the HPA aims for at each pod (rounded to 0.001); below
+    /// `readinessQueueFactor`. The HPA's `AverageValue` target is this for `QueueRatio` and one
+    /// more (the busy slot) for `Occupancy`.
     #[serde(default = "default_target_queue_ratio")]
     #[schemars(range(min = MIN_TARGET_QUEUE_RATIO))]
     pub target_queue_ratio: f64,
 
-    /// How long the HPA waits before scaling down (`behavior.scaleDown.stabilizationWindowSeconds`).
+    /// How long the HPA waits before scaling down: the shorthand for
+    /// `behavior.scaleDown.stabilizationWindowSeconds`, which wins where both are set.
     #[serde(default = "default_scale_down_stabilization_seconds")]
     #[schemars(range(min = 0, max = MAX_STABILIZATION_SECONDS))]
     pub scale_down_stabilization_seconds: i32,
+
+    /// The HPA's scaling behavior (policies and windows per direction), as `autoscaling/v2` has
+    /// it; unset parts keep Kubernetes' defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<ScalingBehavior>,
+}
+
+impl Autoscaling {
+    /// The scale-down window in effect: `behavior.scaleDown.stabilizationWindowSeconds` or the
+    /// shorthand.
+    pub fn scale_down_window_seconds(&self) -> i32 {
+        self.behavior
+            .as_ref()
+            .and_then(|behavior| behavior.scale_down.as_ref())
+            .and_then(|rules| rules.stabilization_window_seconds)
+            .unwrap_or(self.scale_down_stabilization_seconds)
+    }
 }
 
 /// Service settings.
@@ -297,6 +335,10 @@ pub struct SandboxServiceStatus {
     /// Label selector of the pods, in `kubectl get -l` syntax.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+
+    /// What the HPA did: replicas, its conditions, the last scale events and their timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 impl SandboxServiceSpec {
@@ -352,8 +394,10 @@ impl Default for Autoscaling {
         Self {
             min_replicas: default_min_replicas(),
             max_replicas: default_max_replicas(),
+            metric: AutoscalingMetric::default(),
             target_queue_ratio: default_target_queue_ratio(),
             scale_down_stabilization_seconds: default_scale_down_stabilization_seconds(),
+            behavior: None,
         }
     }
 }

@@ -71,7 +71,8 @@ mod tests {
             "pattern: ^[a-z]([-a-z0-9]*[a-z0-9])?$",
             "maxLength: 63",
             "jsonPath: .status.readyReplicas",
-            "jsonPath: .spec.autoscaling.targetQueueRatio",
+            "jsonPath: .status.autoscaling.replicas",
+            "jsonPath: .status.conditions[?(@.type==\"Backpressure\")].status",
             "status: {}",
         ] {
             assert!(crd.contains(needle), "CRD lacks {needle:?}:\n{crd}");

@@ -18,8 +18,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
+use crate::spec::autoscaling::{MAX_POLICIES, MAX_POLICY_PERIOD_SECONDS};
 use crate::spec::crd::{
-    MAX_INT32, MAX_OPERATION_DURATION_MS, MAX_QUEUE_FACTOR, MAX_STABILIZATION_SECONDS,
+    Autoscaling, MAX_INT32, MAX_OPERATION_DURATION_MS, MAX_QUEUE_FACTOR, MAX_STABILIZATION_SECONDS,
     SandboxService, SandboxServiceSpec,
 };
 use crate::spec::quantity;
@@ -123,6 +124,7 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
         0,
         MAX_STABILIZATION_SECONDS.into(),
     )?;
+    check_behavior(scaling)?;
     in_range("spec.service.port", spec.service.port.into(), 1, 65535)?;
 
     let interval = &spec.monitoring.interval;
@@ -143,6 +145,49 @@ pub fn validate_spec(spec: &SandboxServiceSpec) -> Result<(), InvalidSpec> {
     check_resources(spec)?;
     for rule in SPEC_RULES {
         rule.check(spec)?;
+    }
+    Ok(())
+}
+
+/// The bounds the schema puts on `spec.autoscaling.behavior`, per direction.
+fn check_behavior(scaling: &Autoscaling) -> Result<(), InvalidSpec> {
+    let Some(behavior) = &scaling.behavior else {
+        return Ok(());
+    };
+    for (direction, rules) in [
+        ("scaleUp", &behavior.scale_up),
+        ("scaleDown", &behavior.scale_down),
+    ] {
+        let Some(rules) = rules else { continue };
+        let field = format!("spec.autoscaling.behavior.{direction}");
+        if let Some(window) = rules.stabilization_window_seconds {
+            in_range(
+                &format!("{field}.stabilizationWindowSeconds"),
+                window.into(),
+                0,
+                MAX_STABILIZATION_SECONDS.into(),
+            )?;
+        }
+        require(
+            rules.policies.len() <= MAX_POLICIES,
+            &format!("{field}.policies"),
+            || {
+                format!(
+                    "must have at most {MAX_POLICIES} items, got {}",
+                    rules.policies.len()
+                )
+            },
+        )?;
+        for (index, policy) in rules.policies.iter().enumerate() {
+            let field = format!("{field}.policies[{index}]");
+            in_range(&format!("{field}.value"), policy.value, 1, MAX_INT32)?;
+            in_range(
+                &format!("{field}.periodSeconds"),
+                policy.period_seconds.into(),
+                1,
+                MAX_POLICY_PERIOD_SECONDS.into(),
+            )?;
+        }
     }
     Ok(())
 }
@@ -198,32 +243,44 @@ fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidSp
 /// Same language as `crd::INTERVAL_PATTERN`: one or more `<digits><unit>` groups, units strictly
 /// in the order y, w, d, h, m, s, ms, each at most once.
 pub fn is_prometheus_duration(text: &str) -> bool {
-    const UNITS: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
+    prometheus_duration_ms(text).is_some()
+}
+
+/// The length of a Prometheus duration in milliseconds (a year is 365 days, as Prometheus counts
+/// it); `None` for text outside `crd::INTERVAL_PATTERN`'s language or past `u64`.
+pub fn prometheus_duration_ms(text: &str) -> Option<u64> {
+    const UNITS: [(&str, u64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
     let mut rest = text;
     let mut next_unit = 0;
-    let mut groups = 0;
+    let mut total: u64 = 0;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return false;
+            return None;
         }
+        let count: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
         // "ms" before "m" so that "5ms" is milliseconds, as the regex's backtracking decides.
-        let Some(unit) = ["ms", "y", "w", "d", "h", "m", "s"]
+        let unit = ["ms", "y", "w", "d", "h", "m", "s"]
             .into_iter()
-            .find(|u| rest.starts_with(u))
-        else {
-            return false;
-        };
-        let position = UNITS.iter().position(|u| *u == unit).unwrap_or(UNITS.len());
+            .find(|u| rest.starts_with(u))?;
+        let position = UNITS.iter().position(|(u, _)| *u == unit)?;
         if position < next_unit {
-            return false;
+            return None;
         }
         next_unit = position + 1;
+        total = total.checked_add(count.checked_mul(UNITS[position].1)?)?;
         rest = &rest[unit.len()..];
-        groups += 1;
     }
-    groups > 0
+    (next_unit > 0).then_some(total)
 }
 
 fn check_dns1035_label(field: &str, name: &str) -> Result<(), InvalidSpec> {
@@ -499,5 +556,18 @@ mod tests {
         ] {
             assert!(!is_prometheus_duration(bad), "{bad}");
         }
+        for (text, ms) in [
+            ("5s", 5000),
+            ("1m30s", 90_000),
+            ("250ms", 250),
+            ("1d", 86_400_000),
+        ] {
+            assert_eq!(prometheus_duration_ms(text), Some(ms), "{text}");
+        }
+        assert_eq!(
+            prometheus_duration_ms("99999999999999999999s"),
+            None,
+            "past u64"
+        );
     }
 }
