@@ -5,6 +5,7 @@
 #
 #   scripts/autoscale-bench.sh                   # -c 6 for 60 s, as the seed; ~2.5 minutes
 #   CONNECTIONS=20 CONCURRENCY=2 scripts/autoscale-bench.sh
+#   METRIC=Occupancy scripts/autoscale-bench.sh  # the HPA on queue_occupancy (spec.autoscaling.metric)
 #
 # Settings: the ServiceMonitor interval (INTERVAL, 5s), the scale-down window (WINDOW, 30 s) and when pods
 # close kept-alive connections (CONNECTION_CLOSE, WhenQueued) go into the SandboxService; the HPA sync period is the test bed's (TESTBED_HPA_SYNC=15s scripts/testbed.sh up for
@@ -21,6 +22,12 @@ cd "$root"
 
 CONNECTIONS=${CONNECTIONS:-6} CONCURRENCY=${CONCURRENCY:-1} DURATION=${DURATION:-60}
 INTERVAL=${INTERVAL:-5s} WINDOW=${WINDOW:-30} CONNECTION_CLOSE=${CONNECTION_CLOSE:-WhenQueued}
+METRIC=${METRIC:-QueueRatio}
+case $METRIC in
+QueueRatio) gauge=queue_ratio ;;
+Occupancy) gauge=queue_occupancy ;;
+*) echo "autoscale-bench: METRIC is QueueRatio or Occupancy, not '$METRIC'" >&2; exit 2 ;;
+esac
 ns=${NAMESPACE:-autoscale-bench} name=performance-sandbox
 out=${OUT:-$root/target/autoscale-bench}
 rm -rf "$out" && mkdir -p "$out/counts" "$out/latency"
@@ -62,13 +69,14 @@ fi
 # The seed's sample, with the monitoring interval and the scale-down window of this run.
 sed -e "s/namespace: default/namespace: $ns/" \
 	-e "s/concurrency: 1/concurrency: $CONCURRENCY\n  connectionClose: $CONNECTION_CLOSE/" \
-	-e "s/maxReplicas: 10/maxReplicas: 10\n    scaleDownStabilizationSeconds: $WINDOW/" \
+	-e "s/maxReplicas: 10/maxReplicas: 10\n    metric: $METRIC\n    scaleDownStabilizationSeconds: $WINDOW/" \
 	-e "s/^  monitoring:/  monitoring:\n    interval: $INTERVAL/" deploy/examples/seed.yaml >"$out/cr.yaml"
 kubectl apply -f "$out/cr.yaml" >/dev/null
 kubectl wait -n "$ns" --for=condition=Ready "sbx/$name" --timeout=120s >/dev/null
-echo "waiting until the HPA reads queue_ratio (the adapter lists new series every $(sed -n 's/^metricsRelistInterval: *//p' deploy/monitoring/prometheus-adapter-values.yaml))" >&2
+echo "waiting until the HPA reads $gauge (the adapter lists new series every $(sed -n 's/^metricsRelistInterval: *//p' deploy/monitoring/prometheus-adapter-values.yaml))" >&2
 hpa_reads_metric() { kubectl get hpa -n "$ns" "$name" -o jsonpath='{.status.conditions[?(@.type=="ScalingActive")].status}' | grep -qx True; }
-wait_for 180 "the HPA reads queue_ratio" hpa_reads_metric
+wait_for 180 "the HPA reads $gauge" hpa_reads_metric
+target=$(kubectl get hpa -n "$ns" "$name" -o jsonpath='{.spec.metrics[0].pods.target.averageValue}')
 if [ "$TESTBED_NODES" = real ]; then
 	service=$TESTBED_NODE_IP:$(kubectl get service -n "$ns" "$name" -o jsonpath='{.spec.ports[0].nodePort}')
 else
@@ -99,8 +107,9 @@ else
 fi
 
 # One line per half second: time, Deployment replicas, ready endpoints, HPA desired replicas, the HPA's
-# queue_ratio, the Service's answers so far (200, 503, no ready endpoint), and the highest queue_ratio
-# the custom metrics API serves for the namespace's pods (what the HPA reads next). Per pod: its own gauge.
+# average of its metric, the Service's answers so far (200, 503, no ready endpoint), and the highest value
+# of that metric the custom metrics API serves for the namespace's pods (what the HPA reads next). Per pod:
+# its queue_ratio (backpressure), its counters and the gauge the HPA scales on.
 # Every 5 s a line on the terminal says the same.
 sample() {
 	# A pod can go between listing and scraping it: a failed read skips it, it does not stop the sampler.
@@ -112,20 +121,22 @@ sample() {
 		while read -r pod address; do
 			metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
 			ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
+			scaled_on=$(sed -n "s/^$gauge //p" <<<"$metrics")
 			completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
 			in_flight=$(sed -n 's/^queue_in_flight_tasks //p' <<<"$metrics")
 			rejected=$(sed -n 's/^expensive_operations_rejected_total{reason="circuit_open"} //p' <<<"$metrics")
-			printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" "${in_flight:-0}" >>"$out/pods.tsv"
+			printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" "${in_flight:-0}" \
+				"${scaled_on:-nan}" >>"$out/pods.tsv"
 			echo "${completed:-0} ${rejected:-0}" >"$out/counts/$pod"
 			# The pod's own time for its 200s (queue + operation), as "BUCKET COUNT" lines: client-side
 			# latency is not usable once pods close connections (autocannon mis-times reconnects).
 			sed -nE 's/^http_request_duration_seconds_bucket\{.*route="\/expensive-op",status_code="200",le="([^"]+)"\} ([0-9]+)$/\1 \2/p' \
 				<<<"$metrics" >"$out/latency/$pod"
-			ratios+=" ${pod##*-}=${ratio:-?}"
+			ratios+=" ${pod##*-}=${scaled_on:-?}"
 		done < <(pods)
 		hpa=$(api_get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
 		deployment=$(api_get "/apis/apps/v1/namespaces/$ns/deployments/$name")
-		served=$(api_get "/apis/custom.metrics.k8s.io/v1beta1/namespaces/$ns/pods/*/queue_ratio" 2>/dev/null |
+		served=$(api_get "/apis/custom.metrics.k8s.io/v1beta1/namespaces/$ns/pods/*/$gauge" 2>/dev/null |
 			jq -r '[.items[].value | if endswith("m") then (.[:-1] | tonumber) / 1000 else tonumber end] | max // "-"')
 		line=$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s' "$t" \
 			"$(jq '.spec.replicas' <<<"$deployment")" "$(ready_endpoints)" \
@@ -135,7 +146,7 @@ sample() {
 		echo "$line" >>"$out/samples.tsv"
 		if [ $((SECONDS - shown)) -ge 5 ]; then
 			shown=$SECONDS
-			awk -F'\t' -v s="$(cat "$out/load-start" 2>/dev/null || echo "$t")" -v pods="$ratios" '{ printf "  %5.0fs  replicas %s, ready %s, HPA wants %s (average queue_ratio %s)  200s %s  503s %s  queue_ratio by pod:%s\n", $1 - s, $2, $3, $4, $5, $6, $7, pods }' <<<"$line" >&2
+			awk -F'\t' -v s="$(cat "$out/load-start" 2>/dev/null || echo "$t")" -v g="$gauge" -v pods="$ratios" '{ printf "  %5.0fs  replicas %s, ready %s, HPA wants %s (average %s %s)  200s %s  503s %s  by pod:%s\n", $1 - s, $2, $3, $4, g, $5, $6, $7, pods }' <<<"$line" >&2
 		fi
 		sleep 0.5
 	done
@@ -173,4 +184,5 @@ prometheus_seen=$(curl -fsS "$TESTBED_PROMETHEUS/api/v1/query" \
 scripts/autoscale-report.sh "$out" "$load_start" "$load_end" "$scaled_in" "${prometheus_seen:-}" \
 	"$INTERVAL" "$WINDOW" "$CONNECTIONS" "$CONCURRENCY" "$TESTBED_HPA_SYNC" \
 	"$(kubectl get -n "$ns" "sbx/$name" -o jsonpath='{.spec.operationDurationMs}')" \
-	"$(kubectl get -n "$ns" "sbx/$name" -o jsonpath='{.spec.readinessQueueFactor}')" "$CONNECTION_CLOSE"
+	"$(kubectl get -n "$ns" "sbx/$name" -o jsonpath='{.spec.readinessQueueFactor}')" "$CONNECTION_CLOSE" \
+	"$gauge" "$target"

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The table and the chart of one scripts/autoscale-bench.sh run, from the files it wrote in OUT:
-#   samples.tsv  time, Deployment replicas, ready endpoints, HPA desired, HPA queue_ratio, 200s, 503s,
-#                no-endpoint 503s (cumulative), highest queue_ratio the custom metrics API serves
-#   pods.tsv     time, pod, its queue_ratio, its completed operations, its running operations
+#   samples.tsv  time, Deployment replicas, ready endpoints, HPA desired, HPA's average of its metric,
+#                200s, 503s, no-endpoint 503s (cumulative), highest value of it the custom metrics API serves
+#   pods.tsv     time, pod, its queue_ratio, its completed operations, its running operations, the gauge
+#                the HPA scales on
 # usage: autoscale-report.sh OUT LOAD_START LOAD_END SCALED_IN PROMETHEUS_SEEN INTERVAL WINDOW C CONCURRENCY SYNC
-#        OPERATION_MS READINESS_FACTOR CONNECTION_CLOSE
+#        OPERATION_MS READINESS_FACTOR CONNECTION_CLOSE [GAUGE TARGET]
+# GAUGE (queue_ratio) is the metric the HPA scales on and TARGET (1) its per-pod target, a quantity.
 set -euo pipefail
 out=$1 load_start=$2 load_end=$3 scaled_in=$4 prometheus_seen=$5 interval=$6 window=$7
 connections=$8 concurrency=$9 sync=${10} operation_ms=${11} readiness_factor=${12} connection_close=${13}
+gauge=${14:-queue_ratio}
+# The target as a number: a quantity may be in thousandths (1500m).
+target=$(awk -v q="${15:-1}" 'BEGIN { if (q ~ /m$/) print substr(q, 1, length(q) - 1) / 1000; else print q + 0 }')
 
 # Times relative to the load's start, in seconds.
 rel() { awk -v t="$1" -v s="$load_start" 'BEGIN { if (t == "") print "-"; else printf "%.1f", t - s }'; }
@@ -15,7 +20,7 @@ first() { awk -F'\t' "$1 { print \$1; exit }" "$2"; }
 
 queue_full=$(first "\$3 + 0 >= 4 && \$1 >= $load_start" "$out/pods.tsv")
 decision=$(first "\$4 > 1 && \$1 >= $load_start" "$out/samples.tsv")
-adapter_served=$(first "\$9 != \"-\" && \$9 + 0 >= 1 && \$1 >= $load_start" "$out/samples.tsv")
+adapter_served=$(first "\$9 != \"-\" && \$9 + 0 >= $target && \$1 >= $load_start" "$out/samples.tsv")
 replicas_up=$(first "\$2 > 1 && \$1 >= $load_start" "$out/samples.tsv")
 endpoints_up=$(first "\$3 > 1 && \$1 >= $load_start" "$out/samples.tsv")
 first_pod=$(awk -F'\t' '{ print $2; exit }' "$out/pods.tsv")
@@ -36,14 +41,14 @@ fi
 [ -f "$out/operator-reconciles" ] &&
 	echo "the operator reconciled $(cat "$out/operator-reconciles") times from load start to scale-in (its watches on the HPA and the Deployment fire on each of their status writes)"
 echo
-echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, ServiceMonitor interval $interval, HPA sync $sync, scale-down window ${window}s; peak $peak replicas"
+echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, HPA on $gauge (target $target), ServiceMonitor interval $interval, HPA sync $sync, scale-down window ${window}s; peak $peak replicas"
 printf '| %-58s | %8s | %8s |\n' "step" "at (s)" "took (s)"
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})"
 row() { printf '| %-58s | %8s | %8s |\n' "$1" "$(rel "$2")" "$3"; }
 row "load starts" "$load_start" ""
 row "(a) queue full on the first pod (queue_ratio 4)" "$queue_full" "$(span "$load_start" "$queue_full")"
 row "    first Prometheus sample with it (scrape interval)" "$prometheus_seen" "$(span "$queue_full" "$prometheus_seen")"
-row "    the adapter serves it (adapter relist, query)" "$adapter_served" "$(span "$prometheus_seen" "$adapter_served")"
+row "    the adapter serves $gauge >= $target (relist, query)" "$adapter_served" "$(span "$prometheus_seen" "$adapter_served")"
 row "(b) HPA decides to scale out (HPA sync)" "$decision" "$(span "$adapter_served" "$decision")"
 row "    Deployment replicas raised" "$replicas_up" "$(span "$decision" "$replicas_up")"
 row "(c) new pods Ready at the Service (readiness probe)" "$endpoints_up" "$(span "$replicas_up" "$endpoints_up")"
@@ -54,6 +59,26 @@ row "    queues drained (last queue_ratio > 0)" "$drained" "$(span "$load_end" "
 row "(d) HPA decides to scale in to min (window + sync)" "$scale_in" "$(span "$drained" "$scale_in")"
 row "    back to one pod" "$scaled_in" "$(span "$scale_in" "$scaled_in")"
 row "    load end -> one pod" "$scaled_in" "$(span "$load_end" "$scaled_in")"
+
+# --- settling: does the HPA land on one count under the load, or hunt? ------------------------------
+# The HPA's desired count while the load lasts: its changes after the first decision, the last change,
+# and the count it ended on against the balanced one, ceil(C / (k (1 + targetQueueRatio))), where every
+# slot is busy and targetQueueRatio operations wait per slot (the target is 1 + that for queue_occupancy).
+echo
+awk -F'\t' -v start="$load_start" -v end="$load_end" -v c="$connections" -v k="$concurrency" \
+	-v target="$target" -v gauge="$gauge" '
+	$1 >= start && $1 <= end {
+		if (n++ == 0) { initial = $4; prev = $4 }
+		if ($4 != prev) { changes++; seq = seq " -> " $4; last = $1; prev = $4 }
+	}
+	END {
+		if (n == 0) exit
+		per_slot = (gauge == "queue_occupancy" ? target : 1 + target)
+		balanced = c / (k * per_slot); if (balanced > int(balanced)) balanced = int(balanced) + 1
+		printf "settling under load: desired replicas %s%s; %d change(s) after the first decision", initial, seq, (changes > 0 ? changes - 1 : 0)
+		if (changes > 0) printf ", the last %.1f s after load start", last - start
+		printf "; ended on %s, balanced count ceil(%d / (%d x %s)) = %d\n", prev, c, k, per_slot, balanced
+	}' "$out/samples.tsv"
 
 # --- relief: do the clients get the capacity the scale-out added? ----------------------------------
 # From the first sample with more than one ready endpoint + 10 s to the load's end: 200s per second
@@ -110,7 +135,7 @@ awk -F'\t' -v s="$load_start" 'NR > 1 && $1 > pt {
 # One gnuplot data block per pod.
 sort -t$'\t' -k2,2 -k1,1n "$out/pods.tsv" | awk -F'\t' -v s="$load_start" '
 	$2 != pod { if (pod != "") printf "\n\n"; pod = $2; print pod }
-	{ printf "%.2f\t%s\n", $1 - s, $3 }' >"$out/chart-pods.tsv"
+	{ printf "%.2f\t%s\n", $1 - s, (NF >= 6 ? $6 : $3) }' >"$out/chart-pods.tsv"
 pod_blocks=$(cut -f2 "$out/pods.tsv" | sort -u | wc -l)
 # Each change of the HPA's desired replicas is a decision: a dashed line on every panel.
 decisions=$(awk -F'\t' 'NR > 1 && $4 != prev { printf "%s ", $1 } { prev = $4 }' "$out/chart-samples.tsv")
@@ -135,10 +160,10 @@ set yrange [0:*]
 plot "$out/chart-samples.tsv" using 1:2 with steps lw 2 title "replicas", \
      "" using 1:3 with steps lw 2 title "ready endpoints", \
      "" using 1:4 with steps dt 3 title "HPA desired (dashed lines: decisions)"
-set ylabel "queue_ratio"
+set ylabel "$gauge"
 plot for [i=0:$((pod_blocks - 1))] "$out/chart-pods.tsv" index i using 1:2 with lines title columnheader(1), \
      "$out/chart-samples.tsv" using 1:5 with steps lw 2 lc rgb "black" title "HPA's average", \
-     1 with lines dt 2 lc rgb "gray" title "target"
+     $target with lines dt 2 lc rgb "gray" title "target"
 set ylabel "answers / s"
 set logscale y
 set yrange [0.1:*]

@@ -3,7 +3,7 @@
 # test bed (a Kubernetes control plane and one real node, from Go modules) and the images (without Docker),
 # brings the test bed up, installs the operator with `kubectl apply -k deploy/operator`, applies the seed's
 # SandboxService and loads its NodePort Service with the seed's autocannon run. While it runs, a line every
-# 5 s shows the pods, each pod's queue_ratio and the HPA's decision; at the end, the timing table and a
+# 5 s shows the pods, each pod's value of the HPA's metric and the HPA's decision; at the end, the timing table and a
 # chart (target/demo/run.png).
 #
 #   scripts/demo.sh          leaves the test bed up and prints the `export KUBECONFIG=...` to go on with
@@ -12,7 +12,9 @@
 # Needs root (the real node's bridge, routes, nftables and cgroups). The first run builds for a long time
 # (the Kubernetes binaries take 15-25 minutes on 2 cores); later runs reuse the builds. Settings:
 # CONNECTIONS (6) and DURATION (60 s) of the load, WINDOW (30 s), the scale-down window the demo gives
-# the SandboxService so that the scale-in shows too (the HPA's default is 300 s).
+# the SandboxService so that the scale-in shows too (the HPA's default is 300 s), and METRIC, what the HPA
+# scales on: QueueRatio (the seed's queue_ratio, by default) or Occupancy (queue_occupancy, which grows with
+# the load, so the HPA can settle on one count): `METRIC=Occupancy scripts/demo.sh`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -40,7 +42,7 @@ step "kubectl apply --server-side -k deploy/operator"
 kubectl apply --server-side -k deploy/operator >&2
 kubectl rollout status deployment/sandbox-operator -n sandbox-system --timeout=180s >&2
 
-step "the seed's SandboxService (deploy/examples/seed.yaml) under the seed's load"
+step "the seed's SandboxService (deploy/examples/seed.yaml, spec.autoscaling.metric ${METRIC:-QueueRatio}) under the seed's load"
 NAMESPACE=default OUT=$root/target/demo scripts/autoscale-bench.sh
 
 if $down; then
