@@ -148,6 +148,7 @@ impl Harness {
             // The fake API server runs no pods.
             pods: Writer::default().as_reader(),
             service_monitors: Some(cached_metadata(self.api::<ServiceMonitor>()).await),
+            status_caches_synced: tokio::sync::watch::channel(true).1,
         };
         self.ctx.last_applied.set_caches(Some(caches));
         take(&self.log);

@@ -142,12 +142,26 @@ async fn controller_until(
             Fingerprint::fingerprint,
         ));
     }
+    // The status step waits for the HPA and pod caches; one waiter per store here, as
+    // kube-runtime's store readiness wakes only the last of its waiters (see below).
+    let (synced_tx, status_caches_synced) = tokio::sync::watch::channel(false);
+    let status_caches = {
+        let (hpas, pods) = (hpas.clone(), pods.clone());
+        async move {
+            let (hpas_ready, pods_ready) =
+                futures::join!(hpas.wait_until_ready(), pods.wait_until_ready());
+            if hpas_ready.is_ok() && pods_ready.is_ok() {
+                synced_tx.send_replace(true);
+            }
+        }
+    };
     ctx.last_applied.set_caches(Some(ChildCaches {
         deployments,
         services,
         hpas,
         pods,
         service_monitors,
+        status_caches_synced,
     }));
 
     // Ready once the controller has the CRs: at its first reconcile, or at once when there is
@@ -179,7 +193,7 @@ async fn controller_until(
         });
     // The pods' watch only fills its cache: it ends with the controller.
     tokio::select! {
-        _ = async { futures::join!(controller, ready_if_no_crs(&client, &admin)) } => {}
+        _ = async { futures::join!(controller, ready_if_no_crs(&client, &admin), status_caches) } => {}
         () = pod_events => {}
     }
 }

@@ -15,6 +15,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use tracing::warn;
 
 use crate::build::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_conflict, is_not_found};
@@ -85,6 +86,12 @@ pub async fn apply_children(
         }
     };
     let name = children.deployment.name_any();
+    if !last.wait_status_caches(STATUS_CACHES_WAIT).await {
+        warn!(
+            namespace,
+            name, "the HPA and pod caches are not filled yet; the status may lag behind them"
+        );
+    }
     Ok(ApplyOutcome {
         deployment,
         monitoring,
@@ -92,6 +99,10 @@ pub async fn apply_children(
         pods: pod_health(&last.pods_of(namespace, &name)),
     })
 }
+
+/// How long a reconcile waits for the HPA and pod caches' first list (after a (re)start) before
+/// it builds the status from what they hold.
+const STATUS_CACHES_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A namespaced child kind, as server-side apply sends and decodes it.
 pub trait Child:

@@ -40,6 +40,8 @@ pub struct ChildCaches {
     pub pods: Store<Pod>,
     /// ServiceMonitors, metadata only; `None` while their CRD is not installed.
     pub service_monitors: Option<Store<PartialObjectMeta<ServiceMonitor>>>,
+    /// True once the HPA and pod caches hold their first full list.
+    pub status_caches_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What someone else's change to an object moves and its status writes do not; see the
@@ -157,6 +159,24 @@ impl LastApplied {
     }
 
     /// Whether `desired` is what was last applied to the child and the child has not changed
+    /// Wait until the HPA and pod caches hold their first full list, at most `limit`; whether they
+    /// do. The status is made of them: one built from caches still empty after a (re)start would
+    /// differ from the one last written, for a write that changes nothing real.
+    pub async fn wait_status_caches(&self, limit: std::time::Duration) -> bool {
+        let synced = self
+            .caches
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|caches| caches.status_caches_synced.clone());
+        let Some(mut synced) = synced else {
+            return false;
+        };
+        tokio::time::timeout(limit, synced.wait_for(|synced| *synced))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+
     /// The HPA `name` in `namespace` as the watch cache has it, status included.
     pub fn cached_hpa(&self, namespace: &str, name: &str) -> Option<HorizontalPodAutoscaler> {
         let caches = self.caches.read().unwrap_or_else(|e| e.into_inner());
@@ -303,6 +323,7 @@ mod tests {
             hpas: hpas.as_reader(),
             pods: Writer::default().as_reader(),
             service_monitors: None,
+            status_caches_synced: tokio::sync::watch::channel(true).1,
         }));
         applied
     }

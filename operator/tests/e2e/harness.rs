@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -315,6 +316,47 @@ where
     })
     .await;
     start.elapsed()
+}
+
+/// How long an HPA must leave its status alone to count as settled: two of the test bed's HPA
+/// sync periods (`TESTBED_HPA_SYNC`, 5 s), with a second to spare.
+const HPA_QUIET: Duration = Duration::from_secs(11);
+
+/// Wait until the HPA `name` reads its metric (`ScalingActive=True`) and has not written its
+/// status for [`HPA_QUIET`]. The CR's status reflects the HPA's decisions and conditions, so a
+/// test that counts the operator's own writes starts from here: later CR writes are not the
+/// HPA's, reflected.
+pub async fn wait_hpa_settled(client: &Client, namespace: &str, name: &str) {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let start = Instant::now();
+    let mut last_change: Option<(String, Instant)> = None;
+    loop {
+        if let Some(hpa) = hpas.get_opt(name).await.expect("read the HPA") {
+            let reads = hpa
+                .status
+                .as_ref()
+                .and_then(|status| status.conditions.as_ref())
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == "ScalingActive" && c.status == "True")
+                });
+            let version = hpa.resource_version().unwrap_or_default();
+            match &last_change {
+                Some((seen, since)) if *seen == version => {
+                    if reads && since.elapsed() >= HPA_QUIET {
+                        return;
+                    }
+                }
+                _ => last_change = Some((version, Instant::now())),
+            }
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "timed out after {TIMEOUT:?} waiting until the HPA {namespace}/{name} reads its metric and is quiet for {HPA_QUIET:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Wait until the namespaced object `name` exists, and return it.

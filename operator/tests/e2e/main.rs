@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use harness::{
     AdminServer, Operator, admin_client, apply, cluster, delete_namespace, eventually, kubectl_ok,
-    lease_holder, namespace, versions, wait_for, wait_until,
+    lease_holder, namespace, versions, wait_for, wait_hpa_settled, wait_until,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -313,9 +313,11 @@ async fn a_stopped_leader_is_replaced_and_writes_nothing_once_resumed() {
         cr.meta().generation == Some(2) && ready_and_current(cr)
     })
     .await;
+    // The new pod's metric reaches the HPA, whose conditions the CR's status shows.
+    wait_hpa_settled(&client, &ns, "led").await;
     second.wait_idle(Duration::from_secs(2)).await;
     let before = child_writes(&client, &ns, "led").await;
-    let cr_before = crs.get("led").await.unwrap().resource_version();
+    let cr_before = crs.get("led").await.unwrap();
 
     // The old leader resumes with stale state: it must notice it lost the Lease, write
     // nothing, and step down (exit, to rejoin as a fresh standby).
@@ -334,10 +336,13 @@ async fn a_stopped_leader_is_replaced_and_writes_nothing_once_resumed() {
         before,
         "children were written"
     );
+    let cr_after = crs.get("led").await.unwrap();
     assert_eq!(
-        crs.get("led").await.unwrap().resource_version(),
-        cr_before,
-        "the CR status was written"
+        cr_after.resource_version(),
+        cr_before.resource_version(),
+        "the CR status was written: {:#?}\nwas {:#?}",
+        cr_after.status,
+        cr_before.status
     );
     assert!(first.log().contains("lost leadership"), "{}", first.log());
     assert_eq!(
@@ -362,12 +367,13 @@ async fn a_killed_and_restarted_operator_moves_no_resource_version() {
     install_service_monitor_crd();
     apply(&crs, sandbox("steady", json!({}))).await.unwrap();
     wait_cr(&crs, "steady", "is Ready", ready_and_current).await;
+    wait_hpa_settled(&client, &ns, "steady").await;
     first.wait_idle(Duration::from_secs(2)).await;
     let children = child_writes(&client, &ns, "steady").await;
     let monitor = wait_for::<ServiceMonitor>(&client, &ns, "steady")
         .await
         .resource_version();
-    let cr = crs.get("steady").await.unwrap().resource_version();
+    let cr = crs.get("steady").await.unwrap();
 
     first.signal("KILL");
     drop(first);
@@ -385,7 +391,14 @@ async fn a_killed_and_restarted_operator_moves_no_resource_version() {
             .resource_version(),
         monitor
     );
-    assert_eq!(crs.get("steady").await.unwrap().resource_version(), cr);
+    let restarted = crs.get("steady").await.unwrap();
+    assert_eq!(
+        restarted.resource_version(),
+        cr.resource_version(),
+        "the restarted operator wrote the CR's status: {:#?}\nwas {:#?}",
+        restarted.status,
+        cr.status
+    );
 
     delete_namespace(&client, &ns).await;
     second.stop();
