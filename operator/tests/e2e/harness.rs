@@ -359,6 +359,60 @@ pub async fn wait_hpa_settled(client: &Client, namespace: &str, name: &str) {
     }
 }
 
+/// Counts, per HPA of a namespace, the changes of its conditions (type, status, reason) from its
+/// start until dropped: what the CR's `status.autoscaling.conditions` reflects, so each is one
+/// status write the HPA caused. The HPA controller writes an HPA's status at most once per sync
+/// (5 s on the test bed), so a look every 250 ms sees every state it passes through; an API
+/// server that does not answer answers no writer either.
+pub struct HpaConditionChanges {
+    changes: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HpaConditionChanges {
+    pub fn count(client: &Client, namespace: &str) -> Self {
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+        let changes = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let into = changes.clone();
+        let task = tokio::spawn(async move {
+            let mut last: std::collections::HashMap<String, Vec<(String, String, String)>> =
+                std::collections::HashMap::new();
+            loop {
+                if let Ok(list) = hpas.list(&Default::default()).await {
+                    for hpa in list.items {
+                        let name = hpa.name_any();
+                        let conditions: Vec<_> = hpa
+                            .status
+                            .and_then(|status| status.conditions)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
+                            .collect();
+                        if let Some(before) = last.insert(name.clone(), conditions.clone())
+                            && before != conditions
+                        {
+                            *into.lock().unwrap().entry(name).or_insert(0) += 1;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Self { changes, task }
+    }
+
+    /// The changes so far, per HPA name.
+    pub fn changes(&self) -> std::collections::BTreeMap<String, usize> {
+        self.changes.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HpaConditionChanges {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Wait until the namespaced object `name` exists, and return it.
 pub async fn wait_for<K>(client: &Client, namespace: &str, name: &str) -> K
 where
