@@ -168,7 +168,7 @@ pub struct ScaleInputs<'a> {
     /// Ready pods of the Deployment.
     pub ready: i32,
     /// Since when some pod is over its readiness limit (the `Backpressure` condition's transition
-    /// to true); `None` while none is.
+    /// to true); `None` while none is (the last begin is kept in the status).
     pub backpressure_since: Option<&'a Time>,
 }
 
@@ -185,6 +185,10 @@ pub fn autoscaling_status(
     let last_scale_time = hpa_status.and_then(|s| s.last_scale_time.clone());
     let mut scale_events = previous.map(|p| p.scale_events.clone()).unwrap_or_default();
     let mut decided_value = previous.and_then(|p| p.decided_value.clone());
+    let backpressure_began = inputs
+        .backpressure_since
+        .cloned()
+        .or_else(|| previous.and_then(|p| p.backpressure_began.clone()));
     // A decision the previous status has not seen. Without a previous status (a new CR, or one
     // from before this field) there is nothing it could be compared with: no event.
     if let (Some(previous), Some(status), Some(decided_at)) =
@@ -206,9 +210,12 @@ pub fn autoscaling_status(
             .find_map(|metric| metric.pods.as_ref())
             .and_then(|pods| pods.current.average_value.as_ref())
             .map(|value| value.0.clone());
-        let backpressure_since = (desired > from)
-            .then(|| inputs.backpressure_since.cloned())
-            .flatten();
+        // Backpressure that began after the previous decision and before this one.
+        let previous_decision = scale_events.last().map(|event| event.decided_at.0);
+        let backpressure_since = backpressure_began
+            .clone()
+            .filter(|began| desired > from && began.0 <= decided_at.0)
+            .filter(|began| previous_decision.is_none_or(|previous| began.0 > previous));
         decided_value = metric_value.clone();
         scale_events.push(ScaleEvent {
             from,
@@ -256,6 +263,7 @@ pub fn autoscaling_status(
         desired_replicas: desired,
         decided_value,
         last_scale_time,
+        backpressure_began,
         conditions,
         scale_events,
     }
@@ -436,6 +444,31 @@ mod tests {
             autoscaling_status(Some(&ready), inputs(&decision, 3, 3, None), &at(40)),
             ready
         );
+    }
+
+    #[test]
+    fn backpressure_that_ended_before_the_decision_still_times_it_once() {
+        let since = at(2);
+        let overloaded = scaled(1, 1, 0, "0");
+        let began = autoscaling_status(
+            Some(&AutoscalingStatus {
+                desired_replicas: 1,
+                ..Default::default()
+            }),
+            inputs(&overloaded, 1, 0, Some(&since)),
+            &at(2),
+        );
+        assert_eq!(began.backpressure_began, Some(since.clone()));
+        // The pod left the Service and drained: no backpressure now, when the HPA decides.
+        let decision = scaled(1, 3, 9, "4");
+        let decided = autoscaling_status(Some(&began), inputs(&decision, 1, 1, None), &at(10));
+        let event = decided.scale_events.last().unwrap();
+        assert_eq!(event.backpressure_since, Some(since));
+        assert_eq!(event.reaction_seconds, Some(7));
+        // A later scale-out with no new backpressure since: none.
+        let again = scaled(3, 5, 30, "2");
+        let later = autoscaling_status(Some(&decided), inputs(&again, 3, 3, None), &at(31));
+        assert_eq!(later.scale_events.last().unwrap().backpressure_since, None);
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub struct AutoscalingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
 
+    /// When backpressure last began: a pod went over its readiness limit while none was
+    /// (`Backpressure` turned true). Kept after it ends, as pods leave the Service and drain within
+    /// seconds under load: the next scale-out's `backpressureSince`, if it began after the
+    /// previous decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backpressure_began: Option<Time>,
+
     /// The HPA's conditions (`AbleToScale`, `ScalingActive`, `ScalingLimited`) in short.
     #[serde(default)]
     pub conditions: Vec<HpaCondition>,
@@ -70,8 +77,8 @@ pub struct ScaleEvent {
     /// The metric's per-pod average that decided it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_value: Option<String>,
-    /// For a scale-out: since when at least one pod was over its readiness limit (`Backpressure`
-    /// turned true); unset when the HPA scaled out before any pod was.
+    /// For a scale-out: when backpressure began since the previous decision (`Backpressure`
+    /// turned true); unset when the HPA scaled out before any pod went over its readiness limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backpressure_since: Option<Time>,
     /// When the HPA decided (its `lastScaleTime`).

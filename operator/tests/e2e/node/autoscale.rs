@@ -7,9 +7,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
+use operator::build::deployment::READINESS_PERIOD_SECONDS;
 use operator::names::FIELD_MANAGER;
+use operator::spec::SandboxService;
+use operator::spec::autoscaling_status::ScaleEvent;
 use serde_json::{Value, json};
 
 use super::in_cluster::InClusterOperator;
@@ -17,7 +23,7 @@ use super::logs::PodLogs;
 use super::{OnTheNode, hold_operations, pod_address, ready_pods};
 use crate::harness::{delete_namespace, eventually, kubectl, wait_until};
 use crate::load::{
-    Load, Sampler, assert_proportional, held_replicas, hpa_reads_queue_ratio, load_run,
+    Load, Sample, Sampler, assert_proportional, held_replicas, hpa_reads_queue_ratio, load_run,
     process_metric, quantity, seed_sample,
 };
 
@@ -137,8 +143,9 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     // `kubectl get sbx` shows the new count of ready pods.
     eventually("kubectl get sbx shows more than one ready pod", || async {
         let row = kubectl(&["get", "sbx", &name, "-n", ns, "--no-headers"]).unwrap_or_default();
+        // NAME, REPLICAS (current/desired), READY.
         row.split_whitespace()
-            .nth(1)
+            .nth(2)
             .and_then(|r| r.parse::<u32>().ok())
             > Some(1)
     })
@@ -173,6 +180,14 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     let replicas = deployment.spec.and_then(|s| s.replicas);
     assert!(replicas > Some(1), "scaled out by the HPA: {replicas:?}");
 
+    let scale_out = the_status_tells_the_scale_out(client, ns, &name, &sampler).await;
+    // The seed's load fills the one pod's queue at once, a scrape and an HPA sync before the
+    // decision: the status times the reaction from there.
+    assert!(
+        scale_out.reaction_seconds.is_some(),
+        "{scale_out:?}"
+    );
+
     // autocannon: no timeout, only 200 and 503 (the breaker); connections refused while the one pod
     // was full and not ready.
     let result = load.finish_with_refusals().await;
@@ -203,6 +218,7 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     })
     .await;
     eprintln!("back to minReplicas {took:?} after the load ended");
+    eprintln!("the scale-out in the CR's status: {scale_out:?}");
     // Pods are removed while they may still run accepted operations. They keep serving through the
     // preStop sleep, then get SIGTERM from the kubelet; each drained and exited, and the answers
     // above show that none of its operations was lost.
@@ -211,6 +227,104 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     eprintln!("{stopped} pods stopped, each drained");
     operator.check(client).await;
     delete_namespace(client, ns).await;
+}
+
+/// The CR's `status.autoscaling` records a scale-out of the run whose new pods got ready, its
+/// timings agree with what `sampler` saw of the HPA and the Deployment (the decision within the
+/// sampler's second plus the API's whole seconds; the pods ready within a readiness-probe period
+/// plus one second), and an Event says each step in one line. The scale event.
+async fn the_status_tells_the_scale_out(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    sampler: &Sampler,
+) -> ScaleEvent {
+    let crs: Api<SandboxService> = Api::namespaced(client.clone(), ns);
+    let event = wait_until(
+        "the CR's status records a scale-out whose new pods are ready",
+        || async {
+            let autoscaling = crs.get(name).await.ok()?.status?.autoscaling?;
+            autoscaling
+                .scale_events
+                .into_iter()
+                .find(|event| event.is_scale_out() && event.ready_at.is_some())
+        },
+    )
+    .await;
+    let seconds = |from: &Time, to: &Time| to.0.as_second() - from.0.as_second();
+    let ready_at = event.ready_at.clone().unwrap();
+    assert_eq!(
+        event.ready_seconds,
+        Some(seconds(&event.decided_at, &ready_at)),
+        "{event:?}"
+    );
+    if let Some(since) = &event.backpressure_since {
+        assert_eq!(
+            event.reaction_seconds,
+            Some(seconds(since, &event.decided_at)),
+            "{event:?}"
+        );
+        assert_eq!(
+            event.time_to_capacity_seconds,
+            Some(seconds(since, &ready_at)),
+            "{event:?}"
+        );
+    }
+    // What the sampler saw: the first look at the decided count, and the first with that many
+    // pods ready, from a second before the decision on.
+    let samples = sampler.samples();
+    let after_decision =
+        |sample: &&Sample| sample.at.as_second() >= event.decided_at.0.as_second() - 1;
+    let seen_decided = samples
+        .iter()
+        .filter(after_decision)
+        .find(|sample| sample.desired == event.to)
+        .unwrap_or_else(|| panic!("the sampler never saw {} desired: {samples:?}", event.to));
+    let seen_ready = samples
+        .iter()
+        .filter(after_decision)
+        .find(|sample| sample.ready >= event.to)
+        .unwrap_or_else(|| panic!("the sampler never saw {} ready: {samples:?}", event.to));
+    let off = |status: &Time, seen: Timestamp| (seen.as_second() - status.0.as_second()).abs();
+    assert!(
+        off(&event.decided_at, seen_decided.at) <= 2,
+        "decided at {:?}, the sampler saw it at {}",
+        event.decided_at,
+        seen_decided.at
+    );
+    let probe_and_a_second = i64::from(READINESS_PERIOD_SECONDS) + 1;
+    assert!(
+        off(&ready_at, seen_ready.at) <= probe_and_a_second + 1,
+        "ready at {ready_at:?}, the sampler saw {} ready at {}",
+        event.to,
+        seen_ready.at
+    );
+
+    let cr = crs.get(name).await.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let notes: Vec<(String, String)> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == cr.uid().as_deref())
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect();
+    let decided = format!("scaled {} -> {} pods", event.from, event.to);
+    assert!(
+        notes
+            .iter()
+            .any(|(reason, note)| reason == "ScaledOut" && note.contains(&decided)),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|(reason, note)| reason == "ScaleOutReady" && note.contains("time to capacity")),
+        "{notes:?}"
+    );
+    event
 }
 
 #[tokio::test]
