@@ -154,6 +154,14 @@ pub fn metric_failure(
     (Some((FAILED_GET_METRIC, message)), None)
 }
 
+/// The replicas the HPA wants, or `replicas` (the Deployment's) before its first sync: a new HPA's
+/// status says `desiredReplicas: 0` with no condition until the controller has looked at it.
+pub fn desired_replicas(hpa: Option<&HorizontalPodAutoscaler>, replicas: i32) -> i32 {
+    hpa.and_then(|hpa| hpa.status.as_ref())
+        .filter(|status| status.conditions.as_ref().is_some_and(|c| !c.is_empty()))
+        .map_or(replicas, |status| status.desired_replicas)
+}
+
 /// What the status step knows when it builds `status.autoscaling`.
 #[derive(Debug, Clone, Copy)]
 pub struct ScaleInputs<'a> {
@@ -181,7 +189,7 @@ pub fn autoscaling_status(
     now: &Time,
 ) -> AutoscalingStatus {
     let hpa_status = inputs.hpa.and_then(|hpa| hpa.status.as_ref());
-    let desired = hpa_status.map_or(inputs.replicas, |s| s.desired_replicas);
+    let desired = desired_replicas(inputs.hpa, inputs.replicas);
     let last_scale_time = hpa_status.and_then(|s| s.last_scale_time.clone());
     let mut scale_events = previous.map(|p| p.scale_events.clone()).unwrap_or_default();
     let mut decided_value = previous.and_then(|p| p.decided_value.clone());
@@ -496,6 +504,17 @@ mod tests {
         assert_eq!(scale_in.backpressure_since, None);
         assert_eq!(scale_in.reaction_seconds, None);
         assert_eq!(status.scale_events.last().unwrap().decided_at, at(80));
+    }
+
+    #[test]
+    fn a_new_hpa_wants_what_the_deployment_has_until_its_first_sync() {
+        let new = hpa("{desiredReplicas: 0, currentReplicas: 0}");
+        assert_eq!(desired_replicas(Some(&new), 1), 1);
+        let status = autoscaling_status(None, inputs(&new, 1, 1, None), &at(0));
+        assert_eq!(status.replicas, "1/1");
+        let synced = scaled(1, 3, 6, "4");
+        assert_eq!(desired_replicas(Some(&synced), 1), 3);
+        assert_eq!(desired_replicas(None, 2), 2);
     }
 
     #[test]

@@ -169,11 +169,8 @@ pub fn desired(
             let rollout = Rollout::of(applied);
             let pods = &applied.pods;
             let autoscaling_spec = &cr.spec.autoscaling;
-            let desired_replicas = applied
-                .hpa
-                .as_ref()
-                .and_then(|hpa| hpa.status.as_ref())
-                .map_or(rollout.replicas, |status| status.desired_replicas);
+            let desired_replicas =
+                scaling::desired_replicas(applied.hpa.as_ref(), rollout.replicas);
             let backpressure = if pods.overloaded > 0 {
                 let hpa = if desired_replicas > rollout.replicas {
                     format!("; the HPA scales to {desired_replicas}")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
 use serde_json::{Value, json};
@@ -102,11 +103,15 @@ impl Load {
 /// One look at the HPA and the Deployment during a run.
 #[derive(Debug, Clone)]
 pub(crate) struct Sample {
+    /// When the Deployment was read (after the HPA).
+    pub(crate) at: Timestamp,
     pub(crate) current: i32,
     pub(crate) desired: i32,
     /// `queue_ratio` as the HPA last read it.
     pub(crate) ratio: Option<f64>,
     pub(crate) deployment_replicas: i32,
+    /// The Deployment's ready pods.
+    pub(crate) ready: i32,
 }
 
 /// Samples the HPA and Deployment `name` every second until dropped.
@@ -132,11 +137,18 @@ impl Sampler {
                             &m.pods.as_ref()?.current.average_value.as_ref()?.0,
                         ))
                     });
+                    let ready = deployment
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0);
                     into.lock().unwrap().push(Sample {
+                        at: Timestamp::now(),
                         current: status.current_replicas.unwrap_or(0),
                         desired: status.desired_replicas,
                         ratio,
                         deployment_replicas: deployment.spec.and_then(|s| s.replicas).unwrap_or(0),
+                        ready,
                     });
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -24,6 +24,7 @@ mod outage;
 mod reconcile;
 mod relief;
 mod rollout;
+mod states;
 
 use crate::harness::{
     admin_client, apply, http_get, install, kubectl, kubectl_ok, namespace, wait_until,

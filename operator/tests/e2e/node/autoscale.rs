@@ -183,10 +183,7 @@ async fn the_seed_scenario_scales_out_under_load_and_back_to_min_after() {
     let scale_out = the_status_tells_the_scale_out(client, ns, &name, &sampler).await;
     // The seed's load fills the one pod's queue at once, a scrape and an HPA sync before the
     // decision: the status times the reaction from there.
-    assert!(
-        scale_out.reaction_seconds.is_some(),
-        "{scale_out:?}"
-    );
+    assert!(scale_out.reaction_seconds.is_some(), "{scale_out:?}");
 
     // autocannon: no timeout, only 200 and 503 (the breaker); connections refused while the one pod
     // was full and not ready.

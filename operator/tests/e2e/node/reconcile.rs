@@ -51,7 +51,16 @@ async fn the_examples_get_owned_children_status_columns_and_events() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "CONCURRENCY", "TARGET", "AGE"],
+        [
+            "NAME",
+            "REPLICAS",
+            "READY",
+            "BACKPRESSURE",
+            "METRIC",
+            "DECIDED",
+            "TARGET",
+            "AGE"
+        ],
         "{table}"
     );
     let seed_row: Vec<&str> = table
@@ -60,7 +69,14 @@ async fn the_examples_get_owned_children_status_columns_and_events() {
         .unwrap()
         .split_whitespace()
         .collect();
-    assert_eq!(seed_row[1..4], ["1", "1", "1"], "{table}");
+    // DECIDED stays empty until the HPA's first scale decision: the cells after it are counted
+    // from the end.
+    assert_eq!(
+        seed_row[1..5],
+        ["1/1", "1", "False", "queue_ratio"],
+        "{table}"
+    );
+    assert_eq!(seed_row[seed_row.len() - 2], "1", "the target: {table}");
 
     // A spec change: a new generation, observed once applied.
     let generation = crs

@@ -2,7 +2,6 @@
 //! a rolling update under load, and what triggers a reconcile. kube-proxy's own metric says how
 //! soon it stopped sending to a removed pod, against the `preStop` sleep that covers that lag.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -145,31 +144,58 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
     let idle = operator.wait_idle(Duration::from_secs(3)).await;
 
     // Four kept-alive connections on two pods: the HPA's average queue_ratio moves from 0 to about
-    // 1 and it writes its status; two more connections for a while move it again (above the
-    // target, at maxReplicas) for a second status write. Neither may trigger a reconcile.
+    // 1 and it writes its status; two more connections for a while move it again. A write that
+    // moves only the metric may not trigger a reconcile; one that changes the HPA's conditions
+    // (the surge puts it above the target at maxReplicas: ScalingLimited) does, once, as the CR's
+    // status.autoscaling shows them.
     let load = Load::start(address, 4, 100);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    let mut versions = BTreeSet::new();
+    let conditions_of = |hpa: &HorizontalPodAutoscaler| -> Vec<(String, String, Option<String>)> {
+        hpa.status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    };
+    let mut last: Option<(String, Vec<_>)> = None;
+    let (mut metric_only, mut condition_changes) = (0, 0);
     let started = Instant::now();
     let mut surge = None;
-    // Its first version and two status writes after it.
-    while versions.len() < 3 {
+    while metric_only < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the HPA wrote no status under load: {versions:?}"
+            "the HPA wrote no status under load that moved only its metric"
         );
         if let Ok(hpa) = hpas.get(&name).await {
-            versions.extend(hpa.metadata.resource_version);
+            let version = hpa.metadata.resource_version.clone().unwrap_or_default();
+            let conditions = conditions_of(&hpa);
+            match &last {
+                Some((seen, _)) if *seen == version => {}
+                Some((_, before)) => {
+                    if *before == conditions {
+                        metric_only += 1;
+                    } else {
+                        condition_changes += 1;
+                    }
+                    last = Some((version, conditions));
+                }
+                None => last = Some((version, conditions)),
+            }
         }
-        if versions.len() == 2 && surge.is_none() {
+        if metric_only + condition_changes == 1 && surge.is_none() {
             surge = Some(Load::start(address, 2, 15));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(
-        operator.reconciliations(),
-        Some(idle),
-        "an HPA status write triggered a reconcile"
+    let reconciles = operator.reconciliations().unwrap_or_default() - idle;
+    eprintln!(
+        "HPA status writes under load: {metric_only} moved only the metric, {condition_changes} \
+         changed its conditions; the operator reconciled {reconciles} times"
+    );
+    assert!(
+        reconciles <= condition_changes,
+        "an HPA status write that moved only the metric triggered a reconcile: {reconciles} \
+         reconciles for {condition_changes} condition changes"
     );
     if let Some(surge) = surge {
         surge.finish().await;
