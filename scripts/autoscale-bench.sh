@@ -160,6 +160,12 @@ load_start=$(now)
 echo "$load_start" >"$out/load-start"
 reconciles() { curl -fsS "http://$admin/metrics" | sed -n 's/^sandbox_operator_reconciliations_total //p'; }
 reconciles_before=$(reconciles)
+# The CR's status writes (server-side apply patches of its status subresource), one CR in this run.
+status_writes() {
+	curl -fsS "http://$admin/metrics" |
+		sed -n 's/^sandbox_operator_api_requests_total{resource="sandboxservices\/status",verb="patch"} //p' | awk '{ n += $1 } END { print n + 0 }'
+}
+status_writes_before=$(status_writes)
 autocannon -t 60 -c "$CONNECTIONS" -d "$DURATION" --json "http://$service/expensive-op" >"$out/autocannon.json" 2>/dev/null
 load_end=$(now)
 echo "load ended; waiting for the scale-in (window ${WINDOW}s)" >&2
@@ -172,6 +178,7 @@ scaled_in=$(now)
 # The operator's reconciles from load start to scale-in: it watches the HPA and Deployment it owns, so
 # each of their status writes (an HPA sync that moved the metric, a pod turning ready) starts one.
 echo "$(($(reconciles) - reconciles_before))" >"$out/operator-reconciles"
+echo "$(($(status_writes) - status_writes_before))" >"$out/operator-status-writes"
 sleep 3
 kill "$sampler_pid" && wait "$sampler_pid" 2>/dev/null || true
 sampler_pid=""

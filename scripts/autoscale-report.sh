@@ -39,7 +39,9 @@ else
 	echo "of the 503s, $no_endpoint came from the Service having no ready endpoint (every pod's readiness 429)"
 fi
 [ -f "$out/operator-reconciles" ] &&
-	echo "the operator reconciled $(cat "$out/operator-reconciles") times from load start to scale-in (its watches on the HPA and the Deployment fire on each of their status writes)"
+	echo "the operator reconciled $(cat "$out/operator-reconciles") times from load start to scale-in (the Deployment's ready counts and the HPA's decisions and conditions start one)"
+[ -f "$out/operator-status-writes" ] &&
+	echo "and wrote the SandboxService's status $(cat "$out/operator-status-writes") times"
 echo
 echo "autoscale-bench: -c $connections, CONCURRENCY=$concurrency, HPA on $gauge (target $target), ServiceMonitor interval $interval, HPA sync $sync, scale-down window ${window}s; peak $peak replicas"
 printf '| %-58s | %8s | %8s |\n' "step" "at (s)" "took (s)"

@@ -6,11 +6,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use crate::harness::{eventually, http_get};
@@ -110,20 +112,26 @@ pub(crate) struct Sample {
     /// `queue_ratio` as the HPA last read it.
     pub(crate) ratio: Option<f64>,
     pub(crate) deployment_replicas: i32,
-    /// The Deployment's ready pods.
-    pub(crate) ready: i32,
 }
 
-/// Samples the HPA and Deployment `name` every second until dropped.
+/// Samples the HPA and Deployment `name` every second until dropped, and watches the
+/// Deployment's ready count, each change with when the watch saw it: pods flap in and out of
+/// readiness under load faster than a look a second sees.
 pub(crate) struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
+    ready_changes: Arc<Mutex<Vec<(Timestamp, i32)>>>,
     task: tokio::task::JoinHandle<()>,
+    watch: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
     pub(crate) fn start(client: &Client, ns: &str, name: &str) -> Self {
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        let (watched, config) = (
+            deployments.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        );
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (name, into) = (name.to_string(), samples.clone());
         let task = tokio::spawn(async move {
@@ -137,34 +145,55 @@ impl Sampler {
                             &m.pods.as_ref()?.current.average_value.as_ref()?.0,
                         ))
                     });
-                    let ready = deployment
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0);
                     into.lock().unwrap().push(Sample {
                         at: Timestamp::now(),
                         current: status.current_replicas.unwrap_or(0),
                         desired: status.desired_replicas,
                         ratio,
                         deployment_replicas: deployment.spec.and_then(|s| s.replicas).unwrap_or(0),
-                        ready,
                     });
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        Self { samples, task }
+        let ready_changes = Arc::new(Mutex::new(Vec::new()));
+        let into = ready_changes.clone();
+        let watch = tokio::spawn(async move {
+            let mut changes = std::pin::pin!(watcher(watched, config).applied_objects());
+            while let Some(change) = changes.next().await {
+                let Ok(deployment) = change else { continue };
+                let ready = deployment
+                    .status
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                let mut seen = into.lock().unwrap();
+                if seen.last().is_none_or(|(_, last)| *last != ready) {
+                    seen.push((Timestamp::now(), ready));
+                }
+            }
+        });
+        Self {
+            samples,
+            ready_changes,
+            task,
+            watch,
+        }
     }
 
     pub(crate) fn samples(&self) -> Vec<Sample> {
         self.samples.lock().unwrap().clone()
+    }
+
+    /// The Deployment's ready count at each change, with when the watch saw it.
+    pub(crate) fn ready_changes(&self) -> Vec<(Timestamp, i32)> {
+        self.ready_changes.lock().unwrap().clone()
     }
 }
 
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.task.abort();
+        self.watch.abort();
     }
 }
 

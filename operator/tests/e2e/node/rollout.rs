@@ -143,12 +143,12 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
     let logs = PodLogs::follow(client, ns, selector);
     let idle = operator.wait_idle(Duration::from_secs(3)).await;
 
-    // Four kept-alive connections on two pods: the HPA's average queue_ratio moves from 0 to about
-    // 1 and it writes its status; two more connections for a while move it again. A write that
-    // moves only the metric may not trigger a reconcile; one that changes the HPA's conditions
-    // (the surge puts it above the target at maxReplicas: ScalingLimited) does, once, as the CR's
-    // status.autoscaling shows them.
-    let load = Load::start(address, 4, 100);
+    // Six kept-alive connections on two pods: the HPA's average queue_ratio moves from 0 to about
+    // 2, above the target at maxReplicas, and it writes its status with ScalingLimited turned true.
+    // Two more connections for a while move the metric again, and back, while its conditions stay
+    // as they are. A write that moves only the metric may not trigger a reconcile; one that changes
+    // the HPA's conditions does, once, as the CR's status.autoscaling shows them.
+    let load = Load::start(address, 6, 100);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     let conditions_of = |hpa: &HorizontalPodAutoscaler| -> Vec<(String, String, Option<String>)> {
         hpa.status
@@ -192,8 +192,10 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
         "HPA status writes under load: {metric_only} moved only the metric, {condition_changes} \
          changed its conditions; the operator reconciled {reconciles} times"
     );
+    // A condition change costs two: the HPA's trigger, and the CR's own status write it makes
+    // (the CR's watch sees every change of the CR; that reconcile writes nothing).
     assert!(
-        reconciles <= condition_changes,
+        reconciles <= 2 * condition_changes,
         "an HPA status write that moved only the metric triggered a reconcile: {reconciles} \
          reconciles for {condition_changes} condition changes"
     );
