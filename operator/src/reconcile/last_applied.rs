@@ -158,7 +158,6 @@ impl LastApplied {
         Some((*deployment).clone())
     }
 
-    /// Whether `desired` is what was last applied to the child and the child has not changed
     /// Wait until the HPA and pod caches hold their first full list, at most `limit`; whether they
     /// do. The status is made of them: one built from caches still empty after a (re)start would
     /// differ from the one last written, for a write that changes nothing real.
@@ -209,6 +208,7 @@ impl LastApplied {
             .collect()
     }
 
+    /// Whether `desired` is what was last applied to the child and the child has not changed
     /// since, so applying it again would change nothing.
     pub fn unchanged<K: CachedChild + Serialize>(&self, namespace: &str, desired: &K) -> bool {
         let key = key::<K>(namespace, desired);
