@@ -318,6 +318,26 @@ where
     start.elapsed()
 }
 
+/// The HPA's conditions as (type, status, reason): what the CR's `status.autoscaling` shows of
+/// them.
+pub fn hpa_conditions(hpa: &HorizontalPodAutoscaler) -> Vec<(String, String, String)> {
+    hpa.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .map(|c| {
+            let reason = c.reason.clone().unwrap_or_default();
+            (c.type_.clone(), c.status.clone(), reason)
+        })
+        .collect()
+}
+
+/// Whether the HPA reads its metric (`ScalingActive=True`): the adapter serves the pods' series.
+pub fn hpa_reads_its_metric(hpa: &HorizontalPodAutoscaler) -> bool {
+    hpa_conditions(hpa)
+        .iter()
+        .any(|(type_, status, _)| type_ == "ScalingActive" && status == "True")
+}
+
 /// How long an HPA must leave its status alone to count as settled: two of the test bed's HPA
 /// sync periods (`TESTBED_HPA_SYNC`, 5 s), with a second to spare.
 const HPA_QUIET: Duration = Duration::from_secs(11);
@@ -332,15 +352,7 @@ pub async fn wait_hpa_settled(client: &Client, namespace: &str, name: &str) {
     let mut last_change: Option<(String, Instant)> = None;
     loop {
         if let Some(hpa) = hpas.get_opt(name).await.expect("read the HPA") {
-            let reads = hpa
-                .status
-                .as_ref()
-                .and_then(|status| status.conditions.as_ref())
-                .is_some_and(|conditions| {
-                    conditions
-                        .iter()
-                        .any(|c| c.type_ == "ScalingActive" && c.status == "True")
-                });
+            let reads = hpa_reads_its_metric(&hpa);
             let version = hpa.resource_version().unwrap_or_default();
             match &last_change {
                 Some((seen, since)) if *seen == version => {
@@ -381,13 +393,7 @@ impl HpaConditionChanges {
                 if let Ok(list) = hpas.list(&Default::default()).await {
                     for hpa in list.items {
                         let name = hpa.name_any();
-                        let conditions: Vec<_> = hpa
-                            .status
-                            .and_then(|status| status.conditions)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
-                            .collect();
+                        let conditions = hpa_conditions(&hpa);
                         if let Some(before) = last.insert(name.clone(), conditions.clone())
                             && before != conditions
                         {

@@ -15,7 +15,7 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
-use crate::harness::{eventually, http_get};
+use crate::harness::{eventually, hpa_reads_its_metric, http_get};
 
 /// One sample of a process's own `/metrics`.
 pub(crate) fn process_metric(address: SocketAddr, name: &str) -> Option<f64> {
@@ -293,13 +293,7 @@ pub(crate) async fn hpa_reads_queue_ratio(client: &Client, ns: &str, name: &str)
         hpas.get(name)
             .await
             .ok()
-            .and_then(|h| h.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "ScalingActive" && c.status == "True")
-            })
+            .is_some_and(|hpa| hpa_reads_its_metric(&hpa))
     })
     .await;
 }

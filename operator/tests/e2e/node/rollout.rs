@@ -13,7 +13,7 @@ use serde_json::json;
 use super::in_cluster::InClusterOperator;
 use super::logs::PodLogs;
 use super::{OnTheNode, ready_pods, testbed_dir};
-use crate::harness::{AdminServer, apply, delete_namespace, http_get, wait_until};
+use crate::harness::{AdminServer, apply, delete_namespace, hpa_conditions, http_get, wait_until};
 use crate::load::{Load, fixed_replicas, hpa_reads_queue_ratio};
 
 /// kube-proxy's `kubeproxy_network_programming_duration_seconds`: from an endpoint's change (the pod's
@@ -147,16 +147,9 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
     // 2, above the target at maxReplicas, and it writes its status with ScalingLimited turned true.
     // Two more connections for a while move the metric again, and back, while its conditions stay
     // as they are. A write that moves only the metric may not trigger a reconcile; one that changes
-    // the HPA's conditions does, once, as the CR's status.autoscaling shows them.
+    // the HPA's conditions does, as the CR's status.autoscaling shows them (see below).
     let load = Load::start(address, 6, 100);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    let conditions_of = |hpa: &HorizontalPodAutoscaler| -> Vec<(String, String, Option<String>)> {
-        hpa.status
-            .iter()
-            .flat_map(|s| s.conditions.iter().flatten())
-            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-            .collect()
-    };
     let mut last: Option<(String, Vec<_>)> = None;
     let (mut metric_only, mut condition_changes) = (0, 0);
     let started = Instant::now();
@@ -168,7 +161,7 @@ async fn hpa_status_writes_cost_no_reconcile_and_a_rollout_under_load_loses_no_o
         );
         if let Ok(hpa) = hpas.get(&name).await {
             let version = hpa.metadata.resource_version.clone().unwrap_or_default();
-            let conditions = conditions_of(&hpa);
+            let conditions = hpa_conditions(&hpa);
             match &last {
                 Some((seen, _)) if *seen == version => {}
                 Some((_, before)) => {
