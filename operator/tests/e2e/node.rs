@@ -24,6 +24,7 @@ mod outage;
 mod reconcile;
 mod relief;
 mod rollout;
+mod settling;
 mod states;
 
 use crate::harness::{

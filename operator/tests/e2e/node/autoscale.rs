@@ -29,7 +29,7 @@ use crate::load::{
 
 /// A seed-like SandboxService on the node, its HPA reading `queue_ratio`, under the installed
 /// operator: the run, the CR's name and the operator.
-async fn ready_to_scale(
+pub(super) async fn ready_to_scale(
     ns: &str,
     cr: impl Fn(&str) -> Value,
     pods: usize,
