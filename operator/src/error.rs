@@ -2,7 +2,7 @@
 //! `category` label of the failure metric and as the reason of the Warning event, so neither
 //! ever carries an unbounded string.
 
-use crate::spec::InvalidSpec;
+use crate::api::InvalidSpec;
 
 /// Everything that can go wrong in the operator.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,8 @@
 //! Deployment, Service, ServiceMonitor and a HorizontalPodAutoscaler on `queue_ratio`.
 //!
 //! The tree reads as the way a `SandboxService` travels:
-//! - [`spec`]: what the user writes: the CRD types, their rules and validation (step 1);
-//! - [`build`]: the children of a valid spec, one pure builder per kind (step 2);
+//! - [`api`]: what the user writes: the CRD types, their rules and validation (step 1);
+//! - [`children`]: the children of a valid spec, one pure builder per kind (step 2);
 //! - [`reconcile`]: the pipeline itself, validate → build → apply (step 3) → status (step 4),
 //!   with what it keeps between reconciles;
 //! - [`process`]: `operator run` around the pipeline: the controller's watches, leader
@@ -16,13 +16,13 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-pub mod build;
+pub mod api;
+pub mod children;
 pub mod error;
 pub mod manifests;
 pub mod names;
 pub mod process;
 pub mod reconcile;
-pub mod spec;
 pub mod telemetry;
 
 pub use error::{Error, Result};

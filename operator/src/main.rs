@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Crd) => {
-            print!("{}", operator::spec::schema::crd_yaml());
+            print!("{}", operator::api::schema::crd_yaml());
             Ok(())
         }
         Some(Command::Rbac) => {

@@ -1,5 +1,5 @@
 //! The source tree's layout as a test: sibling modules of `operator/src` never depend on each
-//! other in a circle, so the tree can be read in one direction (spec → build → reconcile →
+//! other in a circle, so the tree can be read in one direction (api → children → reconcile →
 //! process). A dependency is any `crate::`, `super::` or `self::` path outside comments,
 //! test modules included; a module may use its parent or its children freely.
 
@@ -216,29 +216,29 @@ fn sibling_modules_form_no_circle() {
 #[test]
 fn paths_are_read_through_braces_and_past_comments() {
     let code = code_lines(
-        "use crate::spec::{SandboxService, validate::{self, Owner}};\n// crate::process::run\nlet x = super::apply::FIELD;",
+        "use crate::api::{SandboxService, validate::{self, Owner}};\n// crate::process::run\nlet x = super::apply::FIELD;",
     );
     let paths = named_paths(&code);
     assert_eq!(
         paths,
         [
-            ("crate".to_string(), vec!["spec".to_string()]),
-            ("crate".to_string(), vec!["spec".to_string()]),
+            ("crate".to_string(), vec!["api".to_string()]),
+            ("crate".to_string(), vec!["api".to_string()]),
             (
                 "crate".to_string(),
-                vec!["spec".to_string(), "validate".to_string()]
+                vec!["api".to_string(), "validate".to_string()]
             ),
             (
                 "crate".to_string(),
                 vec![
-                    "spec".to_string(),
+                    "api".to_string(),
                     "validate".to_string(),
                     "self".to_string()
                 ]
             ),
             (
                 "crate".to_string(),
-                vec!["spec".to_string(), "validate".to_string()]
+                vec!["api".to_string(), "validate".to_string()]
             ),
             ("super".to_string(), vec!["apply".to_string()]),
         ]

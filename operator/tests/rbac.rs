@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
+use operator::api::crd::DEFAULT_IMAGE;
 use operator::manifests::rbac::{MANAGED_RESOURCES, ManagedResource, rbac_yaml};
-use operator::spec::crd::DEFAULT_IMAGE;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

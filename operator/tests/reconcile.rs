@@ -18,7 +18,8 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
-use operator::build::ServiceMonitor;
+use operator::api::SandboxService;
+use operator::children::ServiceMonitor;
 use operator::names::FIELD_MANAGER;
 use operator::reconcile::last_applied::ChildCaches;
 use operator::reconcile::status::{DEGRADED, PROGRESSING, READY};
@@ -26,7 +27,6 @@ use operator::reconcile::{
     CRD_RECHECK_INTERVAL, Context, RECONCILE_TIMEOUT, RESYNC_INTERVAL, error_policy, reconcile,
     retry_delay,
 };
-use operator::spec::SandboxService;
 use operator::telemetry::metrics::Metrics;
 
 const NAMESPACE: &str = "sandbox";

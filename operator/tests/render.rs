@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use operator::build::{self, Children};
+use operator::api::schema;
+use operator::api::validate::{is_prometheus_duration, validate};
+use operator::children::{self, Children};
 use operator::manifests::render;
-use operator::spec::schema;
-use operator::spec::validate::{is_prometheus_duration, validate};
 use serde_json::Value;
 
 #[path = "support/refused_crs.rs"]
@@ -29,7 +29,7 @@ fn fixture_path(name: &str) -> PathBuf {
 fn children_of(fixture: &str) -> Children {
     let text = std::fs::read_to_string(fixture_path(fixture)).unwrap();
     let cr = render::parse(fixture, &text).unwrap();
-    build::children(&validate(&cr).unwrap())
+    children::build(&validate(&cr).unwrap())
 }
 
 /// The ServiceMonitor CRD vendored in `third_party/prometheus-operator` (override with `SERVICEMONITOR_CRD`).

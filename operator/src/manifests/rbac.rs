@@ -264,8 +264,8 @@ pub fn rbac_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::ServiceMonitor;
-    use crate::spec::SandboxService;
+    use crate::api::SandboxService;
+    use crate::children::ServiceMonitor;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     use k8s_openapi::api::coordination::v1::Lease;

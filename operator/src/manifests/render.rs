@@ -5,10 +5,10 @@ use std::io::Read;
 
 use kube::Resource;
 
-use crate::build;
+use crate::api::SandboxService;
+use crate::api::validate;
+use crate::children;
 use crate::error::{Error, Result};
-use crate::spec::SandboxService;
-use crate::spec::validate;
 
 /// Read `path` (`-` for stdin) and render its children.
 pub fn render_path(path: &str) -> Result<String> {
@@ -30,7 +30,7 @@ pub fn render_path(path: &str) -> Result<String> {
 pub fn render(source: &str, text: &str) -> Result<String> {
     let cr = parse(source, text)?;
     let valid = validate(&cr)?;
-    Ok(build::children(&valid).to_yaml()?)
+    Ok(children::build(&valid).to_yaml()?)
 }
 
 /// Parse one `SandboxService`, rejecting other kinds and unknown fields (named by their path,

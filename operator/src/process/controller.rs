@@ -21,11 +21,11 @@ use tracing::{debug, info, warn};
 use super::admin::AdminState;
 use super::discovery::{service_monitor_crd_changed, service_monitor_crd_installed};
 use super::watch_backoff::{NoWait, WatchBackoff};
-use crate::build::ServiceMonitor;
+use crate::api::SandboxService;
+use crate::children::ServiceMonitor;
 use crate::names::MANAGED_BY_SELECTOR;
 use crate::reconcile::last_applied::{ChildCaches, Fingerprint};
 use crate::reconcile::{Context, backoff, error_policy, reconcile, triggers};
-use crate::spec::SandboxService;
 
 /// Run the controller until `shutdown` completes, then let running reconciles finish.
 ///

@@ -13,7 +13,7 @@ use tracing::warn;
 use kube::error::DiscoveryError;
 
 use super::watch_backoff::WatchBackoff;
-use crate::build::ServiceMonitor;
+use crate::children::ServiceMonitor;
 use crate::error::is_not_found;
 use crate::names::SERVICE_MONITOR_CRD;
 use crate::reconcile::doubling;

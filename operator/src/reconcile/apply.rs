@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use tracing::warn;
 
-use crate::build::{Children, ServiceMonitor};
+use crate::children::{Children, ServiceMonitor};
 use crate::error::{Error, Result, is_conflict, is_not_found};
 use crate::names::FIELD_MANAGER;
 use crate::reconcile::last_applied::{CachedChild, Fingerprint, LastApplied};

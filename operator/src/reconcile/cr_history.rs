@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::spec::{SandboxService, SandboxServiceStatus};
+use crate::api::{SandboxService, SandboxServiceStatus};
 
 /// Per-CR failures and last written status; see the module documentation.
 #[derive(Debug, Default)]

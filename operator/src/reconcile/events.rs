@@ -5,7 +5,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use crate::spec::SandboxService;
+use crate::api::SandboxService;
 
 /// An Event to publish on the CR: a bounded reason and a human note.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
 
-use crate::build::ServiceMonitor;
+use crate::children::ServiceMonitor;
 
 /// The watch caches of the children, as the Controller's child watches fill them.
 #[derive(Clone)]

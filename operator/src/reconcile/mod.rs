@@ -1,8 +1,8 @@
 //! The reconcile pipeline: a `SandboxService` goes validate → build → apply → update status.
 //!
 //! [`reconcile`] reads top to bottom as that pipeline; each step is one call:
-//! 1. [`crate::spec::validate()`] (pure);
-//! 2. [`crate::build::children`] (pure, one builder per child kind);
+//! 1. [`crate::api::validate()`] (pure);
+//! 2. [`crate::children::build`] (pure, one builder per child kind);
 //! 3. [`apply::apply_children`]: server-side apply of what changed ([`last_applied`]);
 //! 4. [`status::update`]: the status written only when it changed, and the Events it deserves.
 //!
@@ -37,10 +37,10 @@ use self::cr_history::CrHistory;
 use self::events::Notice;
 use self::last_applied::LastApplied;
 use self::status::Observation;
-use crate::build;
+use crate::api::{SandboxService, validate};
+use crate::children;
 use crate::error::{Error, Result, is_refusal};
 use crate::names::FIELD_MANAGER;
-use crate::spec::{SandboxService, validate};
 use crate::telemetry::api_calls::measuring_api_wait;
 use crate::telemetry::metrics::Metrics;
 
@@ -167,7 +167,7 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
             (Observation::Invalid(invalid), Action::await_change())
         }
         Ok(valid) => {
-            let children = build::children(&valid);
+            let children = children::build(&valid);
             match apply::apply_children(&ctx.client, &namespace, &children, &uid, &ctx.last_applied)
                 .await
             {

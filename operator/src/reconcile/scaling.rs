@@ -12,7 +12,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::spec::autoscaling_status::{
+use crate::api::autoscaling_status::{
     AutoscalingStatus, HpaCondition, MAX_SCALE_EVENTS, ScaleEvent,
 };
 

@@ -19,10 +19,10 @@ use super::Context;
 use super::apply::{ApplyOutcome, MonitoringOutcome};
 use super::events::{self, Notice};
 use super::scaling::{self, ScaleInputs};
-use crate::build::hpa;
+use crate::api::{InvalidSpec, SandboxService, SandboxServiceStatus};
+use crate::children::hpa;
 use crate::error::{Error, Result};
 use crate::names::{FIELD_MANAGER, selector_string};
-use crate::spec::{InvalidSpec, SandboxService, SandboxServiceStatus};
 
 /// `type` of the condition that is true while at least one pod serves traffic.
 pub const READY: &str = "Ready";

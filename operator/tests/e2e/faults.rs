@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use operator::api::SandboxService;
 use operator::process::leader::LEASE_DURATION_SECONDS;
-use operator::spec::SandboxService;
 
 use crate::harness::{
     Operator, admin_client, api_server_address, apply, delete_namespace, eventually, kubectl_ok,

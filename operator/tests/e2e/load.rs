@@ -26,7 +26,7 @@ pub(crate) fn process_metric(address: SocketAddr, name: &str) -> Option<f64> {
 
 /// A Kubernetes quantity as a number (`2`, `1500m`).
 pub(crate) fn quantity(text: &str) -> f64 {
-    operator::spec::quantity::value(text).unwrap_or_else(|| panic!("not a quantity: {text}"))
+    operator::api::quantity::value(text).unwrap_or_else(|| panic!("not a quantity: {text}"))
 }
 
 /// The seed's load: `autocannon -t 60 -c CONNECTIONS -d SECONDS --json`.

@@ -39,9 +39,9 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, ValidationDirective};
 use kube::{Client, Resource, ResourceExt};
-use operator::build::ServiceMonitor;
+use operator::api::SandboxService;
+use operator::children::ServiceMonitor;
 use operator::names::SERVICE_MONITOR_CRD;
-use operator::spec::SandboxService;
 use serde_json::{Value, json};
 
 const SERVICE_MONITOR_CRD_FILE: &str =

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
 
-use operator::spec::SandboxService;
+use operator::api::SandboxService;
 
 mod autoscale;
 mod in_cluster;

@@ -12,8 +12,8 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
+use operator::api::SandboxService;
 use operator::process::leader::LEASE_DURATION_SECONDS;
-use operator::spec::SandboxService;
 
 use crate::audit::{AuditLog, Request, histogram, max_in_flight};
 use crate::harness::{

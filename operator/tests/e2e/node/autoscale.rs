@@ -12,10 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use operator::build::deployment::READINESS_PERIOD_SECONDS;
+use operator::api::SandboxService;
+use operator::api::autoscaling_status::ScaleEvent;
+use operator::children::deployment::READINESS_PERIOD_SECONDS;
 use operator::names::FIELD_MANAGER;
-use operator::spec::SandboxService;
-use operator::spec::autoscaling_status::ScaleEvent;
 use serde_json::{Value, json};
 
 use super::in_cluster::InClusterOperator;

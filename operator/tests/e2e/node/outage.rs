@@ -103,7 +103,7 @@ async fn a_frozen_api_server_puts_the_in_cluster_operator_in_no_crash_loop() {
         "after-thaw",
         json!({"monitoring": {"serviceMonitor": false}}),
     );
-    apply::<operator::spec::SandboxService>(&crs, cr)
+    apply::<operator::api::SandboxService>(&crs, cr)
         .await
         .expect("apply a SandboxService after the thaw");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);

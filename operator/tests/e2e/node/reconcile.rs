@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};
-use operator::build::ServiceMonitor;
+use operator::api::SandboxService;
+use operator::children::ServiceMonitor;
 use operator::names::SERVICE_MONITOR_CRD;
-use operator::spec::SandboxService;
 use serde_json::json;
 
 use super::in_cluster::InClusterOperator;

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
+use operator::api::SandboxService;
 use operator::reconcile::scaling::METRIC_GRACE;
-use operator::spec::SandboxService;
 use serde_json::{Value, json};
 
 use super::in_cluster::InClusterOperator;

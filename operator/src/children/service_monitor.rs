@@ -11,8 +11,8 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
 use super::{HTTP_PORT_NAME, metadata};
+use crate::api::Validated;
 use crate::names::selector_labels;
-use crate::spec::Validated;
 
 /// The subset of the ServiceMonitor spec this operator writes.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -85,7 +85,7 @@ pub fn build(valid: &Validated) -> ServiceMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::valid;
+    use crate::children::test_support::valid;
 
     #[test]
     fn defaults() {

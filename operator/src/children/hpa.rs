@@ -9,10 +9,10 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::metadata;
-use crate::spec::Validated;
-use crate::spec::autoscaling::ScalingRules;
-use crate::spec::crd::Autoscaling;
-use crate::spec::quantity::ratio_quantity;
+use crate::api::Validated;
+use crate::api::autoscaling::ScalingRules;
+use crate::api::crd::Autoscaling;
+use crate::api::quantity::ratio_quantity;
 
 /// Per-pod metrics the workload exports on `/metrics` (via a metrics adapter to the HPA).
 pub use workload::contract::{QUEUE_OCCUPANCY_METRIC, QUEUE_RATIO_METRIC};
@@ -108,7 +108,7 @@ pub fn build(valid: &Validated) -> HorizontalPodAutoscaler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::valid;
+    use crate::children::test_support::valid;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     #[test]

@@ -6,7 +6,7 @@
 pub const MAX_QUEUE_FACTOR: i64 = 1000;
 
 /// Longest `operationDurationMs`, one hour: the pod's grace period is derived from it (see
-/// [`crate::build::deployment`]), so it must stay a duration a node can wait for.
+/// [`crate::children::deployment`]), so it must stay a duration a node can wait for.
 pub const MAX_OPERATION_DURATION_MS: i64 = 3_600_000;
 
 /// Upper bound of `behavior.scaleDown.stabilizationWindowSeconds` accepted by the HPA API.

@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{CONTAINER_PORT, HTTP_PORT_NAME, connections, metadata};
+use crate::api::Validated;
+use crate::api::crd::SandboxServiceSpec;
+use crate::api::validate::prometheus_duration_ms;
 use crate::names::{labels, selector_labels};
-use crate::spec::Validated;
-use crate::spec::crd::SandboxServiceSpec;
-use crate::spec::validate::prometheus_duration_ms;
 use workload::contract;
 
 /// Name of the workload container.
@@ -229,8 +229,8 @@ fn runtime_default_seccomp() -> SeccompProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::valid;
-    use crate::spec::crd::DEFAULT_IMAGE;
+    use crate::api::crd::DEFAULT_IMAGE;
+    use crate::children::test_support::valid;
 
     fn container(deployment: &Deployment) -> &Container {
         &deployment

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
-use crate::spec::quantity;
+use crate::api::quantity;
 use workload::contract;
 
 /// The workload's `HEADER_READ_TIMEOUT_MS`: a request head must arrive within it, and a kept-alive

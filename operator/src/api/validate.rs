@@ -18,13 +18,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::spec::autoscaling::{MAX_POLICIES, MAX_POLICY_PERIOD_SECONDS};
-use crate::spec::crd::{
+use crate::api::autoscaling::{MAX_POLICIES, MAX_POLICY_PERIOD_SECONDS};
+use crate::api::crd::{
     Autoscaling, MAX_INT32, MAX_OPERATION_DURATION_MS, MAX_QUEUE_FACTOR, MAX_STABILIZATION_SECONDS,
     SandboxService, SandboxServiceSpec,
 };
-use crate::spec::quantity;
-use crate::spec::rules::SPEC_RULES;
+use crate::api::quantity;
+use crate::api::rules::SPEC_RULES;
 
 /// A spec rule a `SandboxService` breaks; `field` is the path of the offending field in the CR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,11 +1,11 @@
 //! The spec rules that relate one field to another or to a constant, stated once: [`SPEC_RULES`]
-//! becomes the CRD's CEL rules on `spec` ([`SpecRule::cel`], added by [`crate::spec::schema::crd`]) and
-//! the same checks in Rust ([`SpecRule::check`], run by [`crate::spec::validate()`]).
+//! becomes the CRD's CEL rules on `spec` ([`SpecRule::cel`], added by [`crate::api::schema::crd`]) and
+//! the same checks in Rust ([`SpecRule::check`], run by [`crate::api::validate()`]).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
 
-use crate::spec::InvalidSpec;
-use crate::spec::crd::{MIN_TARGET_QUEUE_RATIO, SandboxServiceSpec};
+use crate::api::InvalidSpec;
+use crate::api::crd::{MIN_TARGET_QUEUE_RATIO, SandboxServiceSpec};
 
 /// A numeric field of the spec, as CEL and Rust each reach it.
 #[derive(Debug, Clone, Copy)]

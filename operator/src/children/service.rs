@@ -4,8 +4,8 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{HTTP_PORT_NAME, metadata};
+use crate::api::Validated;
 use crate::names::selector_labels;
-use crate::spec::Validated;
 
 /// Build the Service: `spec.service.port` forwarded to the pods' named `http` port.
 pub fn build(valid: &Validated) -> Service {
@@ -31,7 +31,7 @@ pub fn build(valid: &Validated) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::test_support::valid;
+    use crate::children::test_support::valid;
 
     #[test]
     fn defaults() {
@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn unknown_service_type_is_rejected_when_parsing() {
-        let err = serde_yaml::from_str::<crate::spec::crd::SandboxServiceSpec>(
+        let err = serde_yaml::from_str::<crate::api::crd::SandboxServiceSpec>(
             "service: {type: ExternalName}",
         )
         .unwrap_err();

@@ -13,8 +13,8 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::api::{Owner, Validated};
 use crate::names::labels;
-use crate::spec::{Owner, Validated};
 pub use service_monitor::ServiceMonitor;
 
 /// Name of the container port (and the Service port) serving HTTP.
@@ -37,7 +37,7 @@ pub struct Children {
 }
 
 /// Build every child of a validated `SandboxService`.
-pub fn children(valid: &Validated) -> Children {
+pub fn build(valid: &Validated) -> Children {
     Children {
         deployment: deployment::build(valid),
         service: service::build(valid),
@@ -82,7 +82,7 @@ fn metadata(owner: &Owner) -> ObjectMeta {
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Inline-YAML CRs for the builder tests.
-    use crate::spec::{SandboxService, Validated, validate};
+    use crate::api::{SandboxService, Validated, validate};
 
     /// Validate a CR named `demo` in namespace `apps` (uid `uid-1`) with the given spec YAML.
     pub fn valid(spec_yaml: &str) -> Validated {
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn every_child_shares_name_namespace_labels_and_owner() {
-        let children = children(&valid(""));
+        let children = build(&valid(""));
         let metas = [
             &children.deployment.metadata,
             &children.service.metadata,
@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn service_monitor_is_left_out_when_disabled() {
-        let children = children(&valid("monitoring: {serviceMonitor: false}"));
+        let children = build(&valid("monitoring: {serviceMonitor: false}"));
         assert!(children.service_monitor.is_none());
         let yaml = children.to_yaml().unwrap();
         assert_eq!(yaml.matches("---\n").count(), 3);
