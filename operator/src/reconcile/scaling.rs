@@ -154,12 +154,14 @@ pub fn metric_failure(
     (Some((FAILED_GET_METRIC, message)), None)
 }
 
-/// The replicas the HPA wants, or `replicas` (the Deployment's) before its first sync: a new HPA's
-/// status says `desiredReplicas: 0` with no condition until the controller has looked at it.
+/// The replicas the HPA wants, or `replicas` (the Deployment's) while it has decided nothing: a
+/// new HPA's status says `desiredReplicas: 0` until it first reads its metric, which may be never
+/// (`ScalingActive=False`), and our HPAs have `minReplicas` of at least 1.
 pub fn desired_replicas(hpa: Option<&HorizontalPodAutoscaler>, replicas: i32) -> i32 {
     hpa.and_then(|hpa| hpa.status.as_ref())
-        .filter(|status| status.conditions.as_ref().is_some_and(|c| !c.is_empty()))
-        .map_or(replicas, |status| status.desired_replicas)
+        .map(|status| status.desired_replicas)
+        .filter(|desired| *desired > 0)
+        .unwrap_or(replicas)
 }
 
 /// What the status step knows when it builds `status.autoscaling`.
@@ -507,11 +509,16 @@ mod tests {
     }
 
     #[test]
-    fn a_new_hpa_wants_what_the_deployment_has_until_its_first_sync() {
+    fn an_hpa_wants_what_the_deployment_has_until_it_decides() {
         let new = hpa("{desiredReplicas: 0, currentReplicas: 0}");
         assert_eq!(desired_replicas(Some(&new), 1), 1);
         let status = autoscaling_status(None, inputs(&new, 1, 1, None), &at(0));
         assert_eq!(status.replicas, "1/1");
+        // Synced, but it never read its metric: it still decided nothing.
+        let unread = hpa(
+            "{desiredReplicas: 0, currentReplicas: 1, conditions: [{type: ScalingActive, status: 'False', reason: FailedGetPodsMetric}]}",
+        );
+        assert_eq!(desired_replicas(Some(&unread), 1), 1);
         let synced = scaled(1, 3, 6, "4");
         assert_eq!(desired_replicas(Some(&synced), 1), 3);
         assert_eq!(desired_replicas(None, 2), 2);
