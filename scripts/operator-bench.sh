@@ -5,8 +5,9 @@
 #                   until every Deployment has a ready pod; writes = the objects applied; no Events
 #   2. operator     the N CRs applied at once to a running operator: time until every CR reports
 #                   Ready=True for its generation
-#   3. steady       the same CRs left alone for BENCH_STEADY_SECONDS (kwok moves Pod and Node status,
-#                   the HPAs write status): writes per minute and CPU % of one core
+#   3. steady       the same CRs left alone for BENCH_STEADY_SECONDS once settled (each HPA synced and
+#                   reading its metric, or the CR Degraded; kwok moves Pod and Node status, the HPAs
+#                   write status): writes per minute and CPU % of one core
 #   4. spec change  concurrency 1 -> 2 on every CR: time until every CR reports its new generation
 #                   Ready and its rollout complete (Progressing=False, RolloutComplete)
 # Columns: wall time; the operator's API writes (create/update/patch/delete of children and CR status,
@@ -256,6 +257,19 @@ phase operator "$operator_wall"
 peak_hwm=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$operator_pid/status")
 
 # --- 3. steady state ------------------------------------------------------------------------------
+# Idle means nothing left to report: each HPA has synced (its conditions are in the CR's status) and
+# each that cannot read its metric (kwok's pods serve none without a workload process) is Degraded,
+# once the operator's 120 s grace has passed. Those are changes, and their writes belong to no phase.
+settled_crs() {
+	api_get "/apis/sandbox.perf.dev/v1alpha1/sandboxservices?labelSelector=$label%3Dtrue" | jq '
+		[.items[] | select((.status.autoscaling.conditions // []) as $hpa | ($hpa | length) > 0
+			and (any($hpa[]; .type == "ScalingActive" and .status == "True")
+				or any(.status.conditions[]?; .type == "Degraded" and .status == "True")))]
+		| length'
+}
+start=$(now)
+wait_for_all "SandboxServices settled (HPAs synced and read, or Degraded)" settled_crs
+log "settled $(elapsed "$start" "$(now)") s after all were Ready"
 log "steady state: ${steady_seconds}s"
 mark steady-start
 sleep "$steady_seconds"
