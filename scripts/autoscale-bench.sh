@@ -12,7 +12,7 @@
 # a cluster's default; 5s otherwise). Starts the test bed if it is not up (and stops it again).
 # On the real node (TESTBED_NODES=real) the load goes to the Service's NodePort through kube-proxy, the
 # pods are containers scraped at their pod IPs, and the operator is the in-cluster one that
-# `kubectl apply -k deploy/operator` installs; on kwok's nodes, the load goes through the stand-in's
+# `kubectl apply -k crds` and `-k deploy/operator` install; on kwok's nodes, the load goes through the stand-in's
 # per-request proxy and the operator runs here as the test bed's admin.
 # Output in target/autoscale-bench (OUT): samples.tsv, pods.tsv, autocannon.json, run.png.
 set -euo pipefail
@@ -49,6 +49,7 @@ testbed_up
 
 kubectl apply --server-side -f third_party/prometheus-operator/monitoring.coreos.com_servicemonitors.yaml >/dev/null
 if [ "$TESTBED_NODES" = real ]; then
+	kubectl apply --server-side -k crds >/dev/null
 	kubectl apply --server-side -k deploy/operator >/dev/null
 	kubectl rollout status deployment/sandbox-operator -n sandbox-system --timeout=180s >/dev/null
 	# The operator's admin server at its pod IP (pod addresses are reachable from the node).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks deploy/ without a cluster; every object is validated, none skipped, a missing tool fails:
-#   - `kubectl kustomize deploy/operator` builds, and every object passes `kubernetes-validate --strict`
-#     (the CRD included);
+#   - `kubectl kustomize crds` builds the CRD and nothing else, `kubectl kustomize deploy/operator` the
+#     operator without any CRD (deleting it must keep every SandboxService), and every object of both
+#     passes `kubernetes-validate --strict`;
 #   - each SandboxService in deploy/examples/ validates against the CRD's schema and renders with
 #     `operator render`; the rendered built-ins pass `kubernetes-validate --strict`, the ServiceMonitor
 #     its CRD's schema (strict: unknown fields fail);
@@ -31,7 +32,8 @@ python3 -c 'import yaml, jsonschema' 2>/dev/null ||
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "--- kubectl kustomize deploy/operator"
+echo "--- kubectl kustomize crds, deploy/operator"
+kubectl kustomize crds > "$work/crds.yaml"
 kubectl kustomize deploy/operator > "$work/install.yaml"
 
 echo "--- operator render -f deploy/examples/*.yaml"
@@ -49,13 +51,13 @@ for example in "${examples[@]}"; do
 done
 
 echo "--- validating"
-python3 - "$KUBERNETES_VERSION" "$SERVICEMONITOR_CRD" "$PROMETHEUSRULE_CRD" "$work/install.yaml" \
+python3 - "$KUBERNETES_VERSION" "$SERVICEMONITOR_CRD" "$PROMETHEUSRULE_CRD" "$work/crds.yaml" "$work/install.yaml" \
   --examples "${examples[@]}" --rendered "${rendered[@]}" <<'PY'
 import copy, subprocess, sys
 import jsonschema, yaml
 
-version, servicemonitor_crd, prometheusrule_crd, install = sys.argv[1:5]
-rest = sys.argv[5:]
+version, servicemonitor_crd, prometheusrule_crd, crds, install = sys.argv[1:6]
+rest = sys.argv[6:]
 examples = rest[rest.index("--examples") + 1 : rest.index("--rendered")]
 rendered = rest[rest.index("--rendered") + 1 :]
 problems = []
@@ -138,8 +140,9 @@ def check(docs, label, expect_kinds=None):
             problems.append(f"{label}: expected {sorted(expect_kinds)}, got {kinds}")
 
 
+check(documents(crds), "crds", ["CustomResourceDefinition"])
 check(documents(install), "deploy/operator",
-      ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+      ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
        "Role", "RoleBinding", "Deployment", "Service"])
 check(documents("deploy/monitoring/adapter-config.yaml"), "deploy/monitoring", ["ConfigMap"])
 check(documents("deploy/monitoring/operator-servicemonitor.yaml"), "deploy/monitoring", ["ServiceMonitor"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole thing on this machine, as a user would run it on a cluster: installs what it needs, builds the
 # test bed (a Kubernetes control plane and one real node, from Go modules) and the images (without Docker),
-# brings the test bed up, installs the operator with `kubectl apply -k deploy/operator`, applies the seed's
+# brings the test bed up, installs the CRD and the operator (`kubectl apply -k crds`, `-k deploy/operator`), applies the seed's
 # SandboxService and loads its NodePort Service with the seed's autocannon run. While it runs, a line every
 # 5 s shows the pods, each pod's value of the HPA's metric and the HPA's decision; at the end, the timing table and a
 # chart (target/demo/run.png).
@@ -38,7 +38,8 @@ TESTBED_NODES=real scripts/testbed.sh up >/dev/null
 eval "$(scripts/testbed.sh env)"
 kubectl get nodes -o wide >&2
 
-step "kubectl apply --server-side -k deploy/operator"
+step "kubectl apply --server-side -k crds, then -k deploy/operator"
+kubectl apply --server-side -k crds >&2
 kubectl apply --server-side -k deploy/operator >&2
 kubectl rollout status deployment/sandbox-operator -n sandbox-system --timeout=180s >&2
 

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 /// Events (`reportingController`) and logs.
 pub const FIELD_MANAGER: &str = "sandbox-operator";
 
+/// The leader-election Lease's default name (`LEASE_NAME`), the one the install's RBAC grants.
+pub const LEASE_NAME: &str = "sandbox-operator";
+
 /// `app.kubernetes.io/managed-by` value on every child; the controller watches children by it.
 pub const MANAGED_BY: &str = "sandbox-operator";
 

@@ -9,22 +9,33 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use operator::api::crd::DEFAULT_IMAGE;
-use operator::manifests::rbac::{MANAGED_RESOURCES, ManagedResource, rbac_yaml};
+use operator::manifests::rbac::{
+    EDIT_ROLE, MANAGED_RESOURCES, ManagedResource, SERVICE_ACCOUNT, VIEW_ROLE, rbac_yaml,
+};
+use operator::names::LEASE_NAME;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// `(apiGroup, resource, resourceNames)` → verbs; no names means every object.
 type Grants = BTreeMap<(String, String, Vec<String>), BTreeSet<String>>;
 
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/operator")
+/// A directory of the repository, from its root.
+fn repo_dir(dir: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(dir)
 }
 
 /// The objects `kubectl apply -k deploy/operator` would apply.
 fn built_install() -> Vec<Value> {
+    kustomized("deploy/operator")
+}
+
+/// The objects `kubectl apply -k DIR` would apply.
+fn kustomized(dir: &str) -> Vec<Value> {
     let output = Command::new("kubectl")
         .arg("kustomize")
-        .arg(deploy_dir())
+        .arg(repo_dir(dir))
         .output()
         .unwrap_or_else(|e| {
             panic!(
@@ -34,7 +45,7 @@ fn built_install() -> Vec<Value> {
         });
     assert!(
         output.status.success(),
-        "kubectl kustomize deploy/operator failed:\n{}",
+        "kubectl kustomize {dir} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).unwrap();
@@ -186,10 +197,12 @@ fn install_grants_exactly_the_verbs_the_operator_uses() {
     let objects = built_install();
     assert_eq!(rbac_problems(&objects), Vec::<String>::new());
     // The Lease is the only namespaced grant; everything else is needed in every namespace.
-    assert_eq!(
-        one(&objects, "ClusterRole")["metadata"]["name"],
-        "sandbox-operator"
-    );
+    let cluster_roles: Vec<&Value> = find(&objects, "ClusterRole")
+        .into_iter()
+        .map(|role| &role["metadata"]["name"])
+        .collect();
+    // kustomize sorts them by name.
+    assert_eq!(cluster_roles, [EDIT_ROLE, VIEW_ROLE, SERVICE_ACCOUNT]);
     let role = one(&objects, "Role");
     assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
 }
@@ -203,7 +216,7 @@ fn committed_rbac_is_what_operator_rbac_prints() {
     assert!(printed.status.success(), "{printed:?}");
     let printed = String::from_utf8(printed.stdout).unwrap();
     assert_eq!(printed, rbac_yaml());
-    let file = deploy_dir().join("rbac.yaml");
+    let file = repo_dir("deploy/operator/rbac.yaml");
     let committed = std::fs::read_to_string(&file)
         .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
     assert!(
@@ -221,7 +234,7 @@ fn a_wildcard_a_missing_or_an_extra_verb_is_reported() {
         let mut changed = objects.clone();
         let role = changed
             .iter_mut()
-            .find(|o| o["kind"] == "ClusterRole")
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == SERVICE_ACCOUNT)
             .unwrap();
         change(role);
         rbac_problems(&changed)
@@ -281,6 +294,8 @@ fn operator_deployment_runs_this_version_with_probes_on_its_admin_port() {
         env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
     );
+    // The Lease the Role grants by name.
+    assert_eq!(env["LEASE_NAME"]["value"], LEASE_NAME);
 
     let admin_addr: std::net::SocketAddr = env["ADMIN_ADDR"]["value"]
         .as_str()
@@ -335,17 +350,32 @@ fn numbers_as_floats(value: &Value) -> Value {
 }
 
 #[test]
-fn install_carries_the_committed_crd() {
-    let objects = built_install();
-    let crd = one(&objects, "CustomResourceDefinition");
+fn the_operator_install_carries_no_crd_so_deleting_it_keeps_every_sandbox_service() {
+    let install = built_install();
+    let crds = find(&install, "CustomResourceDefinition");
+    assert!(
+        crds.is_empty(),
+        "deploy/operator installs a CRD: `kubectl delete -k deploy/operator` would delete it and every SandboxService"
+    );
+}
+
+#[test]
+fn the_crd_install_carries_the_committed_crd_and_nothing_else() {
+    let objects = kustomized("crds");
+    let kinds: Vec<&Value> = objects.iter().map(|o| &o["kind"]).collect();
+    assert_eq!(kinds, ["CustomResourceDefinition"]);
     // The committed file, which tests/render.rs keeps equal to `operator crd`'s output.
-    let committed =
-        std::fs::read_to_string(deploy_dir().join("../../crds/sandboxservice.yaml")).unwrap();
+    let committed = std::fs::read_to_string(repo_dir("crds/sandboxservice.yaml")).unwrap();
     let committed: Value = serde_yaml::from_str(&committed).unwrap();
     // kustomize adds the part-of label; everything else is the committed CRD.
+    let crd = &objects[0];
     assert_eq!(crd["metadata"]["name"], committed["metadata"]["name"]);
+    assert_eq!(
+        crd["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "performance-sandbox"
+    );
     assert!(
         numbers_as_floats(&crd["spec"]) == numbers_as_floats(&committed["spec"]),
-        "deploy/operator installs a CRD other than crds/sandboxservice.yaml"
+        "crds/ installs a CRD other than crds/sandboxservice.yaml"
     );
 }

@@ -1,6 +1,7 @@
 //! The Kubernetes API this operator uses, as data: the single list the install's RBAC is
 //! generated from. `operator rbac` prints [`rbac_yaml`] (a ClusterRole for what the operator does
-//! in every namespace, a Role for its leader-election Lease, and their bindings), and
+//! in every namespace, a Role for its leader-election Lease, and their bindings; and the
+//! ClusterRoles that give a namespace's `view`, `edit` and `admin` users SandboxServices), and
 //! `deploy/operator/rbac.yaml` is that output, checked by a test and by CI.
 
 use std::collections::BTreeMap;
@@ -9,9 +10,11 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use serde::Serialize;
 
-use crate::names::SERVICE_MONITOR_CRD;
+use crate::api::SandboxService;
+use crate::names::{LEASE_NAME, SERVICE_MONITOR_CRD};
 
 /// Where a grant applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,15 +135,31 @@ pub const MANAGED_RESOURCES: &[ManagedResource] = &[
         resource_names: &[],
         scope: Scope::Cluster,
     },
-    // The leader-election Lease, in the operator's own namespace.
+    // The leader-election Lease, in the operator's own namespace: only its own Lease, except
+    // for `create`, which RBAC cannot hold to a name (none is known when it is authorized).
     ManagedResource {
         api_group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["get", "create", "patch"],
+        verbs: &["get", "patch"],
+        resource_names: &[LEASE_NAME],
+        scope: Scope::OperatorNamespace,
+    },
+    ManagedResource {
+        api_group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["create"],
         resource_names: &[],
         scope: Scope::OperatorNamespace,
     },
 ];
+
+/// The ClusterRole that the built-in `view` role (and through it `edit` and `admin`) aggregates:
+/// reading SandboxServices and their status.
+pub const VIEW_ROLE: &str = "performance-sandbox-view";
+
+/// The ClusterRole that the built-in `edit` role (and through it `admin`) aggregates: writing
+/// SandboxServices; reading them comes with `view`, which `edit` includes.
+pub const EDIT_ROLE: &str = "performance-sandbox-edit";
 
 /// What `deploy/operator/rbac.yaml` starts with: serialized objects carry no comments.
 const HEADER: &str = "\
@@ -156,7 +175,11 @@ const HEADER: &str = "\
 # `monitoring.serviceMonitor` off. The children's owner references block the CR's deletion
 # (blockOwnerDeletion), which with that plugin needs update on sandboxservices/finalizers.
 # The one CRD read is the ServiceMonitor's, watched so that a Prometheus Operator installed later gets
-# ServiceMonitors without a restart.
+# ServiceMonitors without a restart. The Lease grant names the operator's own Lease (LEASE_NAME), except
+# for create, which RBAC cannot restrict by name.
+# The last two ClusterRoles are for people, not the operator: the built-in view, edit and admin roles
+# aggregate them, so whoever has one of those in a namespace can read (view) or also write (edit, admin)
+# SandboxServices there. The operator writes the status, so nobody else is granted that.
 ";
 
 fn metadata(name: &str) -> ObjectMeta {
@@ -208,6 +231,47 @@ pub fn leader_election_role() -> Role {
     }
 }
 
+/// A ClusterRole on SandboxServices that the built-in role `aggregated_into` picks up (its
+/// `rbac.authorization.k8s.io/aggregate-to-…` label).
+fn user_role(name: &str, aggregated_into: &str, resources: &[&str], verbs: &[&str]) -> ClusterRole {
+    let mut metadata = metadata(name);
+    metadata.labels.get_or_insert_default().insert(
+        format!("rbac.authorization.k8s.io/aggregate-to-{aggregated_into}"),
+        "true".to_string(),
+    );
+    let group = SandboxService::group(&());
+    ClusterRole {
+        metadata,
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![group.into_owned()]),
+            resources: Some(strings(resources)),
+            verbs: strings(verbs),
+            resource_names: None,
+            non_resource_urls: None,
+        }]),
+        aggregation_rule: None,
+    }
+}
+
+/// [`VIEW_ROLE`] and [`EDIT_ROLE`]. The built-in roles chain (`view` ⊂ `edit` ⊂ `admin`), so
+/// the two cover all three.
+pub fn user_roles() -> [ClusterRole; 2] {
+    [
+        user_role(
+            VIEW_ROLE,
+            "view",
+            &["sandboxservices", "sandboxservices/status"],
+            &["get", "list", "watch"],
+        ),
+        user_role(
+            EDIT_ROLE,
+            "edit",
+            &["sandboxservices"],
+            &["create", "update", "patch", "delete", "deletecollection"],
+        ),
+    ]
+}
+
 fn role_ref(kind: &str, name: &str) -> RoleRef {
     RoleRef {
         api_group: "rbac.authorization.k8s.io".to_string(),
@@ -252,11 +316,14 @@ fn document(object: &impl Serialize) -> String {
 /// The install's RBAC as multi-document YAML, exactly what `operator rbac` prints and
 /// `deploy/operator/rbac.yaml` holds.
 pub fn rbac_yaml() -> String {
+    let [view, edit] = user_roles();
     let documents = [
         document(&cluster_role()),
         document(&cluster_role_binding()),
         document(&leader_election_role()),
         document(&leader_election_role_binding()),
+        document(&view),
+        document(&edit),
     ];
     format!("{HEADER}{}", documents.join("---\n"))
 }
@@ -280,11 +347,12 @@ mod tests {
 
     #[test]
     fn list_matches_the_types_the_operator_uses() {
-        let listed: Vec<(String, String)> = MANAGED_RESOURCES
+        let mut listed: Vec<(String, String)> = MANAGED_RESOURCES
             .iter()
             .filter(|r| !r.resource.contains('/'))
             .map(|r| (r.api_group.to_string(), r.resource.to_string()))
             .collect();
+        listed.dedup();
         let used = [
             entry::<SandboxService>(),
             entry::<Deployment>(),
@@ -308,13 +376,54 @@ mod tests {
                 .flat_map(|rule| rule.resources.unwrap_or_default())
                 .collect()
         };
-        assert_eq!(resources(leader_election_role().rules), ["leases"]);
+        assert_eq!(
+            resources(leader_election_role().rules),
+            ["leases", "leases"]
+        );
         let cluster_wide = resources(cluster_role().rules);
         assert!(
             !cluster_wide.contains(&"leases".to_string()),
             "{cluster_wide:?}"
         );
-        assert_eq!(cluster_wide.len(), MANAGED_RESOURCES.len() - 1);
+        assert_eq!(cluster_wide.len(), MANAGED_RESOURCES.len() - 2);
+    }
+
+    #[test]
+    fn only_the_lease_create_is_not_held_to_the_operators_lease() {
+        let rules = leader_election_role().rules.unwrap();
+        for rule in rules {
+            let names = rule.resource_names.unwrap_or_default();
+            if rule.verbs == ["create"] {
+                assert!(names.is_empty(), "create cannot be restricted by name");
+            } else {
+                assert_eq!(names, [LEASE_NAME], "{:?}", rule.verbs);
+            }
+        }
+    }
+
+    #[test]
+    fn people_get_sandbox_services_through_the_built_in_roles_but_never_their_status_writes() {
+        let [view, edit] = user_roles();
+        let label = |role: &ClusterRole, to: &str| {
+            role.metadata.labels.as_ref().unwrap()
+                [&format!("rbac.authorization.k8s.io/aggregate-to-{to}")]
+                .clone()
+        };
+        assert_eq!(label(&view, "view"), "true");
+        assert_eq!(label(&edit, "edit"), "true");
+        let rule = &edit.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resources.as_deref(),
+            Some(&["sandboxservices".to_string()][..])
+        );
+        assert!(!rule.verbs.iter().any(|verb| verb == "*"));
+        let view_rule = &view.rules.as_ref().unwrap()[0];
+        assert!(
+            view_rule
+                .verbs
+                .iter()
+                .all(|verb| ["get", "list", "watch"].contains(&verb.as_str()))
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct RunConfig {
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
     /// Name of the leader-election Lease.
-    #[arg(long, env = "LEASE_NAME", default_value = "sandbox-operator")]
+    #[arg(long, env = "LEASE_NAME", default_value = crate::names::LEASE_NAME)]
     pub lease_name: String,
     /// Namespace of the Lease; defaults to the operator's own namespace.
     #[arg(long, env = "POD_NAMESPACE")]

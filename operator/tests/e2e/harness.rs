@@ -85,7 +85,7 @@ pub fn kubectl_with_input(args: &[&str], input: Option<&str>) -> Result<String, 
 pub struct Cluster {
     /// A kubeconfig with a TokenRequest token of the `sandbox-operator` ServiceAccount.
     pub operator_kubeconfig: PathBuf,
-    /// Output of `kubectl apply --server-side -k deploy/operator`.
+    /// Output of `kubectl apply --server-side -k crds` and `-k deploy/operator`.
     pub install_output: String,
 }
 
@@ -192,16 +192,58 @@ pub fn api_server_address() -> SocketAddr {
         .unwrap_or_else(|e| panic!("the API server {authority:?} is not IP:port: {e}"))
 }
 
-/// `kubectl apply --server-side -k deploy/operator`, as docs/running-in-kubernetes.md installs the operator; its output.
+/// `kubectl apply --server-side -k crds`, then `-k deploy/operator`, as docs/running-in-kubernetes.md
+/// installs the CRD and the operator; their output.
 pub fn install() -> String {
     // Forcing only matters on a test bed reused across runs, where a test edited the CRD.
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-k",
-        "deploy/operator",
+    let apply = |dir| kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", dir]);
+    apply("crds") + &apply("deploy/operator")
+}
+
+/// Grants the operator's ServiceAccount the Lease `lease` beside the one the shipped Role names,
+/// as a user who sets another `LEASE_NAME` does: each test elects on a Lease of its own, so that
+/// a leader a test killed holds up no later test.
+fn grant_lease(lease: &str) {
+    if lease == operator::names::LEASE_NAME {
+        return;
+    }
+    let name = format!("e2e-lease-{lease}");
+    let grant = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
+         "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                    "resourceNames": [lease], "verbs": ["get", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": "sandbox-operator", "namespace": OPERATOR_NAMESPACE}]},
+    ]});
+    kubectl_with_input(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&grant.to_string()),
+    )
+    .unwrap_or_else(|error| panic!("grant the operator the Lease {lease}: {error}"));
+    // The authorizer sees a new grant a moment later; a 403 in the operator's log fails a test.
+    let account = format!("--as=system:serviceaccount:{OPERATOR_NAMESPACE}:sandbox-operator");
+    let resource = format!("leases/{lease}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kubectl(&[
+        "auth",
+        "can-i",
+        "patch",
+        &resource,
+        "-n",
+        OPERATOR_NAMESPACE,
+        &account,
     ])
+    .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the grant of the Lease {lease} never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The admin client of the test, through the operator crate's one way of connecting.
@@ -474,6 +516,7 @@ impl Operator {
     /// [`Operator::start`] with another kubeconfig of the operator's ServiceAccount (e.g. one
     /// whose server is a proxy, see [`operator_kubeconfig_via`]).
     pub fn start_via(lease: &str, identity: &str, kubeconfig: &Path) -> Self {
+        grant_lease(lease);
         let admin = free_port();
         // One log per process of this run: a 403 of an earlier run must not fail this one.
         static STARTED: AtomicUsize = AtomicUsize::new(0);

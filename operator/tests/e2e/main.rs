@@ -18,6 +18,7 @@
 //!
 //! Either way a 403 in the operator's log fails the test.
 
+mod access;
 mod audit;
 mod faults;
 mod harness;

@@ -26,6 +26,7 @@ mod relief;
 mod rollout;
 mod settling;
 mod states;
+mod uninstall;
 
 use crate::harness::{
     admin_client, apply, http_get, install, kubectl, kubectl_ok, namespace, wait_until,
@@ -381,7 +382,8 @@ async fn the_shipped_operator_runs_in_cluster_and_the_seed_runs_on_the_node() {
     .await;
 }
 
-/// `kubectl apply -k deploy/operator`, as docs/running-in-kubernetes.md says, and wait for its pod to be Ready.
+/// `kubectl apply -k crds` and `-k deploy/operator`, as docs/running-in-kubernetes.md says, and wait
+/// for the operator's pod to be Ready.
 fn install_operator() {
     install();
     kubectl_ok(&[

@@ -32,8 +32,8 @@ pub struct InClusterOperator {
 }
 
 impl InClusterOperator {
-    /// Install the operator as a user does (`kubectl apply --server-side -k deploy/operator`, a
-    /// no-op once installed) and wait until one of its pods is Ready and holds the Lease.
+    /// Install the operator as a user does (`kubectl apply --server-side -k crds` and
+    /// `-k deploy/operator`, a no-op once installed) and wait until one of its pods is Ready and holds the Lease.
     pub async fn leading(client: &Client) -> Self {
         let since = Timestamp::now();
         install_operator();
