@@ -15,7 +15,15 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use crate::admission::QueueLimits;
 use crate::connections::ConnectionLimits;
 use crate::contract::{self, ConnectionClose};
-use crate::server::ShutdownTiming;
+
+/// How the service leaves after the shutdown signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownTiming {
+    /// Still admitting, every answer closing its connection, so that kept-alive clients move on.
+    pub leave: Duration,
+    /// Then the longest drain of what was accepted.
+    pub grace: Duration,
+}
 
 /// `MAX_CONNECTIONS` when unset: what the operator's default 128 MiB memory limit allows.
 pub const DEFAULT_MAX_CONNECTIONS: usize = contract::MAX_CONNECTIONS.default as usize;

@@ -9,12 +9,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::config::Config;
+use crate::config::{Config, ShutdownTiming};
 use crate::connections::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::routes::{AppState, app};
@@ -29,15 +28,6 @@ pub enum Shutdown {
         /// Operations that were cut off.
         abandoned: usize,
     },
-}
-
-/// How the service leaves after the shutdown signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShutdownTiming {
-    /// Still admitting, every answer closing its connection, so that kept-alive clients move on.
-    pub leave: Duration,
-    /// Then the longest drain of what was accepted.
-    pub grace: Duration,
 }
 
 /// The state for a configuration: an empty queue and fresh metrics.

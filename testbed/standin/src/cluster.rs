@@ -16,10 +16,11 @@ use kube::{Client, ResourceExt};
 use tracing::{debug, warn};
 
 use crate::kubelet::{self, PodHandle, Runtime};
+use crate::labels::Labels;
 use crate::probe::http_client;
 use crate::proxy::ServiceProxy;
 use crate::scrape::{self, Writer};
-use crate::state::{Labels, Registry};
+use crate::state::Registry;
 use crate::{Args, Error};
 
 /// Retries a failed watch every second: the test bed is local, and the ServiceMonitor CRD comes and

@@ -17,6 +17,7 @@
 
 mod cluster;
 mod kubelet;
+mod labels;
 mod probe;
 mod proxy;
 mod scrape;

@@ -21,8 +21,14 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::labels::Labels;
 use crate::probe::HttpClient;
-use crate::state::{Labels, Registry};
+
+/// Where a spreader finds the ready pods of its Service (the stand-in's registry of pods).
+pub trait Endpoints: Send + Sync {
+    /// Addresses of the ready, not terminating pods in `namespace` that `selector` selects.
+    fn endpoints(&self, namespace: &str, selector: &Labels) -> Vec<SocketAddr>;
+}
 
 /// Largest request body forwarded (the workload's requests have none).
 const MAX_BODY: usize = 1 << 20;
@@ -51,7 +57,7 @@ struct Spreader {
     /// Answers by status code, plus `no_endpoints` and `upstream_error` for the spreader's own,
     /// and `refused` for each pod that refused the connection.
     responses: Mutex<BTreeMap<String, u64>>,
-    registry: Arc<Registry>,
+    registry: Arc<dyn Endpoints>,
     client: HttpClient,
 }
 
@@ -76,7 +82,7 @@ impl ServiceProxy {
         namespace: &str,
         name: &str,
         selector: Labels,
-        registry: Arc<Registry>,
+        registry: Arc<dyn Endpoints>,
         client: HttpClient,
     ) -> std::io::Result<Arc<Self>> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -111,7 +117,7 @@ impl ServiceProxy {
         *self.spreader.selector.write().unwrap() = selector;
     }
 
-    pub fn to_json(&self, registry: &Registry) -> Value {
+    pub fn to_json(&self, registry: &dyn Endpoints) -> Value {
         let spreader = &self.spreader;
         let selector = spreader.selector.read().unwrap().clone();
         let endpoints: Vec<String> = registry

@@ -16,8 +16,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
+use crate::labels::{Labels, selects};
 use crate::probe::HttpClient;
-use crate::state::{Labels, PodProcess, selects};
+use crate::state::PodProcess;
 
 /// One ServiceMonitor endpoint as a Prometheus scrape job.
 #[derive(Debug, Clone, PartialEq)]

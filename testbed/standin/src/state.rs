@@ -13,18 +13,8 @@ use axum::extract::State;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::proxy::ServiceProxy;
-
-/// Labels as Kubernetes stores them.
-pub type Labels = BTreeMap<String, String>;
-
-/// Whether every label of `selector` is in `labels`: a Service's `spec.selector`, which has only
-/// equality. The spreader asks for every request, so no `kube::core::Selector` is built per call.
-pub fn selects(selector: &Labels, labels: &Labels) -> bool {
-    selector
-        .iter()
-        .all(|(key, value)| labels.get(key) == Some(value))
-}
+use crate::labels::{Labels, selects};
+use crate::proxy::{Endpoints, ServiceProxy};
 
 /// One pod's workload process, as the endpoints controller and Prometheus would see it.
 #[derive(Debug)]
@@ -146,18 +136,6 @@ impl Registry {
         self.pods.read().unwrap().values().cloned().collect()
     }
 
-    /// Addresses of the ready, not terminating pods in `namespace` that `selector` selects.
-    pub fn endpoints(&self, namespace: &str, selector: &Labels) -> Vec<SocketAddr> {
-        self.pods
-            .read()
-            .unwrap()
-            .values()
-            .filter(|pod| pod.namespace == namespace && selects(selector, &pod.labels))
-            .filter(|pod| pod.serves(self.endpoint_lag))
-            .map(|pod| pod.address)
-            .collect()
-    }
-
     /// Keeps exactly the spreaders named in `keep` (`namespace/name`), adding with `start`.
     pub fn sync_services(
         &self,
@@ -188,6 +166,20 @@ impl Registry {
             .collect();
         let pods: Vec<Value> = self.pods().iter().map(|pod| pod.to_json()).collect();
         json!({ "services": services, "pods": pods })
+    }
+}
+
+impl Endpoints for Registry {
+    /// Addresses of the ready, not terminating pods in `namespace` that `selector` selects.
+    fn endpoints(&self, namespace: &str, selector: &Labels) -> Vec<SocketAddr> {
+        self.pods
+            .read()
+            .unwrap()
+            .values()
+            .filter(|pod| pod.namespace == namespace && selects(selector, &pod.labels))
+            .filter(|pod| pod.serves(self.endpoint_lag))
+            .map(|pod| pod.address)
+            .collect()
     }
 }
 

@@ -13,11 +13,12 @@ use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use workload::admission::QueueLimits;
 use workload::config::DEFAULT_MAX_CONNECTIONS;
+use workload::config::ShutdownTiming;
 use workload::connections::ConnectionLimits;
 use workload::contract::{CONNECTION_CLOSE_DEFAULT, ConnectionClose, OCCUPANCY_WINDOW_MS};
 use workload::metrics::Metrics;
 use workload::routes::AppState;
-use workload::server::{self, Shutdown, ShutdownTiming};
+use workload::server::{self, Shutdown};
 
 /// The seed's limits: concurrency 1, readiness above 2 waiting, breaker at 4 waiting.
 pub const SEED_LIMITS: QueueLimits = QueueLimits {
