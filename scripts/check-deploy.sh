@@ -142,7 +142,7 @@ def check(docs, label, expect_kinds=None):
 
 check(documents(crds), "crds", ["CustomResourceDefinition"])
 check(documents(install), "deploy/operator",
-      ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+      ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
        "Role", "RoleBinding", "Deployment", "Service"])
 check(documents("deploy/monitoring/adapter-config.yaml"), "deploy/monitoring", ["ConfigMap"])
 check(documents("deploy/monitoring/operator-servicemonitor.yaml"), "deploy/monitoring", ["ServiceMonitor"])
