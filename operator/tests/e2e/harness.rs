@@ -202,9 +202,14 @@ pub fn install() -> String {
 
 /// Grants the operator's ServiceAccount the Lease `lease` beside the one the shipped Role names,
 /// as a user who sets another `LEASE_NAME` does: each test elects on a Lease of its own, so that
-/// a leader a test killed holds up no later test.
+/// a leader a test killed holds up no later test. Once per Lease and run: a replacement started
+/// while the control plane is down (as a kubelet would) must not need it.
 fn grant_lease(lease: &str) {
-    if lease == operator::names::LEASE_NAME {
+    static GRANTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut granted = GRANTED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if lease == operator::names::LEASE_NAME || granted.iter().any(|l| l == lease) {
         return;
     }
     let name = format!("e2e-lease-{lease}");
@@ -244,6 +249,7 @@ fn grant_lease(lease: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    granted.push(lease.to_owned());
 }
 
 /// The admin client of the test, through the operator crate's one way of connecting.
@@ -761,4 +767,33 @@ pub fn testbed(args: &[&str]) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A test bed component stopped by a test, started again when dropped if the test did not start
+/// it itself: a test that fails mid-outage must not leave etcd down under every later test.
+pub struct StoppedComponent(Option<&'static str>);
+
+impl StoppedComponent {
+    /// `scripts/testbed.sh stop COMPONENT`.
+    pub fn stop(component: &'static str) -> Self {
+        testbed(&["stop", component]);
+        Self(Some(component))
+    }
+
+    /// `scripts/testbed.sh start COMPONENT`, which must succeed.
+    pub fn start(mut self) {
+        if let Some(component) = self.0.take() {
+            testbed(&["start", component]);
+        }
+    }
+}
+
+impl Drop for StoppedComponent {
+    fn drop(&mut self) {
+        if let Some(component) = self.0.take() {
+            let _ = Command::new(repo_file("scripts/testbed.sh"))
+                .args(["start", component])
+                .status();
+        }
+    }
 }

@@ -17,9 +17,9 @@ use operator::process::leader::LEASE_DURATION_SECONDS;
 
 use crate::audit::{AuditLog, Request, histogram, max_in_flight};
 use crate::harness::{
-    AdminServer, HpaConditionChanges, Operator, TEST_MANAGER, TIMEOUT, admin_client, apply,
-    delete_namespace, eventually, forbidden_lines, kubectl, kubectl_ok, lease_holder, namespace,
-    testbed, wait_until, wait_until_within,
+    AdminServer, HpaConditionChanges, Operator, StoppedComponent, TEST_MANAGER, TIMEOUT,
+    admin_client, apply, delete_namespace, eventually, forbidden_lines, kubectl, kubectl_ok,
+    lease_holder, namespace, wait_until, wait_until_within,
 };
 use crate::{install_service_monitor_crd, ready_and_current, sandbox, wait_cr};
 
@@ -140,8 +140,7 @@ async fn an_api_server_restart_resumes_the_watches_and_writes_each_change_once()
     // The HPAs' conditions may move as the metrics API comes back: the CRs' statuses follow.
     let hpa_changes = HpaConditionChanges::count(&client, &ns);
     let stopped = Instant::now();
-    testbed(&["stop", "kube-apiserver"]);
-    testbed(&["start", "kube-apiserver"]);
+    StoppedComponent::stop("kube-apiserver").start();
     let outage = stopped.elapsed();
     let back = Instant::now();
     let back_at = Timestamp::now();
@@ -322,7 +321,7 @@ async fn an_etcd_outage_with_100_crs_ends_in_one_bounded_burst_of_writes() {
     let generations = deployment_generations(&client, &ns).await;
     let audit = AuditLog::from_now();
     change_all(&crs, CRS).await;
-    testbed(&["stop", "etcd"]);
+    let etcd = StoppedComponent::stop("etcd");
     let stopped = Instant::now();
     let stopped_at = Timestamp::now();
     // The kubelet's part: start a replacement once the leader exits.
@@ -351,7 +350,7 @@ async fn an_etcd_outage_with_100_crs_ends_in_one_bounded_burst_of_writes() {
         "the leader exited for another reason than a Lease it could not renew:\n{}",
         leader.log()
     );
-    testbed(&["start", "etcd"]);
+    etcd.start();
     let restarted = Instant::now();
     let restarted_at = Timestamp::now();
     // Observed, not Ready: etcd down longer than the node monitor's grace period makes the
