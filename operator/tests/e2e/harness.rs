@@ -750,7 +750,7 @@ pub fn versions<K: Resource>(objects: &[&K]) -> Vec<(String, Option<String>)> {
 
 /// `scripts/testbed.sh ARGS` (e.g. `stop etcd`, `start kube-apiserver`), which must succeed: the
 /// fault tests' outages. Only a test bed started by that script can be driven this way.
-pub fn testbed(args: &[&str]) {
+fn testbed(args: &[&str]) {
     assert!(
         std::env::var_os("TESTBED_DIR").is_some(),
         "TESTBED_DIR is not set: this test stops and starts the test bed's components, which \
