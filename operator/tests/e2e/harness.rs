@@ -14,6 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
+use operator::api::SandboxService;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -391,10 +392,27 @@ pub fn hpa_reads_its_metric(hpa: &HorizontalPodAutoscaler) -> bool {
 const HPA_QUIET: Duration = Duration::from_secs(11);
 
 /// Wait until the HPA `name` reads its metric (`ScalingActive=True`) and has not written its
-/// status for [`HPA_QUIET`]. The CR's status reflects the HPA's decisions and conditions, so a
-/// test that counts the operator's own writes starts from here: later CR writes are not the
-/// HPA's, reflected.
+/// status for [`HPA_QUIET`], and the SandboxService `name` reports the HPA's conditions. The
+/// CR's status reflects the HPA's decisions and conditions, so a test that counts the operator's
+/// own writes starts from here: later CR writes are not the HPA's, reflected (nor owed to an
+/// operator that had not caught up yet, which a restarted one would rightly make).
 pub async fn wait_hpa_settled(client: &Client, namespace: &str, name: &str) {
+    let settled = wait_hpa_quiet(client, namespace, name).await;
+    let crs: Api<SandboxService> = Api::namespaced(client.clone(), namespace);
+    let conditions = hpa_conditions(&settled);
+    wait_until("the CR's status reports its HPA's conditions", || async {
+        let reported = crs.get(name).await.ok()?.status?.autoscaling?.conditions;
+        let reported: Vec<_> = reported
+            .into_iter()
+            .map(|c| (c.type_, c.status, c.reason))
+            .collect();
+        (reported == conditions).then_some(())
+    })
+    .await;
+}
+
+/// The HPA `name` once it reads its metric and has not written its status for [`HPA_QUIET`].
+async fn wait_hpa_quiet(client: &Client, namespace: &str, name: &str) -> HorizontalPodAutoscaler {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
     let start = Instant::now();
     let mut last_change: Option<(String, Instant)> = None;
@@ -405,7 +423,7 @@ pub async fn wait_hpa_settled(client: &Client, namespace: &str, name: &str) {
             match &last_change {
                 Some((seen, since)) if *seen == version => {
                     if reads && since.elapsed() >= HPA_QUIET {
-                        return;
+                        return hpa;
                     }
                 }
                 _ => last_change = Some((version, Instant::now())),
