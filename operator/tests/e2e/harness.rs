@@ -391,8 +391,20 @@ pub fn hpa_reads_its_metric(hpa: &HorizontalPodAutoscaler) -> bool {
 /// sync periods (`TESTBED_HPA_SYNC`, 5 s), with a second to spare.
 const HPA_QUIET: Duration = Duration::from_secs(11);
 
-/// Wait until the HPA `name` reads its metric (`ScalingActive=True`) and has not written its
-/// status for [`HPA_QUIET`], and the SandboxService `name` reports the HPA's conditions. The
+/// Whether the HPA holds a stabilized recommendation (`AbleToScale` reason `ScaleDownStabilized`
+/// or `ScaleUpStabilized`): a state that ends by itself when its window passes, writing the HPA's
+/// conditions (and so the CR's) with no one acting. Right after its creation an HPA holds its
+/// first replica count for the whole scale-down window (300 s unless the CR says otherwise).
+fn hpa_is_stabilized(hpa: &HorizontalPodAutoscaler) -> bool {
+    hpa_conditions(hpa)
+        .iter()
+        .any(|(type_, _, reason)| type_ == "AbleToScale" && reason.ends_with("Stabilized"))
+}
+
+/// Wait until the HPA `name` reads its metric (`ScalingActive=True`), holds no stabilized
+/// recommendation, has not written its status for [`HPA_QUIET`], and the SandboxService `name`
+/// reports the HPA's conditions. A test calling this gives its CR a short scale-down window
+/// (`scaleDownStabilizationSeconds: 0`), or waits out the default 300 s. The
 /// CR's status reflects the HPA's decisions and conditions, so a test that counts the operator's
 /// own writes starts from here: later CR writes are not the HPA's, reflected (nor owed to an
 /// operator that had not caught up yet, which a restarted one would rightly make).
@@ -411,10 +423,12 @@ pub async fn wait_hpa_settled(client: &Client, namespace: &str, name: &str) {
     .await;
 }
 
-/// The HPA `name` once it reads its metric and has not written its status for [`HPA_QUIET`].
+/// The HPA `name` once it reads its metric, holds no stabilized recommendation and has not
+/// written its status for [`HPA_QUIET`].
 async fn wait_hpa_quiet(client: &Client, namespace: &str, name: &str) -> HorizontalPodAutoscaler {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
     let start = Instant::now();
+    let mut last_seen = None;
     let mut last_change: Option<(String, Instant)> = None;
     loop {
         if let Some(hpa) = hpas.get_opt(name).await.expect("read the HPA") {
@@ -422,16 +436,17 @@ async fn wait_hpa_quiet(client: &Client, namespace: &str, name: &str) -> Horizon
             let version = hpa.resource_version().unwrap_or_default();
             match &last_change {
                 Some((seen, since)) if *seen == version => {
-                    if reads && since.elapsed() >= HPA_QUIET {
+                    if reads && !hpa_is_stabilized(&hpa) && since.elapsed() >= HPA_QUIET {
                         return hpa;
                     }
                 }
                 _ => last_change = Some((version, Instant::now())),
             }
+            last_seen = Some(hpa_conditions(&hpa));
         }
         assert!(
             start.elapsed() < TIMEOUT,
-            "timed out after {TIMEOUT:?} waiting until the HPA {namespace}/{name} reads its metric and is quiet for {HPA_QUIET:?}"
+            "timed out after {TIMEOUT:?} waiting until the HPA {namespace}/{name} reads its metric, holds no stabilized recommendation and is quiet for {HPA_QUIET:?}; its conditions: {last_seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

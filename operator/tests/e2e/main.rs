@@ -55,6 +55,12 @@ fn sandbox(name: &str, spec: Value) -> Value {
     })
 }
 
+/// A spec whose HPA settles at once: without a scale-down window it holds no stabilized
+/// recommendation that would end, and rewrite its conditions and the CR's, mid-test.
+fn quick_to_settle() -> Value {
+    json!({"autoscaling": {"scaleDownStabilizationSeconds": 0}})
+}
+
 fn condition(cr: &SandboxService, type_: &str) -> Option<Condition> {
     cr.status
         .as_ref()?
@@ -279,7 +285,9 @@ async fn a_stopped_leader_is_replaced_and_writes_nothing_once_resumed() {
     first.wait_leading(&client).await;
     let mut second = Operator::start(lease, "leader-b");
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
-    apply(&crs, sandbox("led", json!({}))).await.unwrap();
+    apply(&crs, sandbox("led", quick_to_settle()))
+        .await
+        .unwrap();
     wait_cr(&crs, "led", "is Ready", ready_and_current).await;
 
     // Idle first, so what follows tests stale state, not a write already under way.
@@ -366,7 +374,9 @@ async fn a_killed_and_restarted_operator_moves_no_resource_version() {
     let first = Operator::start_leading(&client, lease, "restart").await;
     let crs: Api<SandboxService> = Api::namespaced(client.clone(), &ns);
     install_service_monitor_crd();
-    apply(&crs, sandbox("steady", json!({}))).await.unwrap();
+    apply(&crs, sandbox("steady", quick_to_settle()))
+        .await
+        .unwrap();
     wait_cr(&crs, "steady", "is Ready", ready_and_current).await;
     wait_hpa_settled(&client, &ns, "steady").await;
     first.wait_idle(Duration::from_secs(2)).await;
