@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks deploy/ without a cluster; every object is validated, none skipped, a missing tool fails:
-#   - `kubectl kustomize crds` builds the CRD and nothing else, `kubectl kustomize deploy/operator` the
-#     operator without any CRD (deleting it must keep every SandboxService), and every object of both
-#     passes `kubernetes-validate --strict`;
+#   - `kubectl kustomize crds` builds the two CRDs and nothing else, `kubectl kustomize deploy/operator`
+#     the operator without any CRD (deleting it must keep every SandboxService), `kubectl kustomize
+#     deploy/policies` the admission policy, its binding and its SandboxPolicy, and every object of the
+#     three passes `kubernetes-validate --strict` (the SandboxPolicy its CRD's schema);
 #   - each SandboxService in deploy/examples/ validates against the CRD's schema and renders with
 #     `operator render`; the rendered built-ins pass `kubernetes-validate --strict`, the ServiceMonitor
 #     its CRD's schema (strict: unknown fields fail);
@@ -32,9 +33,10 @@ python3 -c 'import yaml, jsonschema' 2>/dev/null ||
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "--- kubectl kustomize crds, deploy/operator"
+echo "--- kubectl kustomize crds, deploy/operator, deploy/policies"
 kubectl kustomize crds > "$work/crds.yaml"
 kubectl kustomize deploy/operator > "$work/install.yaml"
+kubectl kustomize deploy/policies > "$work/policies.yaml"
 
 echo "--- operator render -f deploy/examples/*.yaml"
 # CI passes the operator binary its test step built.
@@ -52,12 +54,12 @@ done
 
 echo "--- validating"
 python3 - "$KUBERNETES_VERSION" "$SERVICEMONITOR_CRD" "$PROMETHEUSRULE_CRD" "$work/crds.yaml" "$work/install.yaml" \
-  --examples "${examples[@]}" --rendered "${rendered[@]}" <<'PY'
+  "$work/policies.yaml" --examples "${examples[@]}" --rendered "${rendered[@]}" <<'PY'
 import copy, subprocess, sys
 import jsonschema, yaml
 
-version, servicemonitor_crd, prometheusrule_crd, crds, install = sys.argv[1:6]
-rest = sys.argv[6:]
+version, servicemonitor_crd, prometheusrule_crd, crds, install, policies = sys.argv[1:7]
+rest = sys.argv[7:]
 examples = rest[rest.index("--examples") + 1 : rest.index("--rendered")]
 rendered = rest[rest.index("--rendered") + 1 :]
 problems = []
@@ -88,6 +90,7 @@ def crd_validator(crd):
     # apiVersion and kind, which generated schemas may leave out.
     if "metadata" in schema.get("properties", {}):
         checked["properties"]["metadata"] = copy.deepcopy(schema["properties"]["metadata"])
+    checked["properties"].setdefault("metadata", {"type": "object"})
     for field in ["apiVersion", "kind"]:
         checked["properties"].setdefault(field, {"type": "string"})
     return jsonschema.Draft4Validator(checked)
@@ -99,15 +102,19 @@ with open("crds/sandboxservice.yaml") as f:
     sandboxservice = crd_validator(yaml.safe_load(f))
 with open(prometheusrule_crd) as f:
     prometheusrule = crd_validator(yaml.safe_load(f))
+with open("crds/sandboxpolicy.yaml") as f:
+    sandboxpolicy = crd_validator(yaml.safe_load(f))
 custom = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): servicemonitor,
     ("monitoring.coreos.com/v1", "PrometheusRule"): prometheusrule,
     ("sandbox.perf.dev/v1alpha1", "SandboxService"): sandboxservice,
+    ("sandbox.perf.dev/v1alpha1", "SandboxPolicy"): sandboxpolicy,
 }
 
 # The strict validators really reject a misspelt field.
 assert not servicemonitor.is_valid({"spec": {"endpoints": [{"intervall": "15s"}]}})
 assert not sandboxservice.is_valid({"spec": {"autoscaling": {"maxReplica": 3}}})
+assert not sandboxpolicy.is_valid({"spec": {"allowedImagePrefixes": [], "allowedServiceTypes": ["ExternalName"]}})
 assert not prometheusrule.is_valid({"spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "exp": "1"}]}]}})
 
 
@@ -140,10 +147,12 @@ def check(docs, label, expect_kinds=None):
             problems.append(f"{label}: expected {sorted(expect_kinds)}, got {kinds}")
 
 
-check(documents(crds), "crds", ["CustomResourceDefinition"])
+check(documents(crds), "crds", ["CustomResourceDefinition", "CustomResourceDefinition"])
 check(documents(install), "deploy/operator",
       ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
        "Role", "RoleBinding", "Deployment", "Service"])
+check(documents(policies), "deploy/policies",
+      ["SandboxPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
 check(documents("deploy/monitoring/adapter-config.yaml"), "deploy/monitoring", ["ConfigMap"])
 check(documents("deploy/monitoring/operator-servicemonitor.yaml"), "deploy/monitoring", ["ServiceMonitor"])
 check(documents("deploy/monitoring/alerts.yaml"), "deploy/monitoring", ["PrometheusRule"])

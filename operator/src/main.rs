@@ -19,8 +19,11 @@ struct Cli {
 enum Command {
     /// Run the controller (the default).
     Run(RunConfig),
-    /// Print the SandboxService CRD as YAML.
-    Crd,
+    /// Print a CRD as YAML: SandboxService's, or SandboxPolicy's (the admission policy's parameter).
+    Crd {
+        #[arg(value_enum, default_value_t = CrdKind::SandboxService)]
+        kind: CrdKind,
+    },
     /// Print the operator's ClusterRole and leader-election Role, with their bindings, as
     /// multi-document YAML.
     Rbac,
@@ -32,11 +35,26 @@ enum Command {
     },
 }
 
+/// The CRDs `operator crd` prints.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    /// crds/sandboxservice.yaml
+    SandboxService,
+    /// crds/sandboxpolicy.yaml
+    SandboxPolicy,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Crd) => {
-            print!("{}", operator::api::schema::crd_yaml());
+        Some(Command::Crd { kind }) => {
+            print!(
+                "{}",
+                match kind {
+                    CrdKind::SandboxService => operator::api::schema::crd_yaml(),
+                    CrdKind::SandboxPolicy => operator::api::policy::crd_yaml(),
+                }
+            );
             Ok(())
         }
         Some(Command::Rbac) => {

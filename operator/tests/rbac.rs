@@ -360,22 +360,29 @@ fn the_operator_install_carries_no_crd_so_deleting_it_keeps_every_sandbox_servic
 }
 
 #[test]
-fn the_crd_install_carries_the_committed_crd_and_nothing_else() {
+fn the_crd_install_carries_the_committed_crds_and_nothing_else() {
     let objects = kustomized("crds");
     let kinds: Vec<&Value> = objects.iter().map(|o| &o["kind"]).collect();
-    assert_eq!(kinds, ["CustomResourceDefinition"]);
-    // The committed file, which tests/render.rs keeps equal to `operator crd`'s output.
-    let committed = std::fs::read_to_string(repo_dir("crds/sandboxservice.yaml")).unwrap();
-    let committed: Value = serde_yaml::from_str(&committed).unwrap();
-    // kustomize adds the part-of label; everything else is the committed CRD.
-    let crd = &objects[0];
-    assert_eq!(crd["metadata"]["name"], committed["metadata"]["name"]);
     assert_eq!(
-        crd["metadata"]["labels"]["app.kubernetes.io/part-of"],
-        "performance-sandbox"
+        kinds,
+        ["CustomResourceDefinition", "CustomResourceDefinition"]
     );
-    assert!(
-        numbers_as_floats(&crd["spec"]) == numbers_as_floats(&committed["spec"]),
-        "crds/ installs a CRD other than crds/sandboxservice.yaml"
-    );
+    // The committed files, which tests/render.rs keeps equal to `operator crd [KIND]`'s output.
+    for (crd, file) in objects
+        .iter()
+        .zip(["crds/sandboxpolicy.yaml", "crds/sandboxservice.yaml"])
+    {
+        let committed = std::fs::read_to_string(repo_dir(file)).unwrap();
+        let committed: Value = serde_yaml::from_str(&committed).unwrap();
+        // kustomize adds the part-of label; everything else is the committed CRD.
+        assert_eq!(crd["metadata"]["name"], committed["metadata"]["name"]);
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "performance-sandbox"
+        );
+        assert!(
+            numbers_as_floats(&crd["spec"]) == numbers_as_floats(&committed["spec"]),
+            "crds/ installs a CRD other than {file}"
+        );
+    }
 }

@@ -99,20 +99,32 @@ fn kubernetes_validate(files: &[&Path]) -> Output {
 }
 
 #[test]
-fn committed_crd_is_the_generated_one() {
-    let output = Command::new(env!("CARGO_BIN_EXE_operator"))
-        .arg("crd")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let generated = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(generated, schema::crd_yaml());
-    let committed = std::fs::read_to_string(manifest_dir().join("../crds/sandboxservice.yaml"))
-        .expect("crds/sandboxservice.yaml exists");
-    assert!(
-        committed == generated,
-        "crds/sandboxservice.yaml is stale: run `cargo run -p operator -- crd > crds/sandboxservice.yaml`"
-    );
+fn committed_crds_are_the_generated_ones() {
+    for (kind, file, generated_here) in [
+        (None, "sandboxservice.yaml", schema::crd_yaml()),
+        (
+            Some("sandbox-policy"),
+            "sandboxpolicy.yaml",
+            operator::api::policy::crd_yaml(),
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_operator"))
+            .arg("crd")
+            .args(kind)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let generated = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(generated, generated_here);
+        let committed = std::fs::read_to_string(manifest_dir().join("../crds").join(file))
+            .unwrap_or_else(|e| panic!("crds/{file}: {e}"));
+        let command = format!("operator -- crd {}", kind.unwrap_or_default());
+        assert!(
+            committed == generated,
+            "crds/{file} is stale: run `cargo run -p {} > crds/{file}`",
+            command.trim_end()
+        );
+    }
 }
 
 #[test]

@@ -7,12 +7,15 @@
 //! - [`schema`]: the CRD those types make, with the rules a derive cannot state;
 //! - [`rules`]: the rules between fields, stated once, made into both CEL and Rust checks;
 //! - [`validate`](mod@validate): pipeline step 1, every rule of the schema checked again in Rust (pure);
-//! - [`quantity`]: Kubernetes quantities as numbers, both ways.
+//! - [`quantity`]: Kubernetes quantities as numbers, both ways;
+//! - [`policy`]: the `SandboxPolicy` resource, the parameter of the admission policy in
+//!   `deploy/policies/` (read by the API server only).
 
 pub mod autoscaling;
 pub mod autoscaling_status;
 pub mod bounds;
 pub mod crd;
+pub mod policy;
 pub mod quantity;
 pub mod rules;
 pub mod schema;

@@ -51,8 +51,13 @@ pub fn crd() -> CustomResourceDefinition {
 
 /// The CRD as YAML, exactly what `operator crd` prints and `crds/sandboxservice.yaml` holds.
 pub fn crd_yaml() -> String {
+    to_yaml(&crd())
+}
+
+/// A CRD built from our own types as YAML.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
     // Serializing a CRD built from our own types cannot fail; a failure is a programming error.
-    serde_yaml::to_string(&crd()).expect("the CRD serializes to YAML")
+    serde_yaml::to_string(crd).expect("the CRD serializes to YAML")
 }
 
 #[cfg(test)]

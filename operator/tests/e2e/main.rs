@@ -25,6 +25,7 @@ mod harness;
 mod load;
 mod node;
 mod outages;
+mod policies;
 #[path = "../support/refused_crs.rs"]
 mod refused_crs;
 
