@@ -46,6 +46,22 @@ impl QueueLimits {
     pub fn in_flight(&self, admitted: usize) -> usize {
         admitted.min(self.concurrency)
     }
+
+    /// Operations that must finish, with `admitted` tasks in the queue, before the breaker admits
+    /// one more request: at least 1, since a turned-away request needs a place to free up.
+    pub fn places_until_admitted(&self, admitted: usize) -> usize {
+        (self.waiting(admitted) + 1)
+            .saturating_sub(self.breaker_limit())
+            .max(1)
+    }
+
+    /// Operations that must finish, with `admitted` tasks in the queue, before readiness passes
+    /// again: at least 1.
+    pub fn places_until_ready(&self, admitted: usize) -> usize {
+        self.waiting(admitted)
+            .saturating_sub(self.readiness_limit())
+            .max(1)
+    }
 }
 
 /// What happens to a new `/expensive-op` request.
@@ -228,6 +244,18 @@ impl Admission {
         close_after_answer(admitted(state), leaving(state), &self.limits, mode)
     }
 
+    /// [`QueueLimits::places_until_admitted`] for the queue as it is now.
+    pub fn places_until_admitted(&self) -> usize {
+        let state = self.state.load(Ordering::Acquire);
+        self.limits.places_until_admitted(admitted(state))
+    }
+
+    /// [`QueueLimits::places_until_ready`] for the queue as it is now.
+    pub fn places_until_ready(&self) -> usize {
+        let state = self.state.load(Ordering::Acquire);
+        self.limits.places_until_ready(admitted(state))
+    }
+
     /// Counts for metrics.
     pub fn snapshot(&self) -> QueueSnapshot {
         let admitted = admitted(self.state.load(Ordering::Acquire));
@@ -330,6 +358,25 @@ mod tests {
     };
 
     const WINDOW: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn places_to_free_count_the_queue_past_each_limit() {
+        // Seed: 1 running and 4 waiting fill the breaker; one finished operation admits again.
+        assert_eq!(SEED.places_until_admitted(5), 1);
+        // Readiness fails above 2 waiting: with 4 waiting, 2 must finish.
+        assert_eq!(SEED.places_until_ready(5), 2);
+        assert_eq!(SEED.places_until_ready(4), 1);
+        let wide = QueueLimits {
+            concurrency: 3,
+            ..SEED
+        };
+        // 3 running and 12 waiting fill the breaker; the rule also holds past it.
+        assert_eq!(wide.places_until_admitted(15), 1);
+        assert_eq!(wide.places_until_admitted(17), 3);
+        // Asked when nothing is over a limit (a race): still one place.
+        assert_eq!(wide.places_until_admitted(0), 1);
+        assert_eq!(wide.places_until_ready(0), 1);
+    }
 
     #[test]
     fn seed_limits_admit_until_four_wait() {

@@ -9,6 +9,7 @@
 //! - [`routes`]: `fn app(state) -> Router`.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //! - [`request_metrics`]: the per-route request-duration layer.
+//! - [`retry_after`]: the `Retry-After` of a turned-away request, estimated from the queue.
 //! - [`server`]: serving and draining on shutdown.
 
 pub mod contract;
@@ -25,6 +26,8 @@ pub mod metrics;
 pub mod occupancy;
 #[cfg(feature = "server")]
 pub mod request_metrics;
+#[cfg(feature = "server")]
+pub mod retry_after;
 #[cfg(feature = "server")]
 pub mod routes;
 #[cfg(feature = "server")]

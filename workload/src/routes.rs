@@ -17,6 +17,9 @@ use crate::contract::{
 };
 use crate::metrics::Metrics;
 use crate::request_metrics::RecordDurationLayer;
+use crate::retry_after::{
+    MAX_RETRY_AFTER_SECONDS, MIN_RETRY_AFTER_SECONDS, OperationTimes, retry_after_seconds,
+};
 
 /// Everything the handlers share. One `Arc` around all of it: axum clones the state for every extractor,
 /// and reference counts touched by both worker threads on every request are a measurable cost.
@@ -34,6 +37,8 @@ pub struct SharedState {
     pub operation_duration: Duration,
     /// When an answered connection is closed so that the client reconnects.
     pub connection_close: ConnectionClose,
+    /// How long operations took lately, for `Retry-After`.
+    pub operation_times: OperationTimes,
     rejections: RejectionResponses,
 }
 
@@ -52,8 +57,17 @@ impl AppState {
             metrics,
             operation_duration,
             connection_close,
-            rejections: RejectionResponses::new(operation_duration, close_after_rejection),
+            operation_times: OperationTimes::new(operation_duration),
+            rejections: RejectionResponses::new(close_after_rejection),
         }))
+    }
+}
+
+impl SharedState {
+    /// Seconds until `places` operations are likely to have finished.
+    fn retry_after(&self, places: usize) -> u64 {
+        let concurrency = self.admission.limits().concurrency;
+        retry_after_seconds(places, concurrency, self.operation_times.recent())
     }
 }
 
@@ -65,52 +79,55 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The 503 answers, rendered once: under overload nearly every request takes this path.
+/// The 503 answers, rendered once per `Retry-After` value: under overload nearly every request takes
+/// this path, which stays a lookup.
 #[derive(Debug)]
 struct RejectionResponses {
-    retry_after: HeaderValue,
     close: bool,
-    circuit_open: Bytes,
-    shutting_down: Bytes,
+    /// Index `s - MIN_RETRY_AFTER_SECONDS`: the header and the circuit-open body for `s` seconds.
+    circuit_open: Vec<(HeaderValue, Bytes)>,
+    /// A draining pod is gone soon; its Service's other pods can serve the retry at once.
+    shutting_down: (HeaderValue, Bytes),
 }
 
 impl RejectionResponses {
-    fn new(operation_duration: Duration, close: bool) -> Self {
-        // A place frees up roughly once per operation.
-        let retry_after = operation_duration.as_secs().max(1);
-        let body = |reason: Rejection| {
-            Bytes::from(
-                json!({
-                    "error": "Service Unavailable",
-                    "reason": reason.as_str(),
-                    "retryAfterSeconds": retry_after,
-                })
-                .to_string(),
-            )
+    fn new(close: bool) -> Self {
+        let render = |reason: Rejection, seconds: u64| {
+            let body = json!({
+                "error": "Service Unavailable",
+                "reason": reason.as_str(),
+                "retryAfterSeconds": seconds,
+            });
+            (HeaderValue::from(seconds), Bytes::from(body.to_string()))
         };
         Self {
-            retry_after: HeaderValue::from(retry_after),
             close,
-            circuit_open: body(Rejection::CircuitOpen),
-            shutting_down: body(Rejection::ShuttingDown),
+            circuit_open: (MIN_RETRY_AFTER_SECONDS..=MAX_RETRY_AFTER_SECONDS)
+                .map(|seconds| render(Rejection::CircuitOpen, seconds))
+                .collect(),
+            shutting_down: render(Rejection::ShuttingDown, MIN_RETRY_AFTER_SECONDS),
         }
     }
 
-    fn response(&self, reason: Rejection) -> Response {
-        let body = match reason {
-            Rejection::CircuitOpen => self.circuit_open.clone(),
-            Rejection::ShuttingDown => self.shutting_down.clone(),
+    /// The answer to a request turned away for `reason`; `retry_after` (seconds, within the
+    /// bounds of [`crate::retry_after`]) is used for an open circuit.
+    fn response(&self, reason: Rejection, retry_after: u64) -> Response {
+        let (retry_after, body) = match reason {
+            Rejection::CircuitOpen => {
+                &self.circuit_open[(retry_after - MIN_RETRY_AFTER_SECONDS) as usize]
+            }
+            Rejection::ShuttingDown => &self.shutting_down,
         };
         let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
             [
-                (header::RETRY_AFTER, self.retry_after.clone()),
+                (header::RETRY_AFTER, retry_after.clone()),
                 (
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 ),
             ],
-            body,
+            body.clone(),
         )
             .into_response();
         if self.close {
@@ -147,14 +164,17 @@ async fn expensive_op(State(state): State<AppState>) -> Response {
         Err(reason) => {
             state.metrics.operation_rejected(reason);
             tracing::debug!(reason = reason.as_str(), "expensive operation rejected");
-            return state.rejections.response(reason);
+            let places = state.admission.places_until_admitted();
+            return state.rejections.response(reason, state.retry_after(places));
         }
     };
     // If the client goes away, hyper drops this future: the ticket and the slot go with it.
     let started = Instant::now();
     let _slot = ticket.run_slot().await;
     let queued_ms = started.elapsed().as_millis() as u64;
+    let operation_started = Instant::now();
     tokio::time::sleep(state.operation_duration).await;
+    state.operation_times.record(operation_started.elapsed());
     state.metrics.operation_completed();
     tracing::debug!(queued_ms, "expensive operation completed");
     let mut response = Json(json!({
@@ -182,8 +202,16 @@ fn close_connection(response: &mut Response) {
 async fn readiness(State(state): State<AppState>) -> Response {
     match state.admission.readiness() {
         Readiness::Ready => (StatusCode::OK, "OK").into_response(),
+        // The kubelet ignores Retry-After; a person or a script polling readiness can use it.
         Readiness::Overloaded => {
-            (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests").into_response()
+            let places = state.admission.places_until_ready();
+            let retry_after = HeaderValue::from(state.retry_after(places));
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry_after)],
+                "Too Many Requests",
+            )
+                .into_response()
         }
         Readiness::ShuttingDown => {
             (StatusCode::SERVICE_UNAVAILABLE, "Shutting Down").into_response()

@@ -182,6 +182,33 @@ async fn breaker_rejection_is_immediate_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_the_time_until_the_places_a_client_needs_free_up() {
+    // Concurrency 2, 3 s operations: a place frees up every 1.5 s on average.
+    let limits = QueueLimits {
+        concurrency: 2,
+        ..SEED_LIMITS
+    };
+    let service = Service::start(limits, Duration::from_secs(3)).await;
+    // 2 running, 8 waiting: the breaker's limit; readiness fails above 4 waiting.
+    let load = Load::start(service.url("/expensive-op"), 10);
+    service
+        .wait_for_metric("queue_waiting_tasks", 8.0, Duration::from_secs(5))
+        .await;
+    let get = |path| service.client.get(service.url(path)).send();
+    let turned_away = get("/expensive-op").await.unwrap();
+    assert_eq!(turned_away.status(), 503);
+    // One place: 1.5 s, rounded up.
+    assert_eq!(turned_away.headers()["retry-after"], "2");
+    let body: serde_json::Value = turned_away.json().await.unwrap();
+    assert_eq!(body["retryAfterSeconds"], 2);
+    let readiness = get("/readiness").await.unwrap();
+    assert_eq!(readiness.status(), 429);
+    // 4 over readiness's limit must finish: 6 s.
+    assert_eq!(readiness.headers()["retry-after"], "6");
+    drop(load);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_while_waiting_leaves_the_queue() {
     let service = Service::start(SEED_LIMITS, Duration::from_secs(5)).await;
     let running = tokio::spawn({
