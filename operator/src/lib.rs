@@ -11,7 +11,8 @@
 //! - [`manifests`]: what `operator rbac` and `operator render` print.
 //!
 //! Shared by all of them: [`names`] (field manager, labels: what the cluster sees),
-//! [`telemetry`] (the operator's metrics) and [`error`] (errors with bounded categories).
+//! [`telemetry`] (the operator's metrics), [`error`] (errors with bounded categories) and
+//! [`server_version`] (the lowest Kubernetes version supported, and the check of the server).
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod manifests;
 pub mod names;
 pub mod process;
 pub mod reconcile;
+pub mod server_version;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -605,6 +605,49 @@ async fn invalid_spec_degrades_names_the_field_and_waits_for_a_change() {
 }
 
 #[tokio::test]
+async fn an_api_server_too_old_for_the_children_degrades_every_cr_and_applies_nothing() {
+    let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
+    harness.ctx.server_support.assume_minor(29);
+
+    let (result, calls, _) = harness.reconcile().await;
+
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(operator::reconcile::UNSUPPORTED_SERVER_RECHECK)
+    );
+    // It asks the server's version again (it may have been upgraded); the fake has none to give.
+    let version = Call {
+        method: "GET".into(),
+        path: "/version".into(),
+        query: String::new(),
+    };
+    assert_eq!(calls, vec![version.clone(), status_call(), event_call()]);
+    let (status, reason, message) = harness.condition(DEGRADED).await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "UnsupportedKubernetesVersion")
+    );
+    assert!(
+        message.contains(
+            "Kubernetes 1.29; this operator needs 1.30 or later for: the preStop sleep action"
+        ),
+        "{message}"
+    );
+    let events = harness.events().await;
+    assert_warning(&events[0], "UnsupportedKubernetesVersion", "preStop sleep");
+    assert!(harness.api::<Deployment>().get(NAME).await.is_err());
+    let (result, calls, _) = harness.reconcile().await;
+    assert!(result.is_ok());
+    assert_eq!(calls, vec![version], "an unchanged verdict writes nothing");
+
+    // Upgraded: the next reconcile applies the children.
+    harness.ctx.server_support.assume_minor(30);
+    let (result, calls, _) = harness.reconcile().await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC_INTERVAL));
+    assert!(calls.starts_with(&child_applies(true)), "{calls:?}");
+}
+
+#[tokio::test]
 async fn switching_monitoring_off_deletes_only_the_owned_service_monitor() {
     let harness = Harness::new(with_service_monitor_crd(), cr("{}")).await;
     harness.reconcile().await.0.unwrap();

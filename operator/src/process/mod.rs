@@ -118,6 +118,7 @@ async fn lead(
     info!("acquired leadership; starting the controller");
     admin_state.set_ready(false); // until the controller's cache is synced
     let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
+    ctx.server_support.check(&ctx.client).await;
     let controller =
         controller::reconcile_all(ctx, admin_state.clone(), shutdown_requested(shutdown));
     // On loss of the Lease the controller is dropped, not shut down gracefully: a running

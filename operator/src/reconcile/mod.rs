@@ -41,6 +41,7 @@ use crate::api::{SandboxService, validate};
 use crate::children;
 use crate::error::{Error, Result, is_refusal};
 use crate::names::FIELD_MANAGER;
+use crate::server_version::ServerSupport;
 use crate::telemetry::api_calls::measuring_api_wait;
 use crate::telemetry::metrics::Metrics;
 
@@ -50,6 +51,9 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// How soon to reconcile again a CR whose ServiceMonitor CRD was missing. Installing the CRD
 /// is noticed at once by the CRD watch; this is the fallback where that watch is not allowed.
 pub const CRD_RECHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// How soon to look again at a CR the API server is too old for (it may be upgraded meanwhile).
+pub const UNSUPPORTED_SERVER_RECHECK: Duration = Duration::from_secs(5 * 60);
 
 /// First retry after a failure; doubles per consecutive failure up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_secs(5);
@@ -75,6 +79,8 @@ pub struct Context {
     pub history: CrHistory,
     /// What was last applied of each child, and the children's watch caches.
     pub last_applied: LastApplied,
+    /// Whether the API server supports what the children need; checked when leading starts.
+    pub server_support: ServerSupport,
     /// Reconciles since the last sweep of deleted CRs, see [`Context::forget_deleted`].
     since_sweep: AtomicUsize,
 }
@@ -95,6 +101,7 @@ impl Context {
             metrics,
             history: CrHistory::default(),
             last_applied: LastApplied::default(),
+            server_support: ServerSupport::default(),
             since_sweep: AtomicUsize::new(0),
         }
     }
@@ -158,6 +165,16 @@ async fn reconcile_pipeline(cr: &SandboxService, ctx: &Context) -> Result<Action
         debug!(name = %cr.name_any(), %namespace, "being deleted; nothing to do");
         ctx.history.forget(cr);
         return Ok(Action::await_change());
+    }
+
+    // An API server too old for the children: say so in the status rather than meet an opaque
+    // apply failure. It may have been upgraded since it was last asked.
+    if ctx.server_support.unsupported().is_some() {
+        ctx.server_support.check(&ctx.client).await;
+    }
+    if let Some(message) = ctx.server_support.unsupported() {
+        status::update(cr, ctx, &Observation::UnsupportedServer(message)).await?;
+        return Ok(Action::requeue(UNSUPPORTED_SERVER_RECHECK));
     }
 
     // 1. validate, 2. build, 3. apply

@@ -45,6 +45,8 @@ pub enum Observation {
     /// The API server refused a child (e.g. an existing object of the same name whose immutable
     /// selector differs); the error, which names the child.
     ApplyFailed(String),
+    /// The API server is too old for the children; nothing was applied. What it lacks.
+    UnsupportedServer(String),
 }
 
 /// Pipeline step 4: write the status only when it changed, and tell the user about
@@ -128,11 +130,17 @@ pub fn desired(
     };
 
     match observation {
-        Observation::Invalid(_) | Observation::ApplyFailed(_) => {
+        Observation::Invalid(_)
+        | Observation::ApplyFailed(_)
+        | Observation::UnsupportedServer(_) => {
             // Nothing (or not everything) was applied: the children keep their last state, so
             // Ready and the replica counts stay as last observed.
             let (reason, waiting_for) = match observation {
                 Observation::Invalid(_) => ("InvalidSpec", "a valid spec"),
+                Observation::UnsupportedServer(_) => (
+                    UNSUPPORTED_KUBERNETES,
+                    "an API server of a supported Kubernetes version",
+                ),
                 _ => ("ApplyFailed", "the API server to accept every child"),
             };
             let ready = previous
@@ -270,6 +278,9 @@ pub fn desired(
     }
 }
 
+/// The reason of `Degraded` (and of the Warning Event) while the API server is too old.
+pub const UNSUPPORTED_KUBERNETES: &str = "UnsupportedKubernetesVersion";
+
 /// The `Degraded` message while nothing is wrong.
 const ALL_APPLIED: &str = "all children are applied";
 
@@ -280,6 +291,7 @@ fn degradation(observation: &Observation, now: &Time) -> Option<(&'static str, S
     match observation {
         Observation::Invalid(invalid) => Some(("InvalidSpec", invalid.to_string())),
         Observation::ApplyFailed(error) => Some(("ApplyFailed", error.clone())),
+        Observation::UnsupportedServer(missing) => Some((UNSUPPORTED_KUBERNETES, missing.clone())),
         Observation::Applied(applied) if applied.monitoring == MonitoringOutcome::CrdMissing => {
             Some((
                 "ServiceMonitorCrdMissing",
