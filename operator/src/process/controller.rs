@@ -173,9 +173,13 @@ async fn controller_until(
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             ctx.forget_deleted(&cache);
+            // A CR deleted between its trigger and its reconcile is not found in the cache,
+            // which the controller has by then (it holds reconciles until its store is ready).
             let reconciled = matches!(
                 result,
-                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..))
+                Ok(_)
+                    | Err(kube::runtime::controller::Error::ReconcilerFailed(..)
+                        | kube::runtime::controller::Error::ObjectNotFound(..))
             );
             if reconciled && !admin.is_ready() {
                 info!("SandboxService cache synced; controller ready");
@@ -243,22 +247,31 @@ where
 }
 
 /// Mark the controller ready when there is no SandboxService at all, so no reconcile will.
-/// A failed list is retried with the reconcile backoff.
+/// Asked again every [`NO_CRS_RECHECK`] until the controller is ready: a CR listed here may be
+/// deleted before the controller gets to it, leaving no reconcile to make it ready. A failed list
+/// is retried with the reconcile backoff.
 async fn ready_if_no_crs(client: &Client, admin: &AdminState) {
     let crs = Api::<SandboxService>::all(client.clone());
-    for attempt in 1.. {
+    let mut failures = 0;
+    while !admin.is_ready() {
         match crs.list_metadata(&ListParams::default().limit(1)).await {
             Ok(list) => {
+                failures = 0;
                 if list.items.is_empty() && !admin.is_ready() {
                     info!("no SandboxService exists; controller ready");
                     admin.set_ready(true);
+                    return;
                 }
-                return;
+                tokio::time::sleep(NO_CRS_RECHECK).await;
             }
             Err(error) => {
-                warn!(%error, attempt, "listing SandboxServices failed");
-                tokio::time::sleep(backoff(attempt)).await;
+                failures += 1;
+                warn!(%error, attempt = failures, "listing SandboxServices failed");
+                tokio::time::sleep(backoff(failures)).await;
             }
         }
     }
 }
+
+/// How often [`ready_if_no_crs`] looks again while the controller is not ready.
+const NO_CRS_RECHECK: Duration = Duration::from_secs(1);
