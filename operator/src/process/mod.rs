@@ -118,9 +118,23 @@ async fn lead(
     info!("acquired leadership; starting the controller");
     admin_state.set_ready(false); // until the controller's cache is synced
     let ctx = Arc::new(Context::new(client, metrics, Some(lease.identity.clone())));
-    ctx.server_support.check(&ctx.client).await;
-    let controller =
-        controller::reconcile_all(ctx, admin_state.clone(), shutdown_requested(shutdown));
+    let controller = async {
+        // Inside `while_leading` and bounded: a version request that hangs must neither outlast
+        // the leadership nor keep the controller from starting.
+        let check = ctx.server_support.check(&ctx.client);
+        if tokio::time::timeout(VERSION_CHECK_TIMEOUT, check)
+            .await
+            .is_err()
+        {
+            warn!("the API server did not tell its version in time; assuming it is supported");
+        }
+        controller::reconcile_all(
+            ctx.clone(),
+            admin_state.clone(),
+            shutdown_requested(shutdown),
+        )
+        .await
+    };
     // On loss of the Lease the controller is dropped, not shut down gracefully: a running
     // reconcile may hang (kube's client has no read timeout) or write after a standby took
     // over.
@@ -132,6 +146,9 @@ async fn lead(
         }
     }
 }
+
+/// How long the leader waits for the API server's version before it starts the controller.
+const VERSION_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// This process's identity in the election when none is given (no `POD_NAME`): the host name
 /// and the process id, so that two processes on one host never both believe they hold the
