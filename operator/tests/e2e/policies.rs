@@ -23,6 +23,14 @@ impl InstalledPolicy {
 
 impl Drop for InstalledPolicy {
     fn drop(&mut self) {
+        // The binding first: a binding whose SandboxPolicy is gone refuses everything until the
+        // API server's informers drop it too.
+        let _ = kubectl(&[
+            "delete",
+            "validatingadmissionpolicybinding",
+            "sandboxservice-policy",
+            "--ignore-not-found",
+        ]);
         let _ = kubectl(&[
             "delete",
             "-k",
@@ -30,6 +38,23 @@ impl Drop for InstalledPolicy {
             "--ignore-not-found",
             "--wait=true",
         ]);
+        // Gone once the API server admits what the policy refused (a server-side dry run goes
+        // through admission and stores nothing).
+        let exposed = manifest(
+            "default",
+            "after-the-policy",
+            json!({"service": {"type": "NodePort"}}),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while kubectl_with_input(&["create", "--dry-run=server", "-f", "-"], Some(&exposed))
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                eprintln!("the admission policy still applies 30 s after its removal");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
     }
 }
 
