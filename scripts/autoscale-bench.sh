@@ -52,15 +52,16 @@ if [ "$TESTBED_NODES" = real ]; then
 	kubectl apply --server-side -k crds >/dev/null
 	kubectl apply --server-side -k deploy/operator >/dev/null
 	kubectl rollout status deployment/sandbox-operator -n sandbox-system --timeout=180s >/dev/null
-	# The operator's admin server at its pod IP (pod addresses are reachable from the node).
-	admin=$(kubectl get pod -n sandbox-system -l app.kubernetes.io/name=sandbox-operator \
-		-o jsonpath='{.items[0].status.podIP}'):8080
+	# The operator's metrics server at its pod IP (pod addresses are reachable from the node).
+	operator_metrics=$(kubectl get pod -n sandbox-system -l app.kubernetes.io/name=sandbox-operator \
+		-o jsonpath='{.items[0].status.podIP}'):8443
 else
 	kubectl apply --server-side -f crds/sandboxservice.yaml >/dev/null
 	kubectl get namespace sandbox-system >/dev/null 2>&1 || kubectl create namespace sandbox-system >/dev/null
 	start_operator "$out/operator.log" sandbox-system autoscale-bench
-	admin=$operator_admin
+	# start_operator set operator_metrics.
 fi
+metrics_token=$(metrics_reader_token) && [ -n "$metrics_token" ] || die "no token to read the operator's metrics with"
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 if [ "$ns" != default ]; then
 	kubectl delete namespace "$ns" --ignore-not-found --wait=true --timeout=120s >/dev/null
@@ -120,19 +121,19 @@ sample() {
 		t=$(now)
 		ratios=""
 		while read -r pod address; do
-			metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
-			ratio=$(sed -n 's/^queue_ratio //p' <<<"$metrics")
-			scaled_on=$(sed -n "s/^$gauge //p" <<<"$metrics")
-			completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$metrics")
-			in_flight=$(sed -n 's/^queue_in_flight_tasks //p' <<<"$metrics")
-			rejected=$(sed -n 's/^expensive_operations_rejected_total{reason="circuit_open"} //p' <<<"$metrics")
+			pod_metrics=$(curl -fsS --max-time 1 "http://$address/metrics" 2>/dev/null) || continue
+			ratio=$(sed -n 's/^queue_ratio //p' <<<"$pod_metrics")
+			scaled_on=$(sed -n "s/^$gauge //p" <<<"$pod_metrics")
+			completed=$(sed -n 's/^expensive_operations_completed_total //p' <<<"$pod_metrics")
+			in_flight=$(sed -n 's/^queue_in_flight_tasks //p' <<<"$pod_metrics")
+			rejected=$(sed -n 's/^expensive_operations_rejected_total{reason="circuit_open"} //p' <<<"$pod_metrics")
 			printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$pod" "${ratio:-nan}" "${completed:-0}" "${in_flight:-0}" \
 				"${scaled_on:-nan}" >>"$out/pods.tsv"
 			echo "${completed:-0} ${rejected:-0}" >"$out/counts/$pod"
 			# The pod's own time for its 200s (queue + operation), as "BUCKET COUNT" lines: client-side
 			# latency is not usable once pods close connections (autocannon mis-times reconnects).
 			sed -nE 's/^http_request_duration_seconds_bucket\{.*route="\/expensive-op",status_code="200",le="([^"]+)"\} ([0-9]+)$/\1 \2/p' \
-				<<<"$metrics" >"$out/latency/$pod"
+				<<<"$pod_metrics" >"$out/latency/$pod"
 			ratios+=" ${pod##*-}=${scaled_on:-?}"
 		done < <(pods)
 		hpa=$(api_get "/apis/autoscaling/v2/namespaces/$ns/horizontalpodautoscalers/$name")
@@ -159,11 +160,11 @@ sleep 3
 echo "load: autocannon -t 60 -c $CONNECTIONS -d $DURATION http://$service/expensive-op" >&2
 load_start=$(now)
 echo "$load_start" >"$out/load-start"
-reconciles() { curl -fsS "http://$admin/metrics" | sed -n 's/^sandbox_operator_reconciliations_total //p'; }
+reconciles() { operator_metrics_text "$operator_metrics" "$metrics_token" | sed -n 's/^sandbox_operator_reconciliations_total //p'; }
 reconciles_before=$(reconciles)
 # The CR's status writes (server-side apply patches of its status subresource), one CR in this run.
 status_writes() {
-	curl -fsS "http://$admin/metrics" |
+	operator_metrics_text "$operator_metrics" "$metrics_token" |
 		sed -n 's/^sandbox_operator_api_requests_total{resource="sandboxservices\/status",verb="patch"} //p' | awk '{ n += $1 } END { print n + 0 }'
 }
 status_writes_before=$(status_writes)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Checks deploy/ without a cluster; every object is validated, none skipped, a missing tool fails:
-#   - `kubectl kustomize crds` builds the two CRDs and nothing else, `kubectl kustomize deploy/operator`
+#   - `kubectl kustomize crds` builds the three CRDs and nothing else, `kubectl kustomize deploy/operator`
 #     the operator without any CRD (deleting it must keep every SandboxService), `kubectl kustomize
-#     deploy/policies` the admission policy, its binding and its SandboxPolicy, and every object of the
-#     three passes `kubernetes-validate --strict` (the SandboxPolicy its CRD's schema);
+#     deploy/policies` the admission policy, its binding and its SandboxPolicy, `kubectl kustomize
+#     deploy/operator-namespaced` the operator in namespaced mode (no ClusterRole that writes), and every
+#     object of the four passes `kubernetes-validate --strict` (the SandboxPolicy its CRD's schema);
 #   - each SandboxService in deploy/examples/ validates against the CRD's schema and renders with
 #     `operator render`; the rendered built-ins pass `kubernetes-validate --strict`, the ServiceMonitor
 #     its CRD's schema (strict: unknown fields fail);
 #   - deploy/examples/full.yaml sets every field of the CRD's spec;
+#   - deploy/examples/load-tests/ (the seed table's load tests, the step load) validate against their CRDs' schemas;
 #   - README.md, docs/*.md and deploy/**/*.yaml name only files of this repository that exist;
 #   - deploy/monitoring/: the adapter ConfigMap passes kubernetes-validate, the operator's ServiceMonitor
 #     the ServiceMonitor schema, the alerts the PrometheusRule schema, and the Helm values files parse.
@@ -33,10 +35,11 @@ python3 -c 'import yaml, jsonschema' 2>/dev/null ||
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "--- kubectl kustomize crds, deploy/operator, deploy/policies"
+echo "--- kubectl kustomize crds, deploy/operator, deploy/policies, deploy/operator-namespaced"
 kubectl kustomize crds > "$work/crds.yaml"
 kubectl kustomize deploy/operator > "$work/install.yaml"
 kubectl kustomize deploy/policies > "$work/policies.yaml"
+kubectl kustomize deploy/operator-namespaced > "$work/namespaced.yaml"
 
 echo "--- operator render -f deploy/examples/*.yaml"
 # CI passes the operator binary its test step built.
@@ -54,11 +57,11 @@ done
 
 echo "--- validating"
 python3 - "$KUBERNETES_VERSION" "$SERVICEMONITOR_CRD" "$PROMETHEUSRULE_CRD" "$work/crds.yaml" "$work/install.yaml" \
-  "$work/policies.yaml" --examples "${examples[@]}" --rendered "${rendered[@]}" <<'PY'
+  "$work/policies.yaml" "$work/namespaced.yaml" --examples "${examples[@]}" --rendered "${rendered[@]}" <<'PY'
 import copy, subprocess, sys
 import jsonschema, yaml
 
-version, servicemonitor_crd, prometheusrule_crd, crds, install, policies = sys.argv[1:7]
+version, servicemonitor_crd, prometheusrule_crd, crds, install, policies, namespaced = sys.argv[1:8]
 rest = sys.argv[7:]
 examples = rest[rest.index("--examples") + 1 : rest.index("--rendered")]
 rendered = rest[rest.index("--rendered") + 1 :]
@@ -104,16 +107,20 @@ with open(prometheusrule_crd) as f:
     prometheusrule = crd_validator(yaml.safe_load(f))
 with open("crds/sandboxpolicy.yaml") as f:
     sandboxpolicy = crd_validator(yaml.safe_load(f))
+with open("crds/sandboxloadtest.yaml") as f:
+    sandboxloadtest = crd_validator(yaml.safe_load(f))
 custom = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): servicemonitor,
     ("monitoring.coreos.com/v1", "PrometheusRule"): prometheusrule,
     ("sandbox.perf.dev/v1alpha1", "SandboxService"): sandboxservice,
     ("sandbox.perf.dev/v1alpha1", "SandboxPolicy"): sandboxpolicy,
+    ("sandbox.perf.dev/v1alpha1", "SandboxLoadTest"): sandboxloadtest,
 }
 
 # The strict validators really reject a misspelt field.
 assert not servicemonitor.is_valid({"spec": {"endpoints": [{"intervall": "15s"}]}})
 assert not sandboxservice.is_valid({"spec": {"autoscaling": {"maxReplica": 3}}})
+assert not sandboxloadtest.is_valid({"spec": {"target": "seed", "steps": [{"connections": 3, "duration": 10}]}})
 assert not sandboxpolicy.is_valid({"spec": {"allowedImagePrefixes": [], "allowedServiceTypes": ["ExternalName"]}})
 assert not prometheusrule.is_valid({"spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "exp": "1"}]}]}})
 
@@ -147,14 +154,26 @@ def check(docs, label, expect_kinds=None):
             problems.append(f"{label}: expected {sorted(expect_kinds)}, got {kinds}")
 
 
-check(documents(crds), "crds", ["CustomResourceDefinition", "CustomResourceDefinition"])
+check(documents(crds), "crds", ["CustomResourceDefinition"] * 3)
 check(documents(install), "deploy/operator",
-      ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+      ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
        "Role", "RoleBinding", "Deployment", "Service"])
+check(documents(namespaced), "deploy/operator-namespaced",
+      ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+       "Role", "Role", "RoleBinding", "RoleBinding", "Deployment", "Service"])
+# Namespaced mode writes nothing cluster-wide: its one ClusterRole of the operator's own reads and reviews.
+for _, doc in documents(namespaced):
+    if doc["kind"] == "ClusterRole" and doc["metadata"]["name"] == "sandbox-operator-namespaced":
+        for rule in doc["rules"]:
+            writes = set(rule["verbs"]) & {"update", "patch", "delete", "deletecollection", "*"}
+            creates = "create" in rule["verbs"] and not set(rule["resources"]) <= {"tokenreviews", "subjectaccessreviews"}
+            if writes or creates:
+                problems.append(f"deploy/operator-namespaced: ClusterRole sandbox-operator-namespaced writes: {rule}")
 check(documents(policies), "deploy/policies",
       ["SandboxPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
 check(documents("deploy/monitoring/adapter-config.yaml"), "deploy/monitoring", ["ConfigMap"])
 check(documents("deploy/monitoring/operator-servicemonitor.yaml"), "deploy/monitoring", ["ServiceMonitor"])
+check(documents("deploy/monitoring/operator-metrics-reader.yaml"), "deploy/monitoring", ["ClusterRoleBinding"])
 check(documents("deploy/monitoring/alerts.yaml"), "deploy/monitoring", ["PrometheusRule"])
 for values in ["prometheus-adapter-values.yaml", "kube-prometheus-stack-values.yaml"]:
     with open(f"deploy/monitoring/{values}") as f:
@@ -165,6 +184,11 @@ for example, output in zip(examples, rendered):
     monitored = (documents(example)[0][1]["spec"].get("monitoring") or {}).get("serviceMonitor", True)
     kinds = ["Deployment", "Service", "HorizontalPodAutoscaler"] + (["ServiceMonitor"] if monitored else [])
     check(documents(output), f"render {example}", kinds)
+
+# The load-test examples: the seed table's sandbox and its four rows, and the step load.
+check(documents("deploy/examples/load-tests/seed-table.yaml"), "deploy/examples/load-tests",
+      ["SandboxService"] + ["SandboxLoadTest"] * 4)
+check(documents("deploy/examples/load-tests/step-load.yaml"), "deploy/examples/load-tests", ["SandboxLoadTest"])
 
 # deploy/examples/full.yaml shows every spec field (inside `resources`, the Kubernetes type's own
 # fields are optional): a field added to the CRD must be added there too.

@@ -3,6 +3,9 @@
 #
 #   ghcr.io/performance-sandbox/workload:0.1.0   what Dockerfile.workload's final stage says
 #   ghcr.io/performance-sandbox/operator:0.1.0   what Dockerfile.operator's final stage says
+#   ghcr.io/performance-sandbox/loadgen:0.1.0    what Dockerfile.loadgen's final stage says
+# Each of these three says what is in it: its binary carries its dependency list (cargo auditable), and the
+# image its CycloneDX SBOM at /usr/share/sbom/NAME.cdx.json (cargo cyclonedx), as the Dockerfiles do.
 #   registry.k8s.io/pause:3.10.1                 the sandbox image, built from the pause.c of the test
 #                                                bed's k8s.io/kubernetes module, as build/pause does
 # and, for `import`, the monitoring chain the real node runs (monitoring_images): the Prometheus Operator,
@@ -88,10 +91,12 @@ image() {
 	distroless) base_rootfs "$bundle/b/rootfs" ;;
 	busybox) busybox_rootfs "$bundle/b/rootfs" ;;
 	esac
-	local file
+	local file mode
 	for file in "${files[@]}"; do
 		if [[ $file == *=* ]]; then
-			install -D -m 0755 "${file%%=*}" "$bundle/b/rootfs/${file#*=}"
+			# Binaries are executable, documents (the SBOMs) only readable.
+			mode=0755; [[ $file == *.json ]] && mode=0644
+			install -D -m "$mode" "${file%%=*}" "$bundle/b/rootfs/${file#*=}"
 		else
 			install -m 0755 "$file" "$bundle/b/rootfs/"
 		fi
@@ -109,23 +114,50 @@ image() {
 base_config=(--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 	--config.env=SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt --config.workingdir=/home/nonroot)
 
+# sbom PACKAGE: PACKAGE's CycloneDX SBOM (JSON, spec 1.5) of its runtime dependencies for the images'
+# target, resolved from Cargo.lock; prints its path. `cargo cyclonedx` writes one next to every
+# workspace member's Cargo.toml, so they are moved out of the tree at once.
+sbom() {
+	local member
+	# No SBOM of an earlier run may stand in for this one (`|| die`: bash does not stop in $(...)).
+	rm -f "$out/sbom/$1.cdx.json"
+	(cd "$root" && cargo cyclonedx --quiet --format json --spec-version 1.5 --no-build-deps \
+		--target x86_64-unknown-linux-gnu) || die "cargo cyclonedx failed"
+	mkdir -p "$out/sbom"
+	for member in "$root"/*/*.cdx.json "$root"/*/*/*.cdx.json; do
+		[ -f "$member" ] && mv "$member" "$out/sbom/"
+	done
+	[ -f "$out/sbom/$1.cdx.json" ] || die "cargo cyclonedx wrote no SBOM for $1"
+	echo "$out/sbom/$1.cdx.json"
+}
+
 build() {
 	command -v umoci >/dev/null && command -v skopeo >/dev/null ||
 		die "umoci and skopeo are missing: run scripts/install-test-deps.sh"
-	local start=$SECONDS workload operator pause
+	local start=$SECONDS workload operator loadgen workload_sbom operator_sbom loadgen_sbom pause
 	log "building static binaries (crt-static) and pause"
 	workload=$(release_binary workload)
 	operator=$(release_binary operator)
+	loadgen=$(release_binary loadgen)
+	cargo_tool cargo-cyclonedx "$cargo_cyclonedx_version" || die "installing cargo-cyclonedx failed"
+	workload_sbom=$(sbom workload)
+	operator_sbom=$(sbom operator)
+	loadgen_sbom=$(sbom loadgen)
 	pause=$(pause_binary)
 	rm -rf "$layout" && mkdir -p "$out"
 	umoci init --layout "$layout"
 	# Each config below is what the Dockerfile's final stage says; the e2e test images.rs compares them.
-	image "ghcr.io/performance-sandbox/workload:$version" distroless "$workload" -- "${base_config[@]}" \
+	image "ghcr.io/performance-sandbox/workload:$version" distroless "$workload" \
+		"$workload_sbom=/usr/share/sbom/workload.cdx.json" -- "${base_config[@]}" \
 		--config.user=65532:65532 --config.exposedports=3000/tcp \
 		--config.env=HOST=0.0.0.0 --config.env=PORT=3000 --config.entrypoint=/workload
-	image "ghcr.io/performance-sandbox/operator:$version" distroless "$operator" -- "${base_config[@]}" \
-		--config.user=65532:65532 --config.exposedports=8080/tcp \
+	image "ghcr.io/performance-sandbox/operator:$version" distroless "$operator" \
+		"$operator_sbom=/usr/share/sbom/operator.cdx.json" -- "${base_config[@]}" \
+		--config.user=65532:65532 --config.exposedports=8080/tcp --config.exposedports=8443/tcp \
 		--config.env=ADMIN_ADDR=0.0.0.0:8080 --config.entrypoint=/operator --config.cmd=run
+	image "ghcr.io/performance-sandbox/loadgen:$version" distroless "$loadgen" \
+		"$loadgen_sbom=/usr/share/sbom/loadgen.cdx.json" -- "${base_config[@]}" \
+		--config.user=65532:65532 --config.entrypoint=/loadgen
 	image "registry.k8s.io/pause:$pause_version" scratch "$pause" -- \
 		--config.user=65535:65535 --config.entrypoint=/pause
 	log "built in $((SECONDS - start)) s"

@@ -145,7 +145,7 @@ kubectl delete namespace "${floor_namespaces[@]}" --wait=true --timeout=600s >/d
 
 # --- the operator ---------------------------------------------------------------------------------
 start_operator "$out/operator.log" "$label" "$label"
-admin=$operator_admin
+metrics_token=$(metrics_reader_token) && [ -n "$metrics_token" ] || die "no token to read the operator's metrics with"
 (
 	while kill -0 "$operator_pid" 2>/dev/null; do
 		sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$operator_pid/status" 2>/dev/null
@@ -158,7 +158,7 @@ cpu_seconds() { sed 's/.*) //' "/proc/$operator_pid/stat" | awk -v t="$ticks" '{
 
 # A phase's start and end: the operator's metrics, CPU time, RSS samples so far and Events.
 mark() {
-	curl -fsS "http://$admin/metrics" >"$out/metrics-$1"
+	operator_metrics_text "$operator_metrics" "$metrics_token" >"$out/metrics-$1"
 	cpu_seconds >"$out/cpu-$1"
 	wc -l <"$out/rss-kb" >"$out/rss-line-$1"
 	events >"$out/events-$1"

@@ -53,6 +53,21 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
+    /// A load test's call to the API server failed (reading its target, applying its Job,
+    /// writing its status); retried with backoff.
+    #[error("SandboxLoadTest {namespace}/{name}: {action} failed: {source}")]
+    LoadTest {
+        /// Load test namespace.
+        namespace: String,
+        /// Load test name.
+        name: String,
+        /// What was being done, e.g. `reading the target SandboxService`.
+        action: &'static str,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
     /// A reconcile did not finish within its deadline, e.g. on a connection that stopped
     /// answering without closing (kube's client has no read timeout of its own).
     #[error("reconcile did not finish within {} s; an API request hung, it is retried", .0.as_secs())]
@@ -62,9 +77,15 @@ pub enum Error {
     #[error("Kubernetes client configuration: {0}")]
     Config(#[source] Box<kube::Error>),
 
-    /// The leader-election Lease could not be created or renewed.
-    #[error("leader election: {0}")]
-    LeaderElection(#[source] Box<kube_lease_manager::LeaseManagerError>),
+    /// The leader-election Lease could not be released.
+    #[error("leader election: releasing Lease {lease}: {source}")]
+    LeaderElection {
+        /// The Lease's name.
+        lease: String,
+        /// What the API server answered.
+        #[source]
+        source: Box<kube::Error>,
+    },
 
     /// This replica lost the Lease while running the controller.
     #[error("lost leadership of Lease {0}; exiting so a fresh process rejoins as a standby")]
@@ -83,6 +104,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// The metrics server could not bind.
+    #[error("metrics server on {addr}: {source}")]
+    MetricsServer {
+        /// Listen address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The metrics server's certificate or key could not be read or made.
+    #[error("metrics server's TLS certificate: {0}")]
+    MetricsCertificate(String),
 
     /// The async runtime could not start.
     #[error("starting the async runtime: {0}")]
@@ -124,12 +159,15 @@ impl Error {
             Error::Apply { .. } => "ApplyFailed",
             Error::Cleanup { .. } => "CleanupFailed",
             Error::Status { .. } => "StatusUpdateFailed",
+            Error::LoadTest { .. } => "LoadTestApiFailed",
             Error::ReconcileTimeout(_) => "ReconcileTimeout",
             Error::Config(_) => "ConfigError",
-            Error::LeaderElection(_) => "LeaderElectionFailed",
+            Error::LeaderElection { .. } => "LeaderElectionFailed",
             Error::LostLeadership(_) => "LostLeadership",
             Error::ElectionStopped(_) => "ElectionStopped",
             Error::AdminServer { .. } => "AdminServerFailed",
+            Error::MetricsServer { .. } => "MetricsServerFailed",
+            Error::MetricsCertificate(_) => "MetricsCertificateInvalid",
             Error::Runtime(_) => "RuntimeFailed",
             Error::ReadInput { .. } => "ReadInputFailed",
             Error::ParseInput { .. } => "InvalidInput",

@@ -1,5 +1,6 @@
 //! The `SandboxService` operator: a user applies one `SandboxService` and gets the workload's
-//! Deployment, Service, ServiceMonitor and a HorizontalPodAutoscaler on `queue_ratio`.
+//! Deployment, Service, ServiceMonitor and a HorizontalPodAutoscaler on `queue_ratio`; and a
+//! `SandboxLoadTest` to load it from inside the cluster and judge the outcome.
 //!
 //! The tree reads as the way a `SandboxService` travels:
 //! - [`api`]: what the user writes: the CRD types, their rules and validation (step 1);
@@ -8,7 +9,9 @@
 //!   with what it keeps between reconciles;
 //! - [`process`]: `operator run` around the pipeline: the controller's watches, leader
 //!   election, the admin server, the Kubernetes client;
-//! - [`manifests`]: what `operator rbac` and `operator render` print.
+//! - [`manifests`]: what `operator rbac` and `operator render` print;
+//! - [`loadtest`]: the `SandboxLoadTest` resource, the same pipeline for a load run against a
+//!   SandboxService (validate → its Job → its outcome in the status).
 //!
 //! Shared by all of them: [`names`] (field manager, labels: what the cluster sees),
 //! [`telemetry`] (the operator's metrics), [`error`] (errors with bounded categories) and
@@ -20,6 +23,7 @@
 pub mod api;
 pub mod children;
 pub mod error;
+pub mod loadtest;
 pub mod manifests;
 pub mod names;
 pub mod process;

@@ -19,14 +19,20 @@ struct Cli {
 enum Command {
     /// Run the controller (the default).
     Run(RunConfig),
-    /// Print a CRD as YAML: SandboxService's, or SandboxPolicy's (the admission policy's parameter).
+    /// Print a CRD as YAML: SandboxService's, SandboxLoadTest's, or SandboxPolicy's (the
+    /// admission policy's parameter).
     Crd {
         #[arg(value_enum, default_value_t = CrdKind::SandboxService)]
         kind: CrdKind,
     },
     /// Print the operator's ClusterRole and leader-election Role, with their bindings, as
-    /// multi-document YAML.
-    Rbac,
+    /// multi-document YAML; with `--namespace`, namespaced mode's grants instead.
+    Rbac {
+        /// Print a Role in this namespace (repeat for several) and the ClusterRole of
+        /// cluster-scoped reads that `run --namespace` needs in place of the ClusterRole.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+    },
     /// Print the objects `run` would apply for a SandboxService, as multi-document YAML.
     Render {
         /// SandboxService YAML file, `-` for stdin.
@@ -37,9 +43,13 @@ enum Command {
 
 /// The CRDs `operator crd` prints.
 #[derive(Clone, Copy, clap::ValueEnum)]
+// The kinds' own names, as `operator crd sandbox-service` says them.
+#[allow(clippy::enum_variant_names)]
 enum CrdKind {
     /// crds/sandboxservice.yaml
     SandboxService,
+    /// crds/sandboxloadtest.yaml
+    SandboxLoadTest,
     /// crds/sandboxpolicy.yaml
     SandboxPolicy,
 }
@@ -52,13 +62,22 @@ fn main() -> ExitCode {
                 "{}",
                 match kind {
                     CrdKind::SandboxService => operator::api::schema::crd_yaml(),
+                    CrdKind::SandboxLoadTest => operator::loadtest::crd_yaml(),
                     CrdKind::SandboxPolicy => operator::api::policy::crd_yaml(),
                 }
             );
             Ok(())
         }
-        Some(Command::Rbac) => {
-            print!("{}", operator::manifests::rbac::rbac_yaml());
+        Some(Command::Rbac { namespaces }) => {
+            let namespaces: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+            print!(
+                "{}",
+                if namespaces.is_empty() {
+                    operator::manifests::rbac::rbac_yaml()
+                } else {
+                    operator::manifests::rbac::namespaced_rbac_yaml(&namespaces)
+                }
+            );
             Ok(())
         }
         Some(Command::Render { file }) => {

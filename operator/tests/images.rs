@@ -1,14 +1,16 @@
 //! The images that `scripts/images.sh` builds without Docker against what the Dockerfiles say, so the
 //! two cannot drift: each instruction of a Dockerfile's final stage (user, exposed ports, environment,
 //! entrypoint, command, copied files, base) must show in the built image's config or its layer. An
-//! instruction this test does not know fails it, so a new one gets a check before it ships.
+//! instruction this test does not know fails it, so a new one gets a check before it ships. And each
+//! image says what is in it: its binary's `cargo auditable` dependency list and its CycloneDX SBOM
+//! name the same packages, at the versions in Cargo.lock.
 //!
 //! ```sh
 //! scripts/images.sh build
 //! cargo test -p operator --test images -- --ignored
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -112,6 +114,8 @@ fn base(reference: &str) -> Base {
 struct BuiltImage {
     config: Value,
     layer: Vec<String>,
+    /// The layer's blob (a gzipped tar).
+    layer_blob: PathBuf,
 }
 
 fn blob(layout: &Path, digest: &str) -> PathBuf {
@@ -143,9 +147,10 @@ fn built_image(layout: &Path, reference: &str) -> BuiltImage {
         .as_array()
         .expect("the manifest lists layers");
     assert_eq!(layers.len(), 1, "scripts/images.sh builds one layer");
+    let layer_blob = blob(layout, layers[0]["digest"].as_str().unwrap());
     let listing = Command::new("tar")
         .arg("-tvzf")
-        .arg(blob(layout, layers[0]["digest"].as_str().unwrap()))
+        .arg(&layer_blob)
         .output()
         .expect("run tar");
     assert!(listing.status.success(), "tar cannot list the layer");
@@ -153,7 +158,11 @@ fn built_image(layout: &Path, reference: &str) -> BuiltImage {
         .lines()
         .map(str::to_string)
         .collect();
-    BuiltImage { config, layer }
+    BuiltImage {
+        config,
+        layer,
+        layer_blob,
+    }
 }
 
 impl BuiltImage {
@@ -162,6 +171,22 @@ impl BuiltImage {
         self.layer.iter().map(String::as_str).find(|line| {
             line.ends_with(&format!(" {path}")) || line.ends_with(&format!(" ./{path}"))
         })
+    }
+
+    /// The content of the file at `path` (relative) in the layer.
+    fn file(&self, path: &str) -> Vec<u8> {
+        let line = self
+            .entry(path)
+            .unwrap_or_else(|| panic!("the layer has no {path}"));
+        let member = line.rsplit(' ').next().unwrap();
+        let output = Command::new("tar")
+            .arg("-xzOf")
+            .arg(&self.layer_blob)
+            .arg(member)
+            .output()
+            .expect("run tar");
+        assert!(output.status.success(), "tar cannot extract {member}");
+        output.stdout
     }
 }
 
@@ -226,11 +251,17 @@ fn differences(dockerfile: &str, image: &BuiltImage) -> Vec<String> {
             "COPY" => {
                 let destination = args.split_whitespace().last().unwrap_or_default();
                 let path = destination.trim_start_matches('/');
+                // Binaries are executable; documents (an SBOM) are readable, and no more.
+                let (mode, kind) = if destination.ends_with(".json") {
+                    ("-rw-r--r--", "a readable document")
+                } else {
+                    ("-rwx", "executable")
+                };
                 match image.entry(path) {
                     None => found.push(format!("COPY {args}: the layer has no {destination}")),
-                    Some(line) if !line.starts_with("-rwx") => found.push(format!(
-                        "COPY {args}: {destination} is not executable: {line}"
-                    )),
+                    Some(line) if !line.starts_with(mode) => {
+                        found.push(format!("COPY {args}: {destination} is not {kind}: {line}"))
+                    }
                     Some(_) => {}
                 }
             }
@@ -257,7 +288,8 @@ fn differences(dockerfile: &str, image: &BuiltImage) -> Vec<String> {
     found
 }
 
-fn check(dockerfile_name: &str) {
+/// The Dockerfile `dockerfile_name`, and the image scripts/images.sh built for its tag.
+fn dockerfile_and_image(dockerfile_name: &str) -> (String, BuiltImage) {
     let root = repo_root();
     let dockerfile =
         std::fs::read_to_string(root.join(dockerfile_name)).expect("read the Dockerfile");
@@ -266,6 +298,11 @@ fn check(dockerfile_name: &str) {
         .unwrap_or_else(|| root.join("target/images"))
         .join("oci");
     let image = built_image(&layout, &documented_tag(&dockerfile));
+    (dockerfile, image)
+}
+
+fn check(dockerfile_name: &str) {
+    let (dockerfile, image) = dockerfile_and_image(dockerfile_name);
     let found = differences(&dockerfile, &image);
     assert!(
         found.is_empty(),
@@ -284,6 +321,189 @@ fn the_workload_image_is_what_dockerfile_workload_says() {
 #[ignore = "needs scripts/images.sh build"]
 fn the_operator_image_is_what_dockerfile_operator_says() {
     check("Dockerfile.operator");
+}
+
+#[test]
+#[ignore = "needs scripts/images.sh build"]
+fn the_loadgen_image_is_what_dockerfile_loadgen_says() {
+    check("Dockerfile.loadgen");
+}
+
+/// Every package version Cargo.lock holds, by name.
+fn locked_versions() -> BTreeMap<String, BTreeSet<String>> {
+    let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).expect("read Cargo.lock");
+    let mut versions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for package in lock.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            package.lines().find_map(|line| {
+                line.strip_prefix(&format!("{key} = \""))
+                    .and_then(|rest| rest.strip_suffix('"'))
+            })
+        };
+        if let (Some(name), Some(version)) = (field("name"), field("version")) {
+            versions
+                .entry(name.to_owned())
+                .or_default()
+                .insert(version.to_owned());
+        }
+    }
+    versions
+}
+
+/// Every proc-macro package of the workspace's graph and all it depends on, as `(name,
+/// version)`: what runs in the compiler, not in the binary (per `cargo metadata`).
+fn compile_time_packages() -> BTreeSet<(String, String)> {
+    let output = Command::new(env!("CARGO"))
+        // The images' platform only: the whole graph would need crates for other platforms
+        // downloaded, which a fresh machine's builds never fetched.
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", "x86_64-unknown-linux-gnu"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run cargo metadata");
+    assert!(output.status.success(), "cargo metadata failed");
+    let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let packages = metadata["packages"].as_array().unwrap();
+    let by_id: BTreeMap<&str, &Value> = packages
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p))
+        .collect();
+    let nodes: BTreeMap<&str, Vec<&str>> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| {
+            let deps = node["dependencies"].as_array().unwrap();
+            (
+                node["id"].as_str().unwrap(),
+                deps.iter().filter_map(Value::as_str).collect(),
+            )
+        })
+        .collect();
+    let is_proc_macro = |package: &Value| {
+        package["targets"].as_array().unwrap().iter().any(|target| {
+            target["kind"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|kind| kind == "proc-macro")
+        })
+    };
+    let mut pending: Vec<&str> = by_id
+        .iter()
+        .filter(|(_, package)| is_proc_macro(package))
+        .map(|(id, _)| *id)
+        .collect();
+    let mut found = BTreeSet::new();
+    while let Some(id) = pending.pop() {
+        let package = by_id[id];
+        let key = (
+            package["name"].as_str().unwrap().to_owned(),
+            package["version"].as_str().unwrap().to_owned(),
+        );
+        if found.insert(key) {
+            pending.extend(nodes.get(id).into_iter().flatten());
+        }
+    }
+    found
+}
+
+/// `(name, version)` of each entry of a JSON list.
+fn name_versions<'a>(entries: impl Iterator<Item = &'a Value>) -> BTreeSet<(String, String)> {
+    entries
+        .map(|entry| {
+            let text = |key: &str| entry[key].as_str().unwrap_or_default().to_owned();
+            (text("name"), text("version"))
+        })
+        .collect()
+}
+
+/// The image's binary `package` carries its dependency list (cargo auditable) and the image its
+/// CycloneDX SBOM; both name the same runtime dependencies, and each of `named` at the version in
+/// Cargo.lock.
+fn says_what_is_in_it(dockerfile_name: &str, package: &str, named: &[&str]) {
+    let (_, image) = dockerfile_and_image(dockerfile_name);
+    let binary = image.file(package);
+    let audit: Value = serde_json::from_str(
+        &auditable_info::json_from_slice(&binary, 8 << 20)
+            .unwrap_or_else(|e| panic!("no cargo-auditable data in /{package}: {e}")),
+    )
+    .unwrap();
+    let packages = audit["packages"].as_array().expect("a package list");
+    let root = packages
+        .iter()
+        .find(|p| p["root"] == true)
+        .expect("a root package");
+    assert_eq!(root["name"], package);
+    // Build-time dependencies (build scripts' and proc macros') are not in the binary.
+    let runtime = name_versions(
+        packages
+            .iter()
+            .filter(|p| p["root"] != true && p["kind"] != "build"),
+    );
+
+    let sbom_path = format!("usr/share/sbom/{package}.cdx.json");
+    let sbom: Value = serde_json::from_slice(&image.file(&sbom_path)).unwrap();
+    assert_eq!(sbom["bomFormat"], "CycloneDX");
+    assert_eq!(sbom["specVersion"], "1.5");
+    assert_eq!(sbom["metadata"]["component"]["name"], package);
+    let components = name_versions(sbom["components"].as_array().expect("components").iter());
+    // The two lists agree but for what runs in the compiler: `cargo auditable` marks proc macros
+    // and their dependencies as build-time and leaves them out of the binary's runtime list, while
+    // `cargo cyclonedx --no-build-deps` still names them.
+    let compile_time = compile_time_packages();
+    let differing: Vec<_> = runtime
+        .symmetric_difference(&components)
+        .filter(|package| !compile_time.contains(*package))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "the binary's dependency list and the SBOM differ beyond proc macros: {differing:?}"
+    );
+
+    let locked = locked_versions();
+    for name in named {
+        let in_lock = &locked[*name];
+        let shipped: BTreeSet<&String> = runtime
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            !shipped.is_empty() && shipped.iter().all(|v| in_lock.contains(*v)),
+            "{package} ships {name} {shipped:?}; Cargo.lock holds {in_lock:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/images.sh build"]
+fn the_workload_image_says_what_is_in_it() {
+    says_what_is_in_it(
+        "Dockerfile.workload",
+        "workload",
+        &["axum", "tokio", "prometheus"],
+    );
+}
+
+#[test]
+#[ignore = "needs scripts/images.sh build"]
+fn the_operator_image_says_what_is_in_it() {
+    says_what_is_in_it(
+        "Dockerfile.operator",
+        "operator",
+        &["kube", "k8s-openapi", "axum"],
+    );
+}
+
+#[test]
+#[ignore = "needs scripts/images.sh build"]
+fn the_loadgen_image_says_what_is_in_it() {
+    says_what_is_in_it(
+        "Dockerfile.loadgen",
+        "loadgen",
+        &["hyper", "hdrhistogram", "tokio"],
+    );
 }
 
 #[test]

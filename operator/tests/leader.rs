@@ -1,6 +1,6 @@
 //! Leader election against an in-memory API server (kube-fake-client) whose Lease requests can
 //! be made to fail, to hang, or to race with another replica. Short, real-time lease timings:
-//! the lease manager compares Lease times with the wall clock.
+//! the election compares Lease times with the wall clock.
 
 use std::future::pending;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -25,16 +25,16 @@ const LEASE: &str = "sandbox-operator";
 const ME: &str = "operator-0";
 const OTHER: &str = "operator-1";
 
-/// Valid for 3 s after each renewal, 1 s of clock skew tolerated: the leader renews every
+/// Valid for 3 s after each renewal, a 1 s margin: the leader renews every
 /// second and gives up 2 s after its last successful renewal.
 const TIMING: LeaseTiming = LeaseTiming::new(3, 1);
 
-/// Valid for 5 s after each renewal, 2 s of clock skew tolerated: Lease requests time out
+/// Valid for 5 s after each renewal, a 2 s margin: Lease requests time out
 /// after 1 s, so an answer can be delayed by most of a second.
 const SLOW_TIMING: LeaseTiming = LeaseTiming::new(5, 2);
 
-/// How late [`SLOW_ACQUISITION`] answers the acquisition's first PATCH, within
-/// [`SLOW_TIMING`]'s request timeout.
+/// How late [`SLOW_ACQUISITION`] answers the acquiring write, within [`SLOW_TIMING`]'s request
+/// timeout.
 const ACQUISITION_DELAY: Duration = Duration::from_millis(900);
 
 /// Slack for scheduling when comparing measured instants with the renew deadline.
@@ -46,14 +46,14 @@ const HEALTHY: u8 = 0;
 const FAILING: u8 = 1;
 /// Lease requests are never answered.
 const HANGING: u8 = 2;
-/// The next Lease PATCH lands just after another replica took the Lease over; from then on
+/// The next Lease write lands just after another replica took the Lease over; from then on
 /// Lease requests are never answered.
-const STOLEN_BEFORE_PATCH: u8 = 3;
-/// The first Lease PATCH (the acquisition's apply) is answered [`ACQUISITION_DELAY`] late,
-/// the second at once, and later ones never.
+const STOLEN_BEFORE_WRITE: u8 = 3;
+/// The first Lease write (the acquisition) is answered [`ACQUISITION_DELAY`] late, and later
+/// writes never.
 const SLOW_ACQUISITION: u8 = 4;
-/// The release's write (the only JSON merge patch; the lease manager's renewals are strategic
-/// merge patches) lands just after another replica took the Lease over.
+/// The release's write (the only one that leaves the Lease without a holder) lands just after
+/// another replica took the Lease over.
 const STOLEN_BEFORE_RELEASE: u8 = 5;
 
 /// What the in-memory API server does with Lease requests, and what it saw.
@@ -62,11 +62,12 @@ struct Server {
     mode: AtomicU8,
     /// Lease requests of any kind.
     requests: AtomicUsize,
-    patches: AtomicUsize,
-    /// When the first Lease PATCH arrived.
-    first_patch: Mutex<Option<Instant>>,
-    /// When the last successfully answered Lease PATCH arrived.
-    last_patch_ok: Mutex<Option<Instant>>,
+    /// Lease writes: creates, updates and patches.
+    writes: AtomicUsize,
+    /// When the first Lease write arrived.
+    first_write: Mutex<Option<Instant>>,
+    /// When the last successfully answered Lease write arrived.
+    last_write_ok: Mutex<Option<Instant>>,
 }
 
 impl Server {
@@ -80,15 +81,15 @@ impl Server {
         self.mode.store(mode, Ordering::SeqCst);
     }
 
-    fn first_patch(&self) -> Instant {
-        self.first_patch.lock().unwrap().expect("a Lease PATCH")
+    fn first_write(&self) -> Instant {
+        self.first_write.lock().unwrap().expect("a Lease write")
     }
 
-    fn last_patch_ok(&self) -> Instant {
-        self.last_patch_ok
+    fn last_write_ok(&self) -> Instant {
+        self.last_write_ok
             .lock()
             .unwrap()
-            .expect("a successful Lease PATCH")
+            .expect("a successful Lease write")
     }
 
     async fn answer(
@@ -101,40 +102,41 @@ impl Server {
         }
         let arrived = Instant::now();
         self.requests.fetch_add(1, Ordering::SeqCst);
-        let is_patch = request.method() == http::Method::PATCH;
-        if is_patch && self.patches.fetch_add(1, Ordering::SeqCst) == 0 {
-            *self.first_patch.lock().unwrap() = Some(arrived);
+        let is_write = request.method() != http::Method::GET;
+        if is_write && self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
+            *self.first_write.lock().unwrap() = Some(arrived);
         }
+        let (parts, body) = request.into_parts();
+        let body = body.collect_bytes().await?;
         match self.mode.load(Ordering::SeqCst) {
             FAILING => return Ok(unavailable()),
             HANGING => return pending().await,
-            STOLEN_BEFORE_PATCH if is_patch => {
+            STOLEN_BEFORE_WRITE if is_write => {
                 give_lease_to(fake.clone(), OTHER).await;
                 self.set_mode(HANGING);
             }
-            STOLEN_BEFORE_RELEASE if is_patch && is_merge_patch(&request) => {
+            STOLEN_BEFORE_RELEASE if is_write && leaves_no_holder(&body) => {
                 give_lease_to(fake.clone(), OTHER).await;
             }
-            SLOW_ACQUISITION if is_patch => match self.patches.load(Ordering::SeqCst) {
+            SLOW_ACQUISITION if is_write => match self.writes.load(Ordering::SeqCst) {
                 1 => sleep(ACQUISITION_DELAY).await,
-                2 => {}
                 _ => return pending().await,
             },
             _ => {}
         }
+        let request = http::Request::from_parts(parts, Body::from(body.to_vec()));
         let response = fake.send(request).await?;
-        if is_patch && response.status().is_success() {
-            *self.last_patch_ok.lock().unwrap() = Some(arrived);
+        if is_write && response.status().is_success() {
+            *self.last_write_ok.lock().unwrap() = Some(arrived);
         }
         Ok(response)
     }
 }
 
-fn is_merge_patch(request: &http::Request<Body>) -> bool {
-    request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value == "application/merge-patch+json")
+/// Whether a Lease write leaves the Lease without a holder, as only a release does.
+fn leaves_no_holder(body: &[u8]) -> bool {
+    serde_json::from_slice::<Lease>(body)
+        .is_ok_and(|lease| lease.spec.is_none_or(|spec| spec.holder_identity.is_none()))
 }
 
 fn unavailable() -> http::Response<Body> {
@@ -159,20 +161,24 @@ async fn give_lease_to(fake: Client, holder: &str) {
 }
 
 /// A client of an in-memory API server holding `objects`, whose Lease requests `server`
-/// answers.
+/// answers; and a client of that API server that bypasses `server`.
 async fn client(server: Arc<Server>, objects: Vec<Lease>) -> (Client, Client) {
     let fake = ClientBuilder::new()
         .with_objects(objects)
         .build()
         .await
         .unwrap();
-    let inner = fake.clone();
+    (answered_by(server, fake.clone()), fake)
+}
+
+/// A client of the in-memory API server `fake` whose Lease requests `server` answers.
+fn answered_by(server: Arc<Server>, fake: Client) -> Client {
     let service = tower::service_fn(move |request: http::Request<Body>| {
-        let fake = inner.clone();
+        let fake = fake.clone();
         let server = server.clone();
         async move { server.answer(fake, request).await }
     });
-    (Client::new(service, NAMESPACE), fake)
+    Client::new(service, NAMESPACE)
 }
 
 async fn start(client: Client, timing: LeaseTiming) -> Election {
@@ -258,7 +264,7 @@ async fn leader_gives_up_within_the_renew_deadline(outage: u8) {
         wait_for(&mut is_leader, false, bound + Duration::from_secs(1)).await,
         "leadership given up"
     );
-    let since_renewal = server.last_patch_ok().elapsed();
+    let since_renewal = server.last_write_ok().elapsed();
     assert!(
         since_renewal <= bound + SLACK && since_renewal + SLACK >= bound,
         "leadership given up {since_renewal:?} after the last successful renewal arrived at the \
@@ -291,13 +297,13 @@ async fn leader_gives_up_when_lease_renewals_hang() {
     leader_gives_up_within_the_renew_deadline(HANGING).await;
 }
 
-/// A replica that restarts with its old identity believes it still holds the Lease, but
-/// another replica takes it over before its renewal lands. That renewal (a patch of
-/// `renewTime` alone) succeeds on the other replica's Lease: it must not make it leader.
+/// A replica that restarts with its old identity reads the Lease as its own, but another
+/// replica takes it over before its renewal lands. That renewal must fail on the Lease it did
+/// not read, and must not make it leader.
 #[tokio::test]
-async fn a_renewal_of_a_lease_held_by_another_replica_does_not_make_it_leader() {
+async fn a_renewal_of_a_lease_taken_over_since_it_was_read_does_not_make_it_leader() {
     let lease = lease_held_by(ME, 3);
-    let server = Server::new(STOLEN_BEFORE_PATCH);
+    let server = Server::new(STOLEN_BEFORE_WRITE);
     let (client, fake) = client(server.clone(), vec![lease]).await;
     let election = start(client, TIMING).await;
     let mut is_leader = election.is_leader.clone();
@@ -307,7 +313,7 @@ async fn a_renewal_of_a_lease_held_by_another_replica_does_not_make_it_leader() 
         "leader on the strength of a renewal of another replica's Lease"
     );
     assert!(
-        server.patches.load(Ordering::SeqCst) >= 1,
+        server.writes.load(Ordering::SeqCst) >= 1,
         "the replica renewed the Lease"
     );
     assert_eq!(holder(fake).await.as_deref(), Some(OTHER));
@@ -316,10 +322,10 @@ async fn a_renewal_of_a_lease_held_by_another_replica_does_not_make_it_leader() 
     release_returns(election, is_leader).await;
 }
 
-/// At acquisition the lease manager sends two PATCHes: the first sets `renewTime`, the second
-/// the transition count. The renew deadline counts from the first.
+/// The acquiring write is answered late, and no renewal is answered: the renew deadline counts
+/// from when the acquiring write was sent, as its `renewTime` says, not from its answer.
 #[tokio::test]
-async fn the_renew_deadline_counts_from_the_patch_that_set_renew_time() {
+async fn the_renew_deadline_counts_from_the_sending_of_the_acquiring_write() {
     let server = Server::new(SLOW_ACQUISITION);
     let (election, mut is_leader, _fake) = sole_leader(server.clone(), SLOW_TIMING).await;
     let bound = SLOW_TIMING.renew_deadline();
@@ -327,13 +333,13 @@ async fn the_renew_deadline_counts_from_the_patch_that_set_renew_time() {
         wait_for(&mut is_leader, false, bound + Duration::from_secs(2)).await,
         "leadership given up without renewals"
     );
-    let since_acquisition = server.first_patch().elapsed();
+    let since_acquisition = server.first_write().elapsed();
     assert!(
         since_acquisition <= bound + SLACK,
-        "leadership given up {since_acquisition:?} after the acquiring PATCH arrived at the \
+        "leadership given up {since_acquisition:?} after the acquiring write arrived at the \
          API server, more than {bound:?} (+{SLACK:?})"
     );
-    assert!(server.patches.load(Ordering::SeqCst) >= 2);
+    assert!(server.writes.load(Ordering::SeqCst) >= 2, "renewals tried");
 
     release_returns(election, is_leader).await;
 }
@@ -361,9 +367,8 @@ async fn a_candidate_waits_out_an_unreachable_api_server_and_then_leads() {
     release_returns(election, is_leader).await;
 }
 
-/// A standby that shuts down leaves the Lease alone, not even reading it: the lease manager's
-/// release clears an expired Lease without a precondition, so from a standby it could clear
-/// the Lease another replica has just taken.
+/// A standby that shuts down leaves the Lease alone, not even reading it: from a standby a
+/// release could clear the Lease another replica has just taken.
 #[tokio::test]
 async fn a_standby_leaves_the_lease_to_its_holder_on_shutdown() {
     let lease = lease_held_by(OTHER, 30);
@@ -498,4 +503,40 @@ async fn a_release_leaves_a_lease_another_replica_took_meanwhile() {
         .expect("release returns")
         .unwrap();
     assert_eq!(holder(fake).await.as_deref(), Some(OTHER));
+}
+
+/// Two replicas on one Lease: one leads, the other waits; once the leader releases, the other
+/// takes over within a standby's polling period.
+#[tokio::test]
+async fn of_two_replicas_one_leads_and_the_other_takes_over_after_its_release() {
+    let server = Server::new(HEALTHY);
+    let (first_client, fake) = client(server.clone(), vec![]).await;
+    let first = start(first_client, TIMING).await;
+    let mut first_leads = first.is_leader.clone();
+    assert!(wait_for(&mut first_leads, true, Duration::from_secs(5)).await);
+
+    let other = LeaseConfig {
+        name: LEASE.into(),
+        namespace: NAMESPACE.into(),
+        identity: OTHER.into(),
+    };
+    let second = Election::start_with(answered_by(server, fake.clone()), &other, TIMING);
+    let mut second_leads = second.is_leader.clone();
+    assert!(
+        !wait_for(&mut second_leads, true, Duration::from_secs(4)).await,
+        "a second leader while the first renews"
+    );
+    assert!(*first_leads.borrow(), "the first leads throughout");
+
+    drop(first_leads);
+    first.release().await.unwrap();
+    let released = Instant::now();
+    assert!(
+        wait_for(&mut second_leads, true, Duration::from_secs(2)).await,
+        "the standby takes the released Lease"
+    );
+    assert!(released.elapsed() < Duration::from_millis(1500));
+    assert_eq!(holder(fake).await.as_deref(), Some(OTHER));
+    drop(second_leads);
+    second.release().await.unwrap();
 }

@@ -10,7 +10,8 @@ use std::process::Command;
 
 use operator::api::crd::DEFAULT_IMAGE;
 use operator::manifests::rbac::{
-    EDIT_ROLE, MANAGED_RESOURCES, ManagedResource, SERVICE_ACCOUNT, VIEW_ROLE, rbac_yaml,
+    EDIT_ROLE, EXAMPLE_WATCHED_NAMESPACE, MANAGED_RESOURCES, METRICS_READER_ROLE, ManagedResource,
+    SERVICE_ACCOUNT, VIEW_ROLE, namespaced_mode, rbac_yaml,
 };
 use operator::names::LEASE_NAME;
 use serde::Deserialize;
@@ -202,7 +203,10 @@ fn install_grants_exactly_the_verbs_the_operator_uses() {
         .map(|role| &role["metadata"]["name"])
         .collect();
     // kustomize sorts them by name.
-    assert_eq!(cluster_roles, [EDIT_ROLE, VIEW_ROLE, SERVICE_ACCOUNT]);
+    assert_eq!(
+        cluster_roles,
+        [EDIT_ROLE, VIEW_ROLE, SERVICE_ACCOUNT, METRICS_READER_ROLE]
+    );
     let role = one(&objects, "Role");
     assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
 }
@@ -302,14 +306,28 @@ fn operator_deployment_runs_this_version_with_probes_on_its_admin_port() {
         .unwrap()
         .parse()
         .unwrap();
+    let metrics_addr: std::net::SocketAddr = env["METRICS_ADDR"]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let port = &container["ports"][0];
     assert_eq!(port["containerPort"], admin_addr.port());
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path);
         assert_eq!(container[probe]["httpGet"]["port"], port["name"]);
+        assert!(
+            container[probe]["httpGet"]["scheme"].is_null(),
+            "plain HTTP"
+        );
     }
+    // The Service publishes the metrics server only, not the probes' port.
+    let metrics_port = &container["ports"][1];
+    assert_eq!(metrics_port["containerPort"], metrics_addr.port());
     let service = one(&objects, "Service");
-    assert_eq!(service["spec"]["ports"][0]["targetPort"], port["name"]);
+    let published = service["spec"]["ports"].as_array().unwrap();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0]["targetPort"], metrics_port["name"]);
 
     for limit in ["requests", "limits"] {
         for resource in ["cpu", "memory"] {
@@ -365,13 +383,18 @@ fn the_crd_install_carries_the_committed_crds_and_nothing_else() {
     let kinds: Vec<&Value> = objects.iter().map(|o| &o["kind"]).collect();
     assert_eq!(
         kinds,
-        ["CustomResourceDefinition", "CustomResourceDefinition"]
+        [
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition"
+        ]
     );
     // The committed files, which tests/render.rs keeps equal to `operator crd [KIND]`'s output.
-    for (crd, file) in objects
-        .iter()
-        .zip(["crds/sandboxpolicy.yaml", "crds/sandboxservice.yaml"])
-    {
+    for (crd, file) in objects.iter().zip([
+        "crds/sandboxloadtest.yaml",
+        "crds/sandboxpolicy.yaml",
+        "crds/sandboxservice.yaml",
+    ]) {
         let committed = std::fs::read_to_string(repo_dir(file)).unwrap();
         let committed: Value = serde_yaml::from_str(&committed).unwrap();
         // kustomize adds the part-of label; everything else is the committed CRD.
@@ -385,4 +408,68 @@ fn the_crd_install_carries_the_committed_crds_and_nothing_else() {
             "crds/ installs a CRD other than {file}"
         );
     }
+}
+
+#[test]
+fn committed_namespaced_rbac_is_what_operator_rbac_namespace_prints() {
+    let printed = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .args(["rbac", "--namespace", EXAMPLE_WATCHED_NAMESPACE])
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let file = repo_dir("deploy/operator-namespaced/rbac.yaml");
+    let committed = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    assert!(
+        committed == printed,
+        "deploy/operator-namespaced/rbac.yaml is stale: run `cargo run -q -p operator -- rbac \
+         --namespace {EXAMPLE_WATCHED_NAMESPACE} > deploy/operator-namespaced/rbac.yaml`"
+    );
+}
+
+/// Namespaced mode grants in the watched namespace what the ClusterRole grants everywhere, and
+/// cluster-wide only reads and the reviews, which store nothing.
+#[test]
+fn namespaced_mode_writes_nothing_cluster_wide() {
+    let grants = namespaced_mode(&["team-a", "team-b"]);
+    for rule in grants.cluster_role.rules.unwrap() {
+        let resources = rule.resources.unwrap_or_default();
+        for verb in &rule.verbs {
+            let read = ["get", "list", "watch"].contains(&verb.as_str());
+            let review = verb == "create"
+                && resources
+                    .iter()
+                    .all(|r| r == "tokenreviews" || r == "subjectaccessreviews");
+            assert!(read || review, "{verb} on {resources:?} cluster-wide");
+        }
+    }
+    let everywhere = cluster_role_rules_of_namespaced_kinds();
+    assert_eq!(grants.roles.len(), 2);
+    for ((role, role_binding), namespace) in grants.roles.into_iter().zip(["team-a", "team-b"]) {
+        assert_eq!(role.metadata.namespace.as_deref(), Some(namespace));
+        assert_eq!(role_binding.metadata.namespace.as_deref(), Some(namespace));
+        assert_eq!(role.rules.unwrap(), everywhere);
+    }
+}
+
+/// The shipped ClusterRole's rules on namespaced kinds.
+fn cluster_role_rules_of_namespaced_kinds() -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    let cluster_scoped = [
+        "customresourcedefinitions",
+        "tokenreviews",
+        "subjectaccessreviews",
+    ];
+    operator::manifests::rbac::cluster_role()
+        .rules
+        .unwrap()
+        .into_iter()
+        .filter(|rule| {
+            !rule
+                .resources
+                .iter()
+                .flatten()
+                .any(|r| cluster_scoped.contains(&r.as_str()))
+        })
+        .collect()
 }

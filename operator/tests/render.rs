@@ -107,6 +107,11 @@ fn committed_crds_are_the_generated_ones() {
             "sandboxpolicy.yaml",
             operator::api::policy::crd_yaml(),
         ),
+        (
+            Some("sandbox-load-test"),
+            "sandboxloadtest.yaml",
+            operator::loadtest::crd_yaml(),
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_operator"))
             .arg("crd")

@@ -27,6 +27,23 @@ fn repo_path(relative: &str) -> PathBuf {
         .join(relative)
 }
 
+/// Every `.yaml` file under `dir`, in its subdirectories too (e.g. `deploy/examples/load-tests/`).
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(yaml_files(&path));
+        } else if path
+            .extension()
+            .is_some_and(|extension| extension == "yaml")
+        {
+            files.push(path);
+        }
+    }
+    files
+}
+
 fn read_yaml(relative: &str) -> Value {
     let path = repo_path(relative);
     let text = std::fs::read_to_string(&path)
@@ -185,12 +202,14 @@ fn adapter_relists_no_faster_than_prometheus_scrapes() {
             .to_string(),
         ),
     ];
-    for entry in std::fs::read_dir(repo_path("deploy/examples")).unwrap() {
-        let path = entry.unwrap().path();
-        let example: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if let Some(interval) = example["spec"]["monitoring"]["interval"].as_str() {
-            intervals.push((path.display().to_string(), interval.to_string()));
+    for path in yaml_files(&repo_path("deploy/examples")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Multi-document files: split at each `---` line.
+        for document in text.split("\n---\n") {
+            let example: Value = serde_yaml::from_str(document).unwrap();
+            if let Some(interval) = example["spec"]["monitoring"]["interval"].as_str() {
+                intervals.push((path.display().to_string(), interval.to_string()));
+            }
         }
     }
     for (source, interval) in intervals {

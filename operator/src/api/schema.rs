@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
+    CustomResourceDefinition, JSONSchemaProps, ValidationRule,
 };
 use kube::CustomResourceExt;
 
@@ -21,9 +21,20 @@ use super::rules::{SPEC_RULES, SpecRule};
 /// an unbounded string).
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = SandboxService::crd();
+    restrict(&mut crd, 63, SPEC_RULES.iter().map(SpecRule::cel).collect());
+    crd
+}
+
+/// Add to a CRD of ours what a derive cannot say: a `metadata.name` that is a DNS-1035 label of
+/// at most `max_name_length` characters (it names children), and `rules` on `spec`.
+pub fn restrict(
+    crd: &mut CustomResourceDefinition,
+    max_name_length: i64,
+    rules: Vec<ValidationRule>,
+) {
     let name = JSONSchemaProps {
         type_: Some("string".to_string()),
-        max_length: Some(63),
+        max_length: Some(max_name_length),
         pattern: Some(DNS1035_LABEL_PATTERN.to_string()),
         ..Default::default()
     };
@@ -41,12 +52,10 @@ pub fn crd() -> CustomResourceDefinition {
             let properties = root.properties.get_or_insert_default();
             properties.insert("metadata".to_string(), metadata.clone());
             if let Some(spec) = properties.get_mut("spec") {
-                spec.x_kubernetes_validations =
-                    Some(SPEC_RULES.iter().map(SpecRule::cel).collect());
+                spec.x_kubernetes_validations = Some(rules.clone());
             }
         }
     }
-    crd
 }
 
 /// The CRD as YAML, exactly what `operator crd` prints and `crds/sandboxservice.yaml` holds.

@@ -230,7 +230,7 @@ fn quantities<'a>(
         .collect()
 }
 
-fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidSpec> {
+pub(crate) fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidSpec> {
     if !(min..=max).contains(&value) {
         return Err(InvalidSpec::new(
             field,
@@ -284,8 +284,7 @@ pub fn prometheus_duration_ms(text: &str) -> Option<u64> {
 }
 
 fn check_dns1035_label(field: &str, name: &str) -> Result<(), InvalidSpec> {
-    let valid = is_dns1123_label(name) && name.as_bytes()[0].is_ascii_lowercase();
-    require(valid, field, || {
+    require(is_dns1035_label(name), field, || {
         format!(
             "must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter) because it names the Service, got {name:?}"
         )
@@ -315,7 +314,11 @@ fn check_label_value(field: &str, value: &str) -> Result<(), InvalidSpec> {
 }
 
 /// `Ok` when `valid`, otherwise the error for `field` with the lazily built message.
-fn require(valid: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), InvalidSpec> {
+pub(crate) fn require(
+    valid: bool,
+    field: &str,
+    message: impl FnOnce() -> String,
+) -> Result<(), InvalidSpec> {
     if valid {
         Ok(())
     } else {
@@ -331,6 +334,11 @@ fn is_label_name(name: &str) -> bool {
 
 fn is_dns1123_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns1123_label)
+}
+
+/// At most 63 lowercase letters, digits or '-', starting with a letter and ending alphanumeric.
+pub(crate) fn is_dns1035_label(name: &str) -> bool {
+    is_dns1123_label(name) && name.as_bytes()[0].is_ascii_lowercase()
 }
 
 fn is_dns1123_label(label: &str) -> bool {

@@ -146,17 +146,7 @@ pub fn build(valid: &Validated) -> Deployment {
             ..Default::default()
         }),
         resources: Some(spec.resources()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..Default::default()
-        }),
+        security_context: Some(restricted_container_security()),
         ..Default::default()
     };
 
@@ -188,13 +178,7 @@ pub fn build(valid: &Validated) -> Deployment {
                     // The workload never talks to the API server.
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(termination_grace_period_seconds(spec)),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        run_as_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(runtime_default_seccomp()),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod_security()),
                     ..Default::default()
                 }),
             },
@@ -215,6 +199,33 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
         failure_threshold: Some(failure_threshold),
         success_threshold: Some(1),
         timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+/// A container as the `restricted` Pod Security Standard wants it, its root filesystem read-only.
+pub(crate) fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..Default::default()
+    }
+}
+
+/// A pod as the `restricted` Pod Security Standard wants it, as the distroless images' non-root
+/// user.
+pub(crate) fn restricted_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(runtime_default_seccomp()),
         ..Default::default()
     }
 }

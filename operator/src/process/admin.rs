@@ -1,6 +1,6 @@
-//! The admin HTTP server: `/metrics`, `/healthz` (the process is up) and `/readyz` (the
-//! replica can do its job: it either runs the controller with synced caches, or stands by for
-//! the Lease).
+//! The admin HTTP server, plain HTTP for the kubelet's probes: `/healthz` (the process is up)
+//! and `/readyz` (the replica can do its job: it either runs the controller with synced caches,
+//! or stands by for the Lease). The metrics are served apart, behind a token (see `metrics`).
 //!
 //! A standby reports ready on purpose: a Deployment rollout waits for new pods to turn ready,
 //! and a new pod stays a standby until the old leader exits — which it only does once the
@@ -12,28 +12,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
-use crate::telemetry::metrics::Metrics;
 
 /// State shared by the admin routes.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct AdminState {
-    metrics: Metrics,
     ready: Arc<AtomicBool>,
 }
 
 impl AdminState {
     /// Not ready until [`AdminState::set_ready`] says so.
-    pub fn new(metrics: Metrics) -> Self {
-        Self {
-            metrics,
-            ready: Arc::new(AtomicBool::new(false)),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Flip `/readyz`.
@@ -50,17 +45,9 @@ impl AdminState {
 /// The admin routes.
 pub fn app(state: AdminState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
-}
-
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.metrics.render(),
-    )
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -94,17 +81,23 @@ pub async fn serve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
     async fn get_status(state: &AdminState, path: &str) -> (StatusCode, String) {
-        let response = app(state.clone())
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        respond(app(state.clone()), request).await
+    }
+
+    /// What `router` answers `request`: the status and the body as text.
+    pub(in crate::process) async fn respond(
+        router: Router,
+        request: Request<Body>,
+    ) -> (StatusCode, String) {
+        let response = router.oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -114,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_follows_the_flag_and_healthz_is_always_ok() {
-        let state = AdminState::new(Metrics::new());
+        let state = AdminState::new();
         assert_eq!(
             get_status(&state, "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
@@ -125,17 +118,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_are_served_in_text_format() {
-        let metrics = Metrics::new();
-        metrics.reconciled(
-            std::time::Duration::from_millis(3),
-            std::time::Duration::ZERO,
-        );
-        let (status, body) = get_status(&AdminState::new(metrics), "/metrics").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            body.contains("sandbox_operator_reconciliations_total 1"),
-            "{body}"
-        );
+    async fn metrics_are_not_served_here() {
+        let (status, _) = get_status(&AdminState::new(), "/metrics").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::api::{ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, Store};
@@ -20,12 +21,15 @@ use tracing::{debug, info, warn};
 
 use super::admin::AdminState;
 use super::discovery::{service_monitor_crd_changed, service_monitor_crd_installed};
-use super::watch_backoff::{NoWait, WatchBackoff};
+use super::scoped_watch::scoped_watcher;
+use super::watch_backoff::NoWait;
 use crate::api::SandboxService;
 use crate::children::ServiceMonitor;
 use crate::names::MANAGED_BY_SELECTOR;
 use crate::reconcile::last_applied::{ChildCaches, Fingerprint};
 use crate::reconcile::{Context, backoff, error_policy, reconcile, triggers};
+
+pub use super::scoped_watch::WatchScope;
 
 /// Run the controller until `shutdown` completes, then let running reconciles finish.
 ///
@@ -37,6 +41,7 @@ use crate::reconcile::{Context, backoff, error_policy, reconcile, triggers};
 pub async fn reconcile_all(
     ctx: Arc<Context>,
     admin: AdminState,
+    scope: WatchScope,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = shutdown.shared();
@@ -58,7 +63,7 @@ pub async fn reconcile_all(
             }
         };
         tokio::select! {
-            () = controller_until(ctx.clone(), own_service_monitors, admin.clone(), stop) => {}
+            () = controller_until(ctx.clone(), own_service_monitors, admin.clone(), &scope, stop) => {}
             () = crd_watch => {}
         }
         if shutdown.peek().is_some() {
@@ -83,30 +88,31 @@ async fn controller_until(
     ctx: Arc<Context>,
     own_service_monitors: bool,
     admin: AdminState,
+    scope: &WatchScope,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (deployments, deployment_events) =
-        cached_watch(Api::<Deployment>::all(client.clone()), |_| {});
-    let (services, service_events) = cached_watch(Api::<Service>::all(client.clone()), |_| {});
-    let (hpas, hpa_events) =
-        cached_watch(Api::<HorizontalPodAutoscaler>::all(client.clone()), |_| {});
+    let (deployments, deployment_events) = cached_watch::<Deployment>(scope, &client, |_| {});
+    let (services, service_events) = cached_watch::<Service>(scope, &client, |_| {});
+    let (hpas, hpa_events) = cached_watch::<HorizontalPodAutoscaler>(scope, &client, |_| {});
     // Pods start no reconcile (their readiness reaches the CR through the Deployment's counts);
     // the cache is read for what the status says of them, so their spec is not kept.
-    let (pods, pod_events) = cached_watch(Api::<Pod>::all(client.clone()), |pod| {
+    let (pods, pod_events) = cached_watch::<Pod>(scope, &client, |pod| {
         pod.spec = None;
     });
     let pod_events = pod_events.for_each(|_| futures::future::ready(()));
     // Each watch backs off on its own (see `watch_backoff`), the CRs' too: built here rather
     // than by `Controller::new`, which would leave it to the backoff all watches share.
     let (cache, cache_writer) = reflector::store();
-    let cr_events = watcher::watcher(
-        Api::<SandboxService>::all(client.clone()),
-        watcher::Config::default()
+    let cr_events = scoped_watcher(
+        scope,
+        &client,
+        &watcher::Config::default()
             .any_semantic()
             .page_size(WATCH_PAGE_SIZE),
+        |_| {},
+        &cache,
     )
-    .backoff(WatchBackoff::new())
     .reflect(cache_writer)
     .applied_objects();
     let mut controller = Controller::for_stream(cr_events, cache.clone())
@@ -132,10 +138,8 @@ async fn controller_until(
         .owns_stream(triggers::significant_changes(hpa_events, triggers::hpa));
     let mut service_monitors = None;
     if own_service_monitors {
-        let (store, events) = cached_watch(
-            Api::<PartialObjectMeta<ServiceMonitor>>::all(client.clone()),
-            |_| {},
-        );
+        let (store, events) =
+            cached_watch::<PartialObjectMeta<ServiceMonitor>>(scope, &client, |_| {});
         service_monitors = Some(store);
         controller = controller.owns_stream(triggers::significant_changes(
             events,
@@ -197,7 +201,7 @@ async fn controller_until(
         });
     // The pods' watch only fills its cache: it ends with the controller.
     tokio::select! {
-        _ = async { futures::join!(controller, ready_if_no_crs(&client, &admin), status_caches) } => {}
+        _ = async { futures::join!(controller, ready_if_no_crs(&client, &admin, scope), status_caches) } => {}
         () = pod_events => {}
     }
 }
@@ -212,18 +216,19 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 /// JSON and its decoded objects, not the whole list.
 const WATCH_PAGE_SIZE: u32 = 100;
 
-/// A watch of the children of kind `K` (by the `managed-by` label) that fills a cache as it is
-/// polled: the cache and the stream of its events. `trim` takes out of each object what the
-/// operator never reads.
-fn cached_watch<K>(
-    api: Api<K>,
+/// A watch of the children of kind `K` (by the `managed-by` label) over `scope` that fills a
+/// cache as it is polled: the cache and the stream of its events. `trim` takes out of each object
+/// what the operator never reads.
+pub(super) fn cached_watch<K>(
+    scope: &WatchScope,
+    client: &Client,
     trim: fn(&mut K),
 ) -> (
     Store<K>,
     impl futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -235,13 +240,9 @@ where
     let config = watcher::Config::default()
         .labels(MANAGED_BY_SELECTOR)
         .page_size(WATCH_PAGE_SIZE);
-    let events = watcher::watcher(api, config)
-        .backoff(WatchBackoff::new())
-        // Only the API server reads managedFields; in the cache they would be most of its memory.
-        .modify(move |child| {
-            child.meta_mut().managed_fields = None;
-            trim(child);
-        })
+    // Only the API server reads managedFields; in the cache they would be most of its memory.
+    let events = scoped_watcher(scope, client, &config, trim, &store)
+        .modify(|child| child.meta_mut().managed_fields = None)
         .reflect(writer);
     (store, events)
 }
@@ -250,14 +251,17 @@ where
 /// Asked again every [`NO_CRS_RECHECK`] until the controller is ready: a CR listed here may be
 /// deleted before the controller gets to it, leaving no reconcile to make it ready. A failed list
 /// is retried with the reconcile backoff.
-async fn ready_if_no_crs(client: &Client, admin: &AdminState) {
-    let crs = Api::<SandboxService>::all(client.clone());
+async fn ready_if_no_crs(client: &Client, admin: &AdminState, scope: &WatchScope) {
+    let apis = scope.apis::<SandboxService>(client);
+    let one = ListParams::default().limit(1);
     let mut failures = 0;
     while !admin.is_ready() {
-        match crs.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(list) => {
+        let lists =
+            futures::future::try_join_all(apis.iter().map(|crs| crs.list_metadata(&one))).await;
+        match lists {
+            Ok(lists) => {
                 failures = 0;
-                if list.items.is_empty() && !admin.is_ready() {
+                if lists.iter().all(|list| list.items.is_empty()) && !admin.is_ready() {
                     info!("no SandboxService exists; controller ready");
                     admin.set_ready(true);
                     return;

@@ -1,38 +1,35 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease (kube-lease-manager), so that of several
-//! operator replicas exactly one reconciles at a time.
+//! Leader election on a `coordination.k8s.io/v1` Lease, in client-go's manner, so that of
+//! several operator replicas exactly one reconciles at a time.
 //!
-//! The leader gives leadership up when it has not renewed its Lease for
-//! `LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS`, i.e. before any other replica may consider
-//! the Lease expired, even allowing for `LEASE_GRACE_SECONDS` of clock skew. A renewal counts
-//! only when the API server's answer shows this replica as the holder, and from no later than
-//! it was sent (see `renewals`).
+//! Each replica reads the Lease and writes it back (create, take over, renew) with the
+//! `resourceVersion` it read as a precondition (see `lock`), so a write can only land on the
+//! record its decision was made from (see `record`). Another replica's hold expires once its
+//! record has stayed unchanged for its duration on the reader's own clock, never by comparing
+//! wall clocks. The leader gives leadership up when it has not renewed its Lease for
+//! `LEASE_DURATION_SECONDS - LEASE_GRACE_SECONDS`, counted from when its last successful renewal
+//! was sent: `LEASE_GRACE_SECONDS` before any other replica, which saw that renewal no earlier
+//! than it was sent, may consider the Lease expired.
 
-mod renewals;
+mod lock;
+mod record;
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use kube::Client;
+use kube::api::Api;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, warn};
 
-use self::renewals::{Renewal, recording_renewals};
-use crate::error::{Error, Result, is_conflict};
-use crate::names::FIELD_MANAGER;
-
+use self::lock::{Attempt, LeaseLock};
+use crate::error::{Error, Result};
 /// Seconds a leader's lock stays valid without renewal; a crashed leader is replaced after this.
 pub const LEASE_DURATION_SECONDS: u64 = 15;
 
-/// Clock skew tolerated between replicas: the leader stops leading this long before its Lease
-/// expires, counted from its last successful renewal.
+/// Safety margin: the leader stops leading this long before any other replica may consider its
+/// Lease expired (which each times on its own clock from when it saw the last renewal).
 pub const LEASE_GRACE_SECONDS: u64 = 5;
-
-/// Wait after a failed Lease request before the next attempt.
-const RETRY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Where the Lease lives and who competes for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +42,7 @@ pub struct LeaseConfig {
     pub identity: String,
 }
 
-/// How long a Lease lasts, and how much clock skew between replicas is tolerated.
+/// How long a Lease lasts, and the margin by which its leader stops leading before it expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseTiming {
     duration_seconds: u64,
@@ -56,8 +53,8 @@ impl LeaseTiming {
     /// The operator's timing: [`LEASE_DURATION_SECONDS`] and [`LEASE_GRACE_SECONDS`].
     pub const DEFAULT: Self = Self::new(LEASE_DURATION_SECONDS, LEASE_GRACE_SECONDS);
 
-    /// A Lease valid for `duration_seconds` after each renewal, with `grace_seconds` of clock
-    /// skew tolerated. The leader renews `2 × grace` before expiry, so a failed renewal has
+    /// A Lease valid for `duration_seconds` after each renewal, whose leader stops
+    /// `grace_seconds` before that. The leader renews `2 × grace` before expiry, so a failed renewal has
     /// `grace` seconds of retries before leadership is given up.
     ///
     /// # Panics
@@ -75,10 +72,16 @@ impl LeaseTiming {
         Duration::from_secs(self.duration_seconds - self.grace_seconds)
     }
 
+    /// How often the leader renews: `2 × grace` before its Lease would expire.
+    pub fn renew_interval(&self) -> Duration {
+        Duration::from_secs(self.duration_seconds - 2 * self.grace_seconds)
+    }
+
     /// How long a Lease request may go unanswered before it fails and is retried.
     //
     // Half the grace: a renewal, sent `2 × grace` before expiry, that gets no answer is
-    // abandoned early enough to be retried once before the renew deadline.
+    // abandoned early enough to be retried (after 1 s) before the renew deadline when the grace
+    // is over 2 s, as the operator's 5 s is.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.grace_seconds) / 2
     }
@@ -90,7 +93,8 @@ impl LeaseTiming {
 pub struct Election {
     /// `true` while this replica holds the Lease and renewed it within the renew deadline.
     pub is_leader: watch::Receiver<bool>,
-    task: JoinHandle<kube_lease_manager::Result<()>>,
+    lease_name: String,
+    task: JoinHandle<kube::Result<()>>,
 }
 
 impl Election {
@@ -101,51 +105,25 @@ impl Election {
 
     /// Start competing for the Lease (created if missing) with the given timing.
     ///
-    /// Returns at once: the first Lease requests are made by the election's task, which waits
-    /// and retries while the API server cannot be reached. A candidate that exited instead
-    /// would be restarted by its kubelet with a growing delay, which then adds to the recovery
-    /// after every outage.
+    /// Returns at once: the Lease requests are made by the election's task, which waits and
+    /// retries while the API server cannot be reached. A candidate that exited instead would be
+    /// restarted by its kubelet with a growing delay, which then adds to the recovery after
+    /// every outage.
     pub fn start_with(client: Client, config: &LeaseConfig, timing: LeaseTiming) -> Self {
-        let (renewed_tx, renewed) = watch::channel(None);
-        let lease_path = format!(
-            "{}/{}",
-            Lease::url_path(&(), Some(&config.namespace)),
-            config.name
-        );
-        let client = recording_renewals(
-            client,
-            lease_path,
-            config.identity.clone(),
-            timing.request_timeout(),
-            renewed_tx,
-        );
-        // The lease manager detects competing replicas through SSA conflicts, so each replica
-        // needs its own field manager here, unlike the children; the release writes with it too.
-        let field_manager = format!("{FIELD_MANAGER}-{}", config.identity);
-        let own = OwnLease {
-            leases: Api::namespaced(client.clone(), &config.namespace),
+        let lock = LeaseLock {
+            leases: Api::namespaced(client, &config.namespace),
             name: config.name.clone(),
             identity: config.identity.clone(),
-            field_manager: field_manager.clone(),
-        };
-        let config = config.clone();
-        let builder = move || {
-            LeaseManagerBuilder::new(client.clone(), &config.name)
-                .with_namespace(&config.namespace)
-                .with_identity(&config.identity)
-                .with_duration(timing.duration_seconds)
-                // The manager's "grace" is how long before expiry it renews.
-                .with_grace(2 * timing.grace_seconds)
-                .with_field_manager(field_manager.clone())
+            duration_seconds: i32::try_from(timing.duration_seconds).unwrap_or(i32::MAX),
+            observation: std::sync::Mutex::default(),
         };
         let (sender, is_leader) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            match build(builder, &sender).await {
-                Some(manager) => drive(manager, own, timing, renewed, sender).await,
-                None => Ok(()),
-            }
-        });
-        Self { is_leader, task }
+        let task = tokio::spawn(compete(lock, timing, sender));
+        Self {
+            is_leader,
+            lease_name: config.name.clone(),
+            task,
+        }
     }
 
     /// Stop competing and release the Lease if held, so a standby takes over at once instead
@@ -154,67 +132,48 @@ impl Election {
         drop(self.is_leader);
         match self.task.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(Error::LeaderElection(Box::new(error))),
-            // The task only ends by panicking if the lease manager has a bug; nothing to release.
+            Ok(Err(source)) => Err(Error::LeaderElection {
+                lease: self.lease_name,
+                source: Box::new(source),
+            }),
+            // The task only ends by panicking on a bug; nothing to release.
             Err(_) => Ok(()),
         }
     }
 }
 
-/// The lease manager, once its first requests (reading, or creating, the Lease) succeed;
-/// `None` if every receiver of `sender` is gone first.
-async fn build(
-    builder: impl Fn() -> LeaseManagerBuilder,
-    sender: &watch::Sender<bool>,
-) -> Option<LeaseManager> {
-    let mut attempt: u32 = 0;
-    loop {
-        tokio::select! {
-            biased;
-            () = sender.closed() => return None,
-            built = builder().build() => match built {
-                Ok(manager) => return Some(manager),
-                Err(error) => {
-                    attempt += 1;
-                    let retry_in = RETRY_PERIOD * attempt.min(MAX_START_RETRY_FACTOR);
-                    warn!(%error, attempt, retry_in_s = retry_in.as_secs(), "reading the Lease failed; waiting to compete");
-                    tokio::select! {
-                        () = sender.closed() => return None,
-                        () = sleep(retry_in) => {}
-                    }
-                }
-            },
-        }
-    }
-}
+/// A standby reads the Lease this often, to take it over soon after it expires or is released.
+const STANDBY_PERIOD: Duration = Duration::from_secs(1);
 
-/// A candidate that cannot read the Lease asks again after 1 s, 2 s, … up to this many seconds.
-const MAX_START_RETRY_FACTOR: u32 = 5;
+/// Wait after a failed Lease request before the next attempt; a candidate waits 1 s, 2 s, … up
+/// to [`MAX_RETRY_FACTOR`] times this.
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
 
-/// Compete for the Lease and publish leadership to `sender` until every receiver is gone.
+/// See [`RETRY_PERIOD`].
+const MAX_RETRY_FACTOR: u32 = 5;
+
+/// Compete for the Lease and publish leadership to `sender` until every receiver is gone;
+/// then release the Lease if this replica leads.
 //
-// Not `LeaseManager::watch()`: in kube-lease-manager 0.12 its loop only logs a failed renewal
-// and retries, leaving the published state `true`, and kube's client has no read timeout, so a
-// renewal can also hang forever. A leader cut off from the API server would keep reconciling
-// after its Lease expired and a standby took over. Here, leadership also requires a renewal
-// of this replica's hold (as seen by `recording_renewals`) within `renew_deadline`.
-async fn drive(
-    manager: LeaseManager,
-    own: OwnLease,
+// Leading requires a renewal within the renew deadline, and every request is bounded in time:
+// kube's client has no read timeout, and a leader whose renewal hangs must still stop leading
+// before its Lease expires and a standby takes over.
+async fn compete(
+    lock: LeaseLock,
     timing: LeaseTiming,
-    mut renewed: watch::Receiver<Option<Renewal>>,
     sender: watch::Sender<bool>,
-) -> kube_lease_manager::Result<()> {
-    let mut holder = false; // what the lease manager believes
+) -> kube::Result<()> {
+    let mut renewed_at: Option<Instant> = None;
     let mut has_led = false;
-    let mut next = Box::pin(next_state(&manager, Duration::ZERO));
+    let mut failures: u32 = 0;
+    let mut next_attempt = Instant::now();
     loop {
-        let valid_until = (*renewed.borrow_and_update())
-            .filter(|_| holder)
-            .map(|renewal| renewal.at + timing.renew_deadline());
+        let valid_until = renewed_at.map(|sent| sent + timing.renew_deadline());
         let leading = valid_until.is_some_and(|until| Instant::now() < until);
-        sender.send_if_modified(|published| std::mem::replace(published, leading) != leading);
-        if holder && has_led && !leading {
+        if sender.send_if_modified(|published| std::mem::replace(published, leading) != leading) {
+            debug!(leading, "leadership changed");
+        }
+        if has_led && !leading {
             warn!(
                 deadline_s = timing.renew_deadline().as_secs(),
                 "no successful Lease renewal within the deadline; giving up leadership"
@@ -222,99 +181,75 @@ async fn drive(
             break;
         }
         has_led |= leading;
+        let attempt = async {
+            sleep_until(next_attempt).await;
+            let sent = Instant::now();
+            let outcome = timeout(timing.request_timeout(), lock.acquire_or_renew()).await;
+            (sent, outcome)
+        };
         tokio::select! {
             biased;
             () = sender.closed() => {
-                drop(next);
-                // Only a leader releases, and not through the lease manager, whose release
-                // clears an expired Lease too and has no precondition (see `release`).
-                if !leading {
-                    return Ok(());
-                }
-                return release(&own, timing).await;
+                // Only a leader releases: a standby's release could clear the Lease another
+                // replica has just taken.
+                return if leading { release(&lock, timing).await } else { Ok(()) };
             }
-            // Wake up to recompute when a renewal lands or the deadline passes.
-            Ok(()) = renewed.changed() => {}
+            // Give up as soon as the deadline passes, even with a renewal under way.
             () = sleep_until(valid_until.unwrap_or_else(Instant::now)), if leading => {}
-            result = &mut next => match result {
-                Ok(state) => {
-                    debug!(holder = state, "Lease holder changed");
-                    holder = state;
-                    next = Box::pin(next_state(&manager, Duration::ZERO));
+            (sent, outcome) = attempt => match outcome {
+                Ok(Ok(Attempt::Held)) => {
+                    renewed_at = Some(sent);
+                    failures = 0;
+                    next_attempt = sent + timing.renew_interval();
                 }
-                Err(error) => {
-                    warn!(%error, "Lease request failed; retrying");
-                    next = Box::pin(next_state(&manager, RETRY_PERIOD));
+                // A leader's renewal that met a write since its read (its own earlier renewal,
+                // landed late after a timeout, say): retried within the deadline.
+                Ok(Ok(Attempt::NotHeld(None))) if leading => {
+                    failures += 1;
+                    debug!(failures, "the Lease changed since it was read; renewing again");
+                    next_attempt = Instant::now() + retry_delay(failures, leading);
+                }
+                Ok(Ok(Attempt::NotHeld(holder))) => {
+                    debug!(?holder, "the Lease is held by another replica");
+                    // A leader that finds another holder has lost the Lease: stop at once.
+                    renewed_at = None;
+                    failures = 0;
+                    next_attempt = Instant::now() + STANDBY_PERIOD;
+                }
+                Ok(Err(error)) => {
+                    failures += 1;
+                    warn!(%error, failures, "Lease request failed; retrying");
+                    next_attempt = Instant::now() + retry_delay(failures, leading);
+                }
+                Err(_) => {
+                    failures += 1;
+                    warn!(timeout_ms = timing.request_timeout().as_millis(), failures, "Lease request unanswered; retrying");
+                    next_attempt = Instant::now() + retry_delay(failures, leading);
                 }
             },
         }
     }
-    // Given up: stop renewing (drop the pending request) so the Lease expires and a standby
-    // takes over. No release either: by now a standby may already hold the Lease.
-    drop(next);
+    // Given up: no more renewals, so the Lease expires and a standby takes over. No release
+    // either: by now a standby may already hold the Lease.
     sender.closed().await;
     Ok(())
 }
 
-/// After `delay`, wait for the lease manager's next change of holder; it renews the Lease
-/// meanwhile when this replica holds it.
-async fn next_state(manager: &LeaseManager, delay: Duration) -> kube_lease_manager::Result<bool> {
-    sleep(delay).await;
-    manager.changed().await
+/// How long to wait after the `failures`-th failed request in a row: a leader retries at once
+/// within its deadline; a candidate backs off, so an outage is not met with a request a second
+/// from every replica.
+fn retry_delay(failures: u32, leading: bool) -> Duration {
+    if leading {
+        RETRY_PERIOD
+    } else {
+        RETRY_PERIOD * failures.min(MAX_RETRY_FACTOR)
+    }
 }
 
-/// This replica's Lease, as its release reads and writes it.
-struct OwnLease {
-    leases: Api<Lease>,
-    name: String,
-    identity: String,
-    /// The field manager the lease manager writes this replica's hold with.
-    field_manager: String,
-}
-
-/// Release the Lease if this replica holds it: its holder and times are cleared with the
-/// `resourceVersion` just read as a precondition, so a Lease that another replica took in
-/// between (this one's expired while the request was under way) is left to it. Best effort
-/// within the grace period: an unreachable API server must not hold up shutdown, and the
-/// Lease expires on its own.
-async fn release(own: &OwnLease, timing: LeaseTiming) -> kube_lease_manager::Result<()> {
-    let attempt = async {
-        let Some(lease) = own.leases.get_opt(&own.name).await? else {
-            return Ok(());
-        };
-        let holder = lease
-            .spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.as_deref());
-        if holder != Some(own.identity.as_str()) {
-            debug!(
-                ?holder,
-                "the Lease is no longer this replica's; nothing to release"
-            );
-            return Ok(());
-        }
-        let cleared = serde_json::json!({
-            "metadata": {"resourceVersion": lease.metadata.resource_version},
-            "spec": {"holderIdentity": null, "acquireTime": null, "renewTime": null, "leaseDurationSeconds": null},
-        });
-        let params = PatchParams {
-            field_manager: Some(own.field_manager.clone()),
-            ..PatchParams::default()
-        };
-        match own
-            .leases
-            .patch(&own.name, &params, &Patch::Merge(&cleared))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) if is_conflict(&error) => {
-                debug!("the Lease changed since it was read; left to its new holder");
-                Ok(())
-            }
-            Err(error) => Err(error.into()),
-        }
-    };
-    match timeout(Duration::from_secs(timing.grace_seconds), attempt).await {
+/// Release the Lease (see [`LeaseLock::release`]). Best effort within the grace period: an
+/// unreachable API server must not hold up shutdown, and the Lease expires on its own.
+async fn release(lock: &LeaseLock, timing: LeaseTiming) -> kube::Result<()> {
+    match timeout(Duration::from_secs(timing.grace_seconds), lock.release()).await {
         Ok(result) => result,
         Err(_) => {
             warn!("releasing the Lease timed out; it expires on its own");

@@ -1,18 +1,23 @@
 //! `operator run`: the long-running process around the reconcile pipeline. [`run`] starts the
-//! admin server first (so probes answer), then leader election ([`leader`]); the leader runs the
-//! [`controller`] until SIGTERM/SIGINT or until it loses the Lease.
+//! admin server first (so probes answer) and the metrics server, then leader election
+//! ([`leader`]); the leader runs the [`controller`] until SIGTERM/SIGINT or until it loses the
+//! Lease.
 //!
 //! Every Kubernetes client, the binary's and the tests', comes from [`client::connect`], whose
-//! requests [`crate::telemetry`] counts and times; [`admin`] serves those metrics.
+//! requests [`crate::telemetry`] counts and times; [`metrics`] serves those metrics.
 
 pub mod admin;
 pub mod client;
 pub mod controller;
 pub mod discovery;
 pub mod leader;
+pub mod load_test_controller;
+pub mod metrics;
+pub mod scoped_watch;
 pub mod watch_backoff;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kube::Client;
@@ -20,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use self::admin::AdminState;
+use self::controller::WatchScope;
 use self::leader::{Election, LeaseConfig};
 use crate::error::{Error, Result};
 use crate::names::FIELD_MANAGER;
@@ -31,9 +37,17 @@ use crate::telemetry::metrics::Metrics;
 /// are the `--help` texts).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunConfig {
-    /// Listen address of the admin server (/metrics, /healthz, /readyz).
+    /// Listen address of the admin server, plain HTTP for the probes (/healthz, /readyz).
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
+    /// Listen address of the metrics server: /metrics over HTTPS, for bearer tokens whose user
+    /// may `get` the non-resource URL /metrics (the metrics-reader ClusterRole).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8443")]
+    pub metrics_addr: SocketAddr,
+    /// Directory holding the metrics server's certificate and key as `tls.crt` and `tls.key`
+    /// (a `kubernetes.io/tls` Secret's layout); without it a self-signed one is made at start.
+    #[arg(long, env = "METRICS_CERT_DIR")]
+    pub metrics_cert_dir: Option<PathBuf>,
     /// Name of the leader-election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = crate::names::LEASE_NAME)]
     pub lease_name: String,
@@ -44,17 +58,33 @@ pub struct RunConfig {
     /// process id.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Watch SandboxServices in this namespace only, for an install granted a Role there
+    /// (deploy/operator-namespaced) rather than the ClusterRole; repeat it for several (the
+    /// variable takes them comma-separated). By default every namespace.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_parser = non_empty, value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+}
+
+fn non_empty(value: &str) -> std::result::Result<String, String> {
+    if value.trim().is_empty() {
+        Err("must name a namespace (leave it unset to watch every namespace)".to_owned())
+    } else {
+        Ok(value.to_owned())
+    }
 }
 
 /// Run the operator until shutdown.
 pub async fn run(config: RunConfig) -> Result<()> {
     let listener = admin::bind(config.admin_addr).await?;
     let admin_addr = listener.local_addr().unwrap_or(config.admin_addr);
+    let metrics_listener = metrics::bind(config.metrics_addr).await?;
+    let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics_addr);
+    let metrics_tls = metrics::tls::server_config(config.metrics_cert_dir.as_deref())?;
     let metrics = Metrics::new();
     // One client, counted, for the controller and the leader election alike.
     let requests = ApiRequests::registered(&metrics.registry);
     let client = client::connect_counted(&requests).await?;
-    let admin_state = AdminState::new(metrics.clone());
+    let admin_state = AdminState::new();
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -68,6 +98,16 @@ pub async fn run(config: RunConfig) -> Result<()> {
         shutdown_requested(shutdown.clone()),
     ));
     info!(addr = %admin_addr, "admin server listening");
+    let metrics_server = tokio::spawn(metrics::serve(
+        metrics_listener,
+        metrics_tls,
+        metrics::app(
+            metrics.clone(),
+            metrics::auth::MetricsAuth::new(client.clone()),
+        ),
+        shutdown_requested(shutdown.clone()),
+    ));
+    info!(addr = %metrics_addr, "metrics server listening (HTTPS, bearer token)");
 
     let identity = config.identity.clone().unwrap_or_else(default_identity);
     let lease = LeaseConfig {
@@ -78,6 +118,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
             .unwrap_or_else(|| client.default_namespace().to_string()),
         identity: identity.clone(),
     };
+    let scope = WatchScope::of(&config.namespaces);
+    info!(?scope, "watching SandboxServices");
     let election = Election::start(client.clone(), &lease);
     info!(lease = %lease.name, namespace = %lease.namespace, %identity, "waiting for leadership");
     admin_state.set_ready(true); // a standby is ready, see `admin`
@@ -85,7 +127,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
     let result = tokio::select! {
         acquired = leader::leadership_acquired(election.is_leader.clone()) => {
             if acquired {
-                lead(client, metrics, &admin_state, &election, &lease, shutdown.clone()).await
+                lead(client, metrics, &admin_state, &election, &lease, scope, shutdown.clone()).await
             } else {
                 // Without a running election the Lease is not renewed: never lead then.
                 Err(Error::ElectionStopped(lease.name.clone()))
@@ -101,6 +143,7 @@ pub async fn run(config: RunConfig) -> Result<()> {
         admin_state.set_ready(false);
     }
     admin_server.abort();
+    metrics_server.abort();
     // Why leadership ended (e.g. lost) matters more than a failed release of the Lease.
     result.and(released)
 }
@@ -113,6 +156,7 @@ async fn lead(
     admin_state: &AdminState,
     election: &Election,
     lease: &LeaseConfig,
+    scope: WatchScope,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     info!("acquired leadership; starting the controller");
@@ -128,12 +172,18 @@ async fn lead(
         {
             warn!("the API server did not tell its version in time; assuming it is supported");
         }
-        controller::reconcile_all(
+        let load_tests = load_test_controller::run(
+            ctx.client.clone(),
+            &scope,
+            shutdown_requested(shutdown.clone()),
+        );
+        let sandboxes = controller::reconcile_all(
             ctx.clone(),
             admin_state.clone(),
+            scope.clone(),
             shutdown_requested(shutdown),
-        )
-        .await
+        );
+        futures::join!(sandboxes, load_tests);
     };
     // On loss of the Lease the controller is dropped, not shut down gracefully: a running
     // reconcile may hang (kube's client has no read timeout) or write after a standby took
@@ -185,5 +235,37 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunConfig,
+    }
+
+    fn scope_of(args: &[&str]) -> std::result::Result<WatchScope, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("operator").chain(args.iter().copied()))?;
+        Ok(WatchScope::of(&cli.run.namespaces))
+    }
+
+    #[test]
+    fn namespace_repeats_or_takes_a_comma_separated_list_and_refuses_an_empty_name() {
+        let both = WatchScope::Namespaces(vec!["team-a".into(), "team-b".into()]);
+        assert_eq!(
+            scope_of(&["--namespace", "team-b", "--namespace", "team-a"]).unwrap(),
+            both
+        );
+        assert_eq!(scope_of(&["--namespace", "team-a,team-b"]).unwrap(), both);
+        let error = scope_of(&["--namespace", "team-a,"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must name a namespace"), "{error}");
     }
 }

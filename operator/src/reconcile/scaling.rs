@@ -46,6 +46,9 @@ pub struct PodHealth {
     pub pods: i32,
     /// Of those, pods that were ready and now fail `/readiness` while their containers run.
     pub overloaded: i32,
+    /// Since when the longest-overloaded of them fails `/readiness`: its `Ready` condition's
+    /// transition, as its kubelet recorded it (not when the operator saw it).
+    pub overloaded_since: Option<Time>,
     /// The first broken pod: `Degraded`'s reason (one of [`BROKEN_REASONS`] or
     /// [`UNSCHEDULABLE`]) and a message naming the pod.
     pub broken: Option<(&'static str, String)>,
@@ -107,6 +110,13 @@ pub fn pod_health(pods: &[Arc<Pod>]) -> PodHealth {
             && unready_since.0 > started.0
         {
             health.overloaded += 1;
+            if health
+                .overloaded_since
+                .as_ref()
+                .is_none_or(|since| unready_since.0 < since.0)
+            {
+                health.overloaded_since = Some(unready_since);
+            }
         }
     }
     health
@@ -177,8 +187,8 @@ pub struct ScaleInputs<'a> {
     pub replicas: i32,
     /// Ready pods of the Deployment.
     pub ready: i32,
-    /// Since when some pod is over its readiness limit (the `Backpressure` condition's transition
-    /// to true); `None` while none is (the last begin is kept in the status).
+    /// Since when some pod is over its readiness limit ([`PodHealth::overloaded_since`]); `None`
+    /// while none is (the last begin is kept in the status).
     pub backpressure_since: Option<&'a Time>,
 }
 
@@ -220,19 +230,14 @@ pub fn autoscaling_status(
             .find_map(|metric| metric.pods.as_ref())
             .and_then(|pods| pods.current.average_value.as_ref())
             .map(|value| value.0.clone());
-        // Backpressure that began after the previous decision and before this one.
-        let previous_decision = scale_events.last().map(|event| event.decided_at.0);
-        let backpressure_since = backpressure_began
-            .clone()
-            .filter(|began| desired > from && began.0 <= decided_at.0)
-            .filter(|began| previous_decision.is_none_or(|previous| began.0 > previous));
         decided_value = metric_value.clone();
         scale_events.push(ScaleEvent {
             from,
             to: desired,
             metric_value,
-            reaction_seconds: seconds_between(backpressure_since.as_ref(), Some(decided_at)),
-            backpressure_since,
+            // A scale-out's backpressure is looked up below, with the events before it.
+            reaction_seconds: None,
+            backpressure_since: None,
             decided_at: decided_at.clone(),
             ready_at: None,
             ready_seconds: None,
@@ -241,6 +246,25 @@ pub fn autoscaling_status(
         if scale_events.len() > MAX_SCALE_EVENTS {
             scale_events.remove(0);
         }
+    }
+    // When the newest scale-out's backpressure began: at once, or later, as a pod's unready
+    // transition may reach the cache after the decision did.
+    let before_newest = scale_events
+        .len()
+        .checked_sub(2)
+        .map(|i| scale_events[i].decided_at.clone());
+    if let Some(newest) = scale_events.last_mut()
+        && newest.is_scale_out()
+        && newest.backpressure_since.is_none()
+        && let Some(since) = backpressure_before(
+            backpressure_began.as_ref(),
+            before_newest.as_ref(),
+            &newest.decided_at,
+        )
+    {
+        newest.reaction_seconds = seconds_between(Some(&since), Some(&newest.decided_at));
+        newest.time_to_capacity_seconds = seconds_between(Some(&since), newest.ready_at.as_ref());
+        newest.backpressure_since = Some(since);
     }
     if let Some(newest) = scale_events.last_mut()
         && newest.is_scale_out()
@@ -277,6 +301,18 @@ pub fn autoscaling_status(
         conditions,
         scale_events,
     }
+}
+
+/// Backpressure that `began` after the `previous` decision and no later than the one `decided_at`.
+fn backpressure_before(
+    began: Option<&Time>,
+    previous: Option<&Time>,
+    decided_at: &Time,
+) -> Option<Time> {
+    began
+        .filter(|began| began.0 <= decided_at.0)
+        .filter(|began| previous.is_none_or(|previous| began.0 > previous.0))
+        .cloned()
 }
 
 /// Whole seconds from `from` to `to`, when both are known.
@@ -326,12 +362,20 @@ mod tests {
                 "True",
                 "2027-01-01T00:00:02Z",
             ),
+            running_pod(
+                "full-first",
+                "2027-01-01T00:00:00Z",
+                "False",
+                "2027-01-01T00:00:20Z",
+            ),
         ]);
         assert_eq!(
             health,
             PodHealth {
-                pods: 3,
-                overloaded: 1,
+                pods: 4,
+                overloaded: 2,
+                // The kubelet's time of the first to go over, not the operator's.
+                overloaded_since: Some(Time("2027-01-01T00:00:20Z".parse().unwrap())),
                 broken: None
             }
         );
@@ -479,6 +523,37 @@ mod tests {
         let again = scaled(3, 5, 30, "2");
         let later = autoscaling_status(Some(&decided), inputs(&again, 3, 3, None), &at(31));
         assert_eq!(later.scale_events.last().unwrap().backpressure_since, None);
+    }
+
+    #[test]
+    fn backpressure_seen_after_the_decision_still_times_its_scale_out() {
+        let before = AutoscalingStatus {
+            desired_replicas: 1,
+            ..Default::default()
+        };
+        // The HPA's decision reaches the status before the pod's unready transition does.
+        let decision = scaled(1, 3, 6, "4");
+        let decided = autoscaling_status(Some(&before), inputs(&decision, 1, 1, None), &at(7));
+        assert_eq!(decided.scale_events[0].reaction_seconds, None);
+        // The kubelet's transition, from before the decision, arrives: the event learns it.
+        let since = at(1);
+        let seen = autoscaling_status(
+            Some(&decided),
+            inputs(&decision, 3, 1, Some(&since)),
+            &at(8),
+        );
+        let event = &seen.scale_events[0];
+        assert_eq!(event.backpressure_since, Some(since.clone()));
+        assert_eq!(event.reaction_seconds, Some(5));
+        let ready = autoscaling_status(Some(&seen), inputs(&decision, 3, 3, None), &at(11));
+        assert_eq!(ready.scale_events[0].time_to_capacity_seconds, Some(10));
+        // Backpressure that began after the decision is not its cause.
+        let late = autoscaling_status(
+            Some(&decided),
+            inputs(&decision, 3, 1, Some(&at(9))),
+            &at(9),
+        );
+        assert_eq!(late.scale_events[0].backpressure_since, None);
     }
 
     #[test]

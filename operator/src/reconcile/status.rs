@@ -212,8 +212,7 @@ pub fn desired(
                     hpa: applied.hpa.as_ref(),
                     replicas: rollout.replicas,
                     ready: rollout.ready,
-                    backpressure_since: (backpressure.status == "True")
-                        .then_some(&backpressure.last_transition_time),
+                    backpressure_since: pods.overloaded_since.as_ref(),
                 },
                 &now,
             );

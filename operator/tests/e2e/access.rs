@@ -2,27 +2,15 @@
 //! ClusterRoles give a namespace's `view`, `edit` and `admin` users SandboxServices there and
 //! nowhere else, and nobody but the operator writes their status.
 
-use crate::harness::{admin_client, cluster, delete_namespace, eventually, kubectl, namespace};
+use crate::harness::{
+    admin_client, can_i, cluster, delete_namespace, eventually, kubectl, namespace,
+};
 
 const SBX: &str = "sandboxservices.sandbox.perf.dev";
 
-/// `kubectl auth can-i VERB RESOURCE -n NS --as USER`, RESOURCE being `plural.group` or
-/// `plural.group/subresource`: whether the API server allows it.
+/// Whether `user` may `verb` `resource` in namespace `ns` (see [`can_i`]).
 fn can(user: &str, verb: &str, resource: &str, ns: &str) -> bool {
-    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-    let subresource = format!("--subresource={subresource}");
-    kubectl(&[
-        "auth",
-        "can-i",
-        verb,
-        resource,
-        &subresource,
-        "-n",
-        ns,
-        "--as",
-        user,
-    ])
-    .is_ok()
+    can_i(user, verb, resource, &["-n", ns])
 }
 
 #[tokio::test]

@@ -88,6 +88,9 @@ pub struct Cluster {
     pub operator_kubeconfig: PathBuf,
     /// Output of `kubectl apply --server-side -k crds` and `-k deploy/operator`.
     pub install_output: String,
+    /// A TokenRequest token of a ServiceAccount bound to the metrics-reader ClusterRole, as a
+    /// scraper has: what the tests read the operators' /metrics with.
+    pub metrics_token: String,
 }
 
 /// Set the cluster up once per test run: install the operator with kubectl (CRD, namespace,
@@ -139,6 +142,7 @@ pub fn cluster() -> &'static Cluster {
         Cluster {
             operator_kubeconfig,
             install_output,
+            metrics_token: metrics_reader_token(),
         }
     })
 }
@@ -218,7 +222,7 @@ fn grant_lease(lease: &str) {
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
          "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                    "resourceNames": [lease], "verbs": ["get", "patch"]}]},
+                    "resourceNames": [lease], "verbs": ["get", "update"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -236,7 +240,7 @@ fn grant_lease(lease: &str) {
     while kubectl(&[
         "auth",
         "can-i",
-        "patch",
+        "update",
         &resource,
         "-n",
         OPERATOR_NAMESPACE,
@@ -296,6 +300,32 @@ pub async fn namespace(client: &Client, name: &str) -> String {
         .await
         .expect("create the test namespace");
     name.to_string()
+}
+
+/// Wait until no namespace is terminating: an earlier test's cleanup (its pods draining, the
+/// operator's reconciles of CRs whose children go) over before a test counts or times anything.
+pub async fn wait_no_namespace_terminating(client: &Client) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let started = Instant::now();
+    loop {
+        let terminating: Vec<String> = namespaces
+            .list(&Default::default())
+            .await
+            .expect("list namespaces")
+            .items
+            .into_iter()
+            .filter(|ns| ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating"))
+            .map(|ns| ns.name_any())
+            .collect();
+        if terminating.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < 2 * TIMEOUT,
+            "namespaces still terminating: {terminating:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Delete the namespace of a test; the next run's [`namespace`] waits for it to be gone.
@@ -541,8 +571,10 @@ pub struct Operator {
     pub identity: String,
     /// Name of its Lease in `sandbox-system`.
     pub lease: String,
-    /// Its admin server (/metrics, /readyz).
+    /// Its admin server (/readyz).
     pub admin: SocketAddr,
+    /// Its metrics server (HTTPS /metrics).
+    pub metrics: SocketAddr,
     log: PathBuf,
 }
 
@@ -555,8 +587,18 @@ impl Operator {
     /// [`Operator::start`] with another kubeconfig of the operator's ServiceAccount (e.g. one
     /// whose server is a proxy, see [`operator_kubeconfig_via`]).
     pub fn start_via(lease: &str, identity: &str, kubeconfig: &Path) -> Self {
+        Self::spawn(lease, identity, kubeconfig, &[])
+    }
+
+    /// [`Operator::start`] with more `operator run` arguments (e.g. `--namespace`).
+    pub fn start_with_args(lease: &str, identity: &str, args: &[&str]) -> Self {
+        Self::spawn(lease, identity, &cluster().operator_kubeconfig, args)
+    }
+
+    fn spawn(lease: &str, identity: &str, kubeconfig: &Path, args: &[&str]) -> Self {
         grant_lease(lease);
         let admin = free_port();
+        let metrics = free_port();
         // One log per process of this run: a 403 of an earlier run must not fail this one.
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
@@ -567,6 +609,8 @@ impl Operator {
                 "run",
                 "--admin-addr",
                 &admin.to_string(),
+                "--metrics-addr",
+                &metrics.to_string(),
                 "--lease-name",
                 lease,
             ])
@@ -576,6 +620,7 @@ impl Operator {
                 "--identity",
                 identity,
             ])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn,operator=debug")
             .stdout(log_file.try_clone().expect("clone log handle"))
@@ -587,6 +632,7 @@ impl Operator {
             identity: identity.to_string(),
             lease: lease.to_string(),
             admin,
+            metrics,
             log,
         }
     }
@@ -674,18 +720,21 @@ impl Drop for Operator {
     }
 }
 
-/// An operator's admin server, where a test reads how much it reconciled: the process a test
+/// An operator's metrics server, where a test reads how much it reconciled: the process a test
 /// started ([`Operator`]) or the installed one's pod.
-pub trait AdminServer {
-    /// Address of its /metrics.
-    fn admin(&self) -> SocketAddr;
+pub trait MetricsServer {
+    /// Address of its HTTPS /metrics.
+    fn metrics(&self) -> SocketAddr;
 
     /// Who it is, for messages.
     fn identity(&self) -> &str;
 
     /// `sandbox_operator_reconciliations_total` from its /metrics.
     fn reconciliations(&self) -> Option<u64> {
-        let (_, body) = http_get(self.admin(), "/metrics")?;
+        let (status, body) = metrics_get(self.metrics(), Some(&cluster().metrics_token))?;
+        if status != 200 {
+            return None;
+        }
         body.lines()
             .find_map(|line| line.strip_prefix("sandbox_operator_reconciliations_total "))
             .and_then(|value| value.trim().parse::<f64>().ok())
@@ -713,9 +762,9 @@ pub trait AdminServer {
     }
 }
 
-impl AdminServer for Operator {
-    fn admin(&self) -> SocketAddr {
-        self.admin
+impl MetricsServer for Operator {
+    fn metrics(&self) -> SocketAddr {
+        self.metrics
     }
 
     fn identity(&self) -> &str {
@@ -771,6 +820,66 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())?;
     Some((status, body))
+}
+
+/// `kubectl auth can-i VERB RESOURCE SCOPE… --as USER`, RESOURCE being `plural.group` or
+/// `plural.group/subresource`, SCOPE e.g. `-n NS` or `--all-namespaces`: whether the API server
+/// allows it.
+pub fn can_i(user: &str, verb: &str, resource: &str, scope: &[&str]) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let subresource = format!("--subresource={subresource}");
+    let mut args = vec!["auth", "can-i", verb, resource, &subresource, "--as", user];
+    args.extend(scope);
+    kubectl(&args).is_ok()
+}
+
+/// `GET /metrics` over HTTPS at `addr` with `token` as the bearer token (none: no header), as
+/// curl does it: the status and the body. The operator's certificate is self-signed, so it is
+/// not verified; the token is what the operator checks.
+pub fn metrics_get(addr: SocketAddr, token: Option<&str>) -> Option<(u16, String)> {
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"]);
+    if let Some(token) = token {
+        curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = curl.arg(format!("https://{addr}/metrics")).output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (body, status) = text.rsplit_once('\n')?;
+    let status = status.trim().parse().ok().filter(|&code| code != 0)?;
+    Some((status, body.to_string()))
+}
+
+/// Where the tests' metrics reader lives: not in the operator's namespace, which uninstalling
+/// the operator deletes (and with its ServiceAccount, the token), as a scraper's is not.
+const METRICS_READER_NAMESPACE: &str = "default";
+
+/// A token of the ServiceAccount `e2e-metrics-reader`, made and bound to the shipped
+/// metrics-reader ClusterRole here.
+fn metrics_reader_token() -> String {
+    let reader = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "e2e-metrics-reader", "namespace": METRICS_READER_NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "e2e-metrics-reader"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": operator::manifests::rbac::METRICS_READER_ROLE},
+         "subjects": [{"kind": "ServiceAccount", "name": "e2e-metrics-reader", "namespace": METRICS_READER_NAMESPACE}]},
+    ]});
+    kubectl_with_input(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&reader.to_string()),
+    )
+    .unwrap_or_else(|error| panic!("make the metrics reader: {error}"));
+    kubectl_ok(&[
+        "create",
+        "token",
+        "e2e-metrics-reader",
+        "-n",
+        METRICS_READER_NAMESPACE,
+        "--duration=4h",
+    ])
+    .trim()
+    .to_string()
 }
 
 /// The `resourceVersion` of each object, to show that nothing was written.

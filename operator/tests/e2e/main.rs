@@ -23,6 +23,7 @@ mod audit;
 mod faults;
 mod harness;
 mod load;
+mod namespaced;
 mod node;
 mod outages;
 mod policies;
@@ -32,8 +33,8 @@ mod refused_crs;
 use std::time::{Duration, Instant};
 
 use harness::{
-    AdminServer, Operator, admin_client, apply, cluster, delete_namespace, eventually, kubectl_ok,
-    lease_holder, namespace, versions, wait_for, wait_hpa_settled, wait_until,
+    MetricsServer, Operator, admin_client, apply, cluster, delete_namespace, eventually,
+    kubectl_ok, lease_holder, namespace, versions, wait_for, wait_hpa_settled, wait_until,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;

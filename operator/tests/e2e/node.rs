@@ -18,6 +18,7 @@ use operator::api::SandboxService;
 
 mod autoscale;
 mod in_cluster;
+mod load_tests;
 mod logs;
 mod monitoring;
 mod outage;
@@ -29,7 +30,8 @@ mod states;
 mod uninstall;
 
 use crate::harness::{
-    admin_client, apply, http_get, install, kubectl, kubectl_ok, namespace, wait_until,
+    admin_client, apply, http_get, install, kubectl, kubectl_ok, namespace,
+    wait_no_namespace_terminating, wait_until,
 };
 
 const NODE: &str = "testbed-node-0";
@@ -265,6 +267,7 @@ impl OnTheNode {
         let client = admin_client().await;
         install_operator();
         super::install_service_monitor_crd();
+        wait_no_namespace_terminating(&client).await;
         let ns = namespace(&client, ns).await;
         let cr = cr(&ns);
         let name = cr["metadata"]["name"].as_str().unwrap().to_string();

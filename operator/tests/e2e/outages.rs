@@ -17,7 +17,7 @@ use operator::process::leader::LEASE_DURATION_SECONDS;
 
 use crate::audit::{AuditLog, Request, histogram, max_in_flight};
 use crate::harness::{
-    AdminServer, HpaConditionChanges, Operator, StoppedComponent, TEST_MANAGER, TIMEOUT,
+    HpaConditionChanges, MetricsServer, Operator, StoppedComponent, TEST_MANAGER, TIMEOUT,
     admin_client, apply, delete_namespace, eventually, forbidden_lines, kubectl, kubectl_ok,
     lease_holder, namespace, wait_until, wait_until_within,
 };

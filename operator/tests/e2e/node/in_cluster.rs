@@ -11,22 +11,22 @@ use kube::{Client, ResourceExt};
 
 use super::{install_operator, ready_pods};
 use crate::harness::{
-    AdminServer, OPERATOR_NAMESPACE, assert_no_forbidden, kubectl_ok, lease_holder, wait_until,
+    MetricsServer, OPERATOR_NAMESPACE, assert_no_forbidden, kubectl_ok, lease_holder, wait_until,
 };
 
 /// The installed operator's Lease (`LEASE_NAME` in deploy/operator/deployment.yaml).
 const LEASE: &str = "sandbox-operator";
 const DEPLOYMENT: &str = "deployment/sandbox-operator";
 const SELECTOR: &str = "app.kubernetes.io/name=sandbox-operator";
-/// Its admin server (`ADMIN_ADDR`), at the pod's address.
-const ADMIN_PORT: u16 = 8080;
+/// Its metrics server (`METRICS_ADDR`), at the pod's address.
+const METRICS_PORT: u16 = 8443;
 
 /// The pod of the installed operator that holds the Lease, as a test found it.
 pub struct InClusterOperator {
     pod: String,
     uid: String,
     restarts: i32,
-    admin: SocketAddr,
+    metrics: SocketAddr,
     /// When the test started to look: the pod's log before this belongs to earlier tests.
     since: Timestamp,
 }
@@ -54,7 +54,7 @@ impl InClusterOperator {
             pod: pod.name_any(),
             uid: pod.uid().expect("a stored pod has a uid"),
             restarts: restarts(&pod),
-            admin: SocketAddr::new(ip.parse().expect("the pod IP"), ADMIN_PORT),
+            metrics: SocketAddr::new(ip.parse().expect("the pod IP"), METRICS_PORT),
             since,
         }
     }
@@ -101,9 +101,9 @@ impl InClusterOperator {
     }
 }
 
-impl AdminServer for InClusterOperator {
-    fn admin(&self) -> SocketAddr {
-        self.admin
+impl MetricsServer for InClusterOperator {
+    fn metrics(&self) -> SocketAddr {
+        self.metrics
     }
 
     fn identity(&self) -> &str {

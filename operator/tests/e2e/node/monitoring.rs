@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use super::in_cluster::InClusterOperator;
 use super::{OnTheNode, hold_operations, is_ready, pod_address};
 use crate::harness::{
-    delete_namespace, http_get, kubectl_ok, kubectl_with_input, repo_file, wait_until,
-    wait_until_within,
+    MetricsServer, delete_namespace, http_get, kubectl_ok, kubectl_with_input, metrics_get,
+    repo_file, wait_until, wait_until_within,
 };
 use crate::load::{held_replicas, process_metric};
 
@@ -291,15 +291,28 @@ async fn the_shipped_alerts_load_and_the_breaker_alert_fires_when_503s_last_its_
 #[ignore = "needs the test bed's real node"]
 async fn the_operators_own_service_monitor_makes_prometheus_scrape_its_metrics() {
     let operator = InClusterOperator::leading(&crate::harness::admin_client().await).await;
+    // Only a token whose user may `get` /metrics reads them: none is 401, another user's 403.
+    let at = operator.metrics();
+    let (status, body) = metrics_get(at, None).expect("the operator's metrics server answers");
+    assert_eq!(status, 401, "{body}");
+    let stranger = kubectl_ok(&["create", "token", "default", "-n", "sandbox-system"]);
+    let (status, body) = metrics_get(at, Some(stranger.trim())).unwrap();
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = metrics_get(at, Some(&crate::harness::cluster().metrics_token)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("sandbox_operator_reconciliations_total"),
+        "{body}"
+    );
+
     let applied = std::time::Instant::now();
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "-f",
-        repo_file("deploy/monitoring/operator-servicemonitor.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
+    for file in [
+        "operator-servicemonitor.yaml",
+        "operator-metrics-reader.yaml",
+    ] {
+        let path = repo_file(&format!("deploy/monitoring/{file}"));
+        kubectl_ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+    }
     // A new ServiceMonitor reaches Prometheus through the Prometheus Operator's Secret, the kubelet's
     // sync of that volume and the config reloader: up to a minute or two.
     let target = wait_until_within(
@@ -316,7 +329,7 @@ async fn the_operators_own_service_monitor_makes_prometheus_scrape_its_metrics()
         "the operator's target up {:.0} s after its ServiceMonitor was applied",
         applied.elapsed().as_secs_f64()
     );
-    assert_eq!(target["labels"]["endpoint"], "metrics", "{target}");
+    assert_eq!(target["labels"]["endpoint"], "https-metrics", "{target}");
     // Its own reconcile counter, as Prometheus stored it.
     let series = "/api/v1/series?match%5B%5D=%7Bnamespace%3D%22sandbox-system%22%2Cjob%3D%22sandbox-operator-metrics%22%7D";
     let names: BTreeSet<String> = prometheus(series)

@@ -17,8 +17,8 @@ use serde_json::json;
 
 use super::in_cluster::InClusterOperator;
 use crate::harness::{
-    self, AdminServer, admin_client, apply, delete_and_see_recreated, delete_namespace, eventually,
-    kubectl, kubectl_ok, namespace, wait_for, wait_until_within,
+    self, MetricsServer, admin_client, apply, delete_and_see_recreated, delete_namespace,
+    eventually, kubectl, kubectl_ok, namespace, wait_for, wait_until_within,
 };
 use crate::{
     condition, install_service_monitor_crd, is_true, owned_children, ready_and_current, sandbox,

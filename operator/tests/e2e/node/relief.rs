@@ -25,20 +25,20 @@ const MEASURED: Duration = Duration::from_secs(20);
 
 /// One pod's counters as its `/metrics` said them.
 #[derive(Debug, Clone, Copy)]
-struct PodSample {
+pub(super) struct PodSample {
     completed: f64,
     waiting: f64,
     in_flight: f64,
 }
 
 /// One look at every running pod, and how many were Ready.
-struct Round {
+pub(super) struct Round {
     at: Instant,
     ready: usize,
     pods: BTreeMap<String, PodSample>,
 }
 
-async fn look(client: &kube::Client, ns: &str, selector: &str) -> Round {
+pub(super) async fn look(client: &kube::Client, ns: &str, selector: &str) -> Round {
     let at = Instant::now();
     let listed = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(selector))
@@ -78,7 +78,7 @@ async fn look(client: &kube::Client, ns: &str, selector: &str) -> Round {
 
 /// Operations completed over `rounds`, per pod from the first round it is seen in (from 0 if it started
 /// later) to the last: a pod the HPA removes mid-way counts until it left.
-fn completed_over(rounds: &[&Round]) -> f64 {
+pub(super) fn completed_over(rounds: &[&Round]) -> f64 {
     let mut first: BTreeMap<&str, f64> = BTreeMap::new();
     let mut last: BTreeMap<&str, f64> = BTreeMap::new();
     for (i, round) in rounds.iter().enumerate() {

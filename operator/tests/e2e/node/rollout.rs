@@ -13,7 +13,9 @@ use serde_json::json;
 use super::in_cluster::InClusterOperator;
 use super::logs::PodLogs;
 use super::{OnTheNode, ready_pods, testbed_dir};
-use crate::harness::{AdminServer, apply, delete_namespace, hpa_conditions, http_get, wait_until};
+use crate::harness::{
+    MetricsServer, apply, delete_namespace, hpa_conditions, http_get, wait_until,
+};
 use crate::load::{Load, fixed_replicas, hpa_reads_queue_ratio};
 
 /// kube-proxy's `kubeproxy_network_programming_duration_seconds`: from an endpoint's change (the pod's

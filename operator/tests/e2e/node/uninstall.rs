@@ -16,7 +16,7 @@ use super::in_cluster::InClusterOperator;
 use super::{OnTheNode, ready_pods};
 use crate::audit::AuditLog;
 use crate::harness::{
-    AdminServer, delete_namespace, kubectl_ok, wait_for, wait_hpa_settled, wait_until,
+    MetricsServer, delete_namespace, kubectl_ok, wait_for, wait_hpa_settled, wait_until,
 };
 use crate::load::seed_sample;
 use crate::{child_writes, ready_and_current, wait_cr};
