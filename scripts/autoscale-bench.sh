@@ -181,6 +181,12 @@ scaled_in=$(now)
 # each of their status writes (an HPA sync that moved the metric, a pod turning ready) starts one.
 echo "$(($(reconciles) - reconciles_before))" >"$out/operator-reconciles"
 echo "$(($(status_writes) - status_writes_before))" >"$out/operator-status-writes"
+# The CR's own account of its first scale-out since the load started, and the probe period it may lag by.
+kubectl get -n "$ns" "sbx/$name" -o json | jq --argjson start "$load_start" '
+	[.status.autoscaling.scaleEvents[]? | select(.to > .from and (.decidedAt | fromdateiso8601) >= ($start | floor))]
+	| first // empty' >"$out/scale-out.json"
+kubectl get -n "$ns" deployment "$name" \
+	-o jsonpath='{.spec.template.spec.containers[0].readinessProbe.periodSeconds}' >"$out/readiness-period"
 sleep 3
 kill "$sampler_pid" && wait "$sampler_pid" 2>/dev/null || true
 sampler_pid=""

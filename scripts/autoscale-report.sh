@@ -127,6 +127,11 @@ cat "$out"/latency/* 2>/dev/null | awk '{ count[$1] += $2 } END {
 	}'
 jq -r '"  autocannon latency (200s and 503s together; wrong once pods close connections, see docs) p50 \(.latency.p50) ms, p99 \(.latency.p99) ms; \(.errors) errors (refused connections among them)"' "$out/autocannon.json"
 
+# --- the CR's status against the samples ---------------------------------------------------------
+echo
+status_agrees=true
+scripts/autoscale-status-check.sh "$out" "$load_start" "$readiness_factor" || status_agrees=false
+
 # --- the chart -------------------------------------------------------------------------------------
 # Answers per second from the cumulative counts; the HPA's quantity (500m) as a number.
 awk -F'\t' -v s="$load_start" 'NR > 1 && $1 > pt {
@@ -175,3 +180,4 @@ unset multiplot
 EOF
 echo
 echo "chart: $out/run.png"
+$status_agrees || { echo "autoscale-report: the SandboxService's status and the samples disagree (above)" >&2; exit 1; }

@@ -36,12 +36,16 @@ pub struct AutoscalingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
 
-    /// When backpressure last began: a pod went over its readiness limit while none was
-    /// (`Backpressure` turned true). Kept after it ends, as pods leave the Service and drain within
-    /// seconds under load: the next scale-out's `backpressureSince`, if it began after the
-    /// previous decision.
+    /// When the current or last spell of backpressure began: the first pod over its readiness limit
+    /// since the last decision. Onsets less than 30 s after the spell ended continue it, as pods
+    /// leave the Service and drain within seconds under load. The next scale-out's
+    /// `backpressureSince`, if it began after the previous decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backpressure_began: Option<Time>,
+
+    /// When no pod was over its readiness limit any more, after `backpressureBegan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backpressure_ended: Option<Time>,
 
     /// The HPA's conditions (`AbleToScale`, `ScalingActive`, `ScalingLimited`) in short.
     #[serde(default)]

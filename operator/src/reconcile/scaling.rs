@@ -39,6 +39,10 @@ pub const FAILED_GET_METRIC: &str = "FailedGetPodsMetric";
 /// 1 minute by our values) and Prometheus has scraped them.
 pub const METRIC_GRACE: Duration = Duration::from_secs(120);
 
+/// How long no pod may be over its readiness limit before backpressure counts as over: longer than
+/// a loaded pod takes to drain outside the Service and come back, and two default HPA syncs.
+pub const BACKPRESSURE_QUIET: Duration = Duration::from_secs(30);
+
 /// The pods of one SandboxService, as far as the status cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodHealth {
@@ -205,10 +209,8 @@ pub fn autoscaling_status(
     let last_scale_time = hpa_status.and_then(|s| s.last_scale_time.clone());
     let mut scale_events = previous.map(|p| p.scale_events.clone()).unwrap_or_default();
     let mut decided_value = previous.and_then(|p| p.decided_value.clone());
-    let backpressure_began = inputs
-        .backpressure_since
-        .cloned()
-        .or_else(|| previous.and_then(|p| p.backpressure_began.clone()));
+    let (backpressure_began, backpressure_ended) =
+        backpressure_spell(previous, inputs.backpressure_since, now);
     // A decision the previous status has not seen. Without a previous status (a new CR, or one
     // from before this field) there is nothing it could be compared with: no event.
     if let (Some(previous), Some(status), Some(decided_at)) =
@@ -298,8 +300,46 @@ pub fn autoscaling_status(
         decided_value,
         last_scale_time,
         backpressure_began,
+        backpressure_ended,
         conditions,
         scale_events,
+    }
+}
+
+/// When the current spell of backpressure began and when the last one ended, after `previous` and
+/// the oldest overloaded pod's unready transition now (`since`; `None` while no pod is overloaded).
+/// A pod that leaves the Service drains and is back within seconds, and fills again under the same
+/// load: an onset within [`BACKPRESSURE_QUIET`] of the end continues the spell, so a scale-out's
+/// reaction is timed from the first pod over its limit, not the last flap. A spell does not reach
+/// back past the last decision: the next scale-out is timed from the first onset after it.
+fn backpressure_spell(
+    previous: Option<&AutoscalingStatus>,
+    since: Option<&Time>,
+    now: &Time,
+) -> (Option<Time>, Option<Time>) {
+    let began = previous.and_then(|p| p.backpressure_began.clone());
+    let ended = previous.and_then(|p| p.backpressure_ended.clone());
+    // Ended after it began, or still on.
+    let ended_since_began = |began: &Time| ended.as_ref().filter(|ended| ended.0 >= began.0);
+    let Some(since) = since else {
+        let ended = match &began {
+            Some(b) if ended_since_began(b).is_none() => Some(now.clone()),
+            _ => ended.clone(),
+        };
+        return (began, ended);
+    };
+    let last_decision = previous.and_then(|p| p.last_scale_time.as_ref());
+    let continues = began.as_ref().is_some_and(|b| {
+        b.0 <= since.0
+            && last_decision.is_none_or(|decided| b.0 > decided.0)
+            && ended_since_began(b).is_none_or(|ended| {
+                since.0.as_second() - ended.0.as_second() <= BACKPRESSURE_QUIET.as_secs() as i64
+            })
+    });
+    if continues {
+        (began, ended)
+    } else {
+        (Some(since.clone()), ended)
     }
 }
 
@@ -523,6 +563,66 @@ mod tests {
         let again = scaled(3, 5, 30, "2");
         let later = autoscaling_status(Some(&decided), inputs(&again, 3, 3, None), &at(31));
         assert_eq!(later.scale_events.last().unwrap().backpressure_since, None);
+    }
+
+    #[test]
+    fn a_flapping_pod_times_the_scale_out_from_its_first_onset() {
+        let overloaded = scaled(1, 1, 0, "0");
+        let mut status = AutoscalingStatus {
+            desired_replicas: 1,
+            ..Default::default()
+        };
+        // Over its limit at 1, out of the Service and drained by 3, back and over again at 5: as on
+        // the real node under the seed's -c 6, where the last onset made the reaction 1 s of 6.
+        for (now, since) in [(1, Some(at(1))), (3, None), (5, Some(at(5)))] {
+            let inputs = inputs(&overloaded, 1, 0, since.as_ref());
+            status = autoscaling_status(Some(&status), inputs, &at(now));
+        }
+        assert_eq!(
+            (status.backpressure_began.clone(), status.backpressure_ended.clone()),
+            (Some(at(1)), Some(at(3)))
+        );
+        let decision = scaled(1, 3, 7, "4");
+        let decided =
+            autoscaling_status(Some(&status), inputs(&decision, 1, 0, Some(&at(5))), &at(7));
+        let event = decided.scale_events.last().unwrap();
+        assert_eq!(
+            (event.backpressure_since.clone(), event.reaction_seconds),
+            (Some(at(1)), Some(6))
+        );
+        // After the decision, an onset starts a spell of its own: the next scale-out's.
+        let next = autoscaling_status(
+            Some(&decided),
+            inputs(&decision, 3, 2, Some(&at(9))),
+            &at(9),
+        );
+        assert_eq!(next.backpressure_began, Some(at(9)));
+    }
+
+    #[test]
+    fn backpressure_after_a_quiet_spell_is_a_new_one() {
+        let quiet = scaled(1, 1, 0, "0");
+        let mut status = AutoscalingStatus {
+            desired_replicas: 1,
+            ..Default::default()
+        };
+        let quiet_secs = BACKPRESSURE_QUIET.as_secs() as i64;
+        for (now, since) in [
+            (1, Some(at(1))),
+            (2, None),
+            (3 + quiet_secs, Some(at(3 + quiet_secs))),
+        ] {
+            let inputs = inputs(&quiet, 1, 0, since.as_ref());
+            status = autoscaling_status(Some(&status), inputs, &at(now));
+        }
+        assert_eq!(status.backpressure_began, Some(at(3 + quiet_secs)));
+        // While it lasts, a pod overloaded later changes nothing.
+        let same = autoscaling_status(
+            Some(&status),
+            inputs(&quiet, 2, 0, Some(&at(40 + quiet_secs))),
+            &at(40 + quiet_secs),
+        );
+        assert_eq!(same.backpressure_began, Some(at(3 + quiet_secs)));
     }
 
     #[test]
