@@ -579,7 +579,10 @@ mod tests {
             status = autoscaling_status(Some(&status), inputs, &at(now));
         }
         assert_eq!(
-            (status.backpressure_began.clone(), status.backpressure_ended.clone()),
+            (
+                status.backpressure_began.clone(),
+                status.backpressure_ended.clone()
+            ),
             (Some(at(1)), Some(at(3)))
         );
         let decision = scaled(1, 3, 7, "4");
