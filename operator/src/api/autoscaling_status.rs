@@ -43,7 +43,8 @@ pub struct AutoscalingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backpressure_began: Option<Time>,
 
-    /// When no pod was over its readiness limit any more, after `backpressureBegan`.
+    /// When the last spell of backpressure ended: no pod over its readiness limit any more. Unset
+    /// while a spell lasts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backpressure_ended: Option<Time>,
 

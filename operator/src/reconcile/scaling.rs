@@ -319,28 +319,26 @@ fn backpressure_spell(
 ) -> (Option<Time>, Option<Time>) {
     let began = previous.and_then(|p| p.backpressure_began.clone());
     let ended = previous.and_then(|p| p.backpressure_ended.clone());
-    // Ended after it began, or still on.
-    let ended_since_began = |began: &Time| ended.as_ref().filter(|ended| ended.0 >= began.0);
     let Some(since) = since else {
-        let ended = match &began {
-            Some(b) if ended_since_began(b).is_none() => Some(now.clone()),
-            _ => ended.clone(),
-        };
+        // Off: the spell ended now, unless it already had.
+        let ended = ended.or_else(|| began.as_ref().map(|_| now.clone()));
         return (began, ended);
     };
     let last_decision = previous.and_then(|p| p.last_scale_time.as_ref());
     let continues = began.as_ref().is_some_and(|b| {
         b.0 <= since.0
             && last_decision.is_none_or(|decided| b.0 > decided.0)
-            && ended_since_began(b).is_none_or(|ended| {
+            && ended.as_ref().is_none_or(|ended| {
                 since.0.as_second() - ended.0.as_second() <= BACKPRESSURE_QUIET.as_secs() as i64
             })
     });
-    if continues {
-        (began, ended)
+    // On: no end while it lasts, so each quiet is measured from its own start.
+    let began = if continues {
+        began
     } else {
-        (Some(since.clone()), ended)
-    }
+        Some(since.clone())
+    };
+    (began, None)
 }
 
 /// Backpressure that `began` after the `previous` decision and no later than the one `decided_at`.
@@ -583,7 +581,7 @@ mod tests {
                 status.backpressure_began.clone(),
                 status.backpressure_ended.clone()
             ),
-            (Some(at(1)), Some(at(3)))
+            (Some(at(1)), None)
         );
         let decision = scaled(1, 3, 7, "4");
         let decided =
@@ -619,6 +617,23 @@ mod tests {
             status = autoscaling_status(Some(&status), inputs, &at(now));
         }
         assert_eq!(status.backpressure_began, Some(at(3 + quiet_secs)));
+        // Short quiets, one after another, over more than the quiet span in all: one spell. Each
+        // quiet counts from its own start, not from the first.
+        let t = 3 + quiet_secs;
+        let mut spell = status.clone();
+        for (now, since) in [
+            (t + 5, None),
+            (t + 10, Some(at(t + 10))),
+            (t + 30, None),
+            (t + 40, Some(at(t + 40))),
+        ] {
+            let inputs = inputs(&quiet, 1, 0, since.as_ref());
+            spell = autoscaling_status(Some(&spell), inputs, &at(now));
+        }
+        assert_eq!(
+            (spell.backpressure_began, spell.backpressure_ended),
+            (Some(at(t)), None)
+        );
         // While it lasts, a pod overloaded later changes nothing.
         let same = autoscaling_status(
             Some(&status),
